@@ -1,0 +1,3 @@
+from imgconv.cli import main
+
+main()

@@ -1,0 +1,24 @@
+"""The convolution core: arrays in, arrays out. numpy does the arithmetic.
+
+scipy.ndimage is never called here; it is the reference the tests and
+``imgconv check`` compare against.
+"""
+
+from imgconv.core.conv import convolve, correlate
+from imgconv.core.geometry import Geometry, output_size, resolve_padding
+from imgconv.core.padding import PAD_MODE_ALIASES, PAD_MODES
+from imgconv.core.pooling import ACTIVATIONS, POOL_OPS, activate, pool
+
+__all__ = [
+    "ACTIVATIONS",
+    "PAD_MODES",
+    "PAD_MODE_ALIASES",
+    "POOL_OPS",
+    "Geometry",
+    "activate",
+    "convolve",
+    "correlate",
+    "output_size",
+    "pool",
+    "resolve_padding",
+]
