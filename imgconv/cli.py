@@ -1,23 +1,19 @@
 """The command line: parse options, call the library, print, exit.
 
-Every command reports :class:`~imgconv.errors.ImgconvError` through
-:func:`report_errors`, the one place that turns an error into an
-``error: ...`` line and an exit code. Heavy imports (numpy, PIL, scipy)
+Each command lives in a ``cli_*`` module and reports errors through
+:func:`imgconv.cli_common.report_errors`. Heavy imports (numpy, PIL, scipy)
 happen inside the commands, never at start-up.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from imgconv import __version__
-from imgconv.errors import ImgconvError
+from imgconv.cli_common import stderr, stdout
 
 app = typer.Typer(
     name="imgconv",
@@ -26,20 +22,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def report_errors(debug: bool = False) -> Iterator[None]:
-    """Turn an ImgconvError into one ``error:`` line and its exit code (re-raise with --debug)."""
-    try:
-        yield
-    except ImgconvError as exc:
-        if debug:
-            raise
-        stderr.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _version(value: bool) -> None:
@@ -58,6 +40,9 @@ def _root(
     ] = False,
 ) -> None:
     """Filter images with convolution kernels: exact, fast and safe."""
+
+
+# Commands are registered here, one line each.
 
 
 def main() -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,14 +25,9 @@ def test_doctests(name):
     assert failures == 0
 
 
-def script() -> str:
-    path = Path(sys.executable).parent / ("imgconv.exe" if os.name == "nt" else "imgconv")
-    assert path.exists(), f"the imgconv console script is not installed beside {sys.executable}"
-    return str(path)
-
-
-def test_console_script_version():
-    result = subprocess.run([script(), "--version"], capture_output=True, text=True, check=False)
+def test_console_script_version(imgconv_script):
+    result = subprocess.run([imgconv_script, "--version"], capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0
     assert result.stdout.strip() == f"imgconv {imgconv.__version__}"
 
