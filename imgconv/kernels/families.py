@@ -1,0 +1,262 @@
+"""Parametric kernel families: ``box:5``, ``box:3x5``, ``gaussian:sigma=2,size=9``,
+``motion:length=9,angle=45``, ``log:sigma=1.4``.
+
+A family turns parameters (``key=value`` pairs, or one positional value for the
+first parameter) into a concrete :class:`~imgconv.kernels.model.Kernel`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imgconv.errors import KernelError
+from imgconv.kernels.model import Kernel, suggest
+from imgconv.kernels.text import parse_number
+
+# Big enough for any sensible blur, small enough not to exhaust memory by a typo.
+MAX_SIZE = 1001
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One family parameter: its name, the rule it follows (for messages) and a default."""
+
+    name: str
+    rule: str
+    default: Any = None
+    check: Callable[[object, Params], Any] = lambda v, _: v
+
+    def describe(self) -> str:
+        return f"{self.name}={self.rule}"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric family: its parameters and the function that builds the matrix."""
+
+    name: str
+    params: tuple[Param, ...]
+    build: Callable[[Params], tuple[NDArray[np.float64], float]]
+    description: str
+    output: str
+    tags: tuple[str, ...]
+
+    def accepts(self) -> str:
+        """``"gaussian accepts sigma=S (> 0, default 1), size=N (...)"``."""
+        return f"{self.name} accepts " + ", ".join(p.describe() for p in self.params)
+
+
+def _int(value: object, name: str, minimum: int = 1) -> int:
+    number = parse_number(value, name)
+    if number != int(number):
+        raise KernelError(f"{name} must be a whole number, got {value}")
+    if number < minimum:
+        raise KernelError(f"{name} must be >= {minimum}, got {value}")
+    if number > MAX_SIZE:
+        raise KernelError(f"{name} must be <= {MAX_SIZE}, got {value}")
+    return int(number)
+
+
+def _odd_size(value: object, _: Params) -> int:
+    size = _int(value, "size")
+    if size % 2 == 0:
+        raise KernelError(f"size must be odd (the kernel is centred on a pixel), got {size}")
+    return size
+
+
+def _sigma(value: object, _: Params) -> float:
+    sigma = parse_number(value, "sigma")
+    if sigma <= 0:
+        raise KernelError(f"sigma must be > 0, got {value}")
+    return sigma
+
+
+def _box_size(value: object, _: Params) -> tuple[int, int]:
+    text = str(value).strip()
+    match = re.fullmatch(r"(\S+?)\s*[xX×]\s*(\S+)", text)
+    if match:
+        return _int(match[1], "height"), _int(match[2], "width")
+    n = _int(text, "size")
+    return n, n
+
+
+def _default_size(sigma: float, size: int | None) -> int:
+    if size is not None:
+        return size
+    size = 2 * math.ceil(3 * sigma) + 1
+    if size > MAX_SIZE:
+        raise KernelError(
+            f"sigma={sigma:g} needs a {size}×{size} kernel, larger than the limit {MAX_SIZE}"
+        )
+    return size
+
+
+def _offsets(size: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    r = np.arange(size, dtype=np.float64) - size // 2
+    return r[:, None], r[None, :]
+
+
+def _box(p: Params) -> tuple[NDArray[np.float64], float]:
+    h, w = p["size"]
+    return np.ones((h, w)), 1.0 / (h * w)
+
+
+def _sampled_gaussian(p: Params) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(r², g)``: squared offsets from the centre and the Gaussian divided by its sum."""
+    sigma = p["sigma"]
+    y, x = _offsets(_default_size(sigma, p["size"]))
+    r2 = x * x + y * y
+    g = np.exp(-r2 / (2 * sigma * sigma))
+    return r2, g / g.sum()
+
+
+def _gaussian(p: Params) -> tuple[NDArray[np.float64], float]:
+    return _sampled_gaussian(p)[1], 1.0
+
+
+def _log(p: Params) -> tuple[NDArray[np.float64], float]:
+    sigma = p["sigma"]
+    r2, g = _sampled_gaussian(p)
+    log = (r2 - 2 * sigma * sigma) / sigma**4 * g
+    # Sampling truncates the tails; removing the mean keeps a flat image at zero.
+    return log - log.mean(), 1.0
+
+
+def _motion(p: Params) -> tuple[NDArray[np.float64], float]:
+    length, angle = p["length"], math.radians(p["angle"])
+    size = length if length % 2 else length + 1
+    c = size // 2
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 8 * length + 1)
+    # Angles go anticlockwise on screen, where rows grow downwards.
+    rows = np.rint(c - t * math.sin(angle)).astype(int)
+    cols = np.rint(c + t * math.cos(angle)).astype(int)
+    matrix = np.zeros((size, size))
+    matrix[rows, cols] = 1.0
+    return matrix, 1.0 / matrix.sum()
+
+
+def _angle(value: object, _: Params) -> float:
+    return parse_number(value, "angle")
+
+
+def _length(value: object, _: Params) -> int:
+    return _int(value, "length")
+
+
+SIZE_RULE = "N (odd, >= 1; default 2·ceil(3·sigma)+1)"
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "box", (Param("size", "N or HxW (>= 1; default 3)", "3", _box_size),),
+            _box, "mean of an N×N or H×W window", "clip", ("blur", "smooth"),
+        ),
+        Family(
+            "gaussian",
+            (Param("sigma", "S (> 0; default 1)", 1.0, _sigma),
+             Param("size", SIZE_RULE, None, _odd_size)),
+            _gaussian, "Gaussian blur, exp(-(x²+y²)/2σ²) divided by its sum", "clip",
+            ("blur", "smooth"),
+        ),
+        Family(
+            "motion",
+            (Param("length", "N (>= 1; default 9)", 9, _length),
+             Param("angle", "DEG (anticlockwise from the x axis; default 0)", 0.0, _angle)),
+            _motion, "motion blur: the mean along a line of N pixels", "clip", ("blur",),
+        ),
+        Family(
+            "log",
+            (Param("sigma", "S (> 0; default 1)", 1.0, _sigma),
+             Param("size", SIZE_RULE, None, _odd_size)),
+            _log, "Laplacian of Gaussian (zero-sum; negative centre)", "abs",
+            ("edge", "blob"),
+        ),
+    )
+}
+
+
+def parse_params(text: str) -> dict[str, str]:
+    """Split ``"sigma=2,size=9"`` into a dict; a lone first value is keyed ``""``.
+
+    >>> parse_params("sigma=2, size=9")
+    {'sigma': '2', 'size': '9'}
+    >>> parse_params("3x5")
+    {'': '3x5'}
+    """
+    out: dict[str, str] = {}
+    if not text.strip():
+        return out
+    for i, part in enumerate(p.strip() for p in text.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if i == 0 and part:
+                out[""] = part
+                continue
+            raise KernelError(f"expected key=value, got {part!r}")
+        key = key.strip()
+        if key in out:
+            raise KernelError(f"parameter {key!r} is given twice")
+        out[key] = value.strip()
+    return out
+
+
+def make(family: str, params: str | Mapping[str, object] = "", *, name: str | None = None,
+         source: str = "family") -> Kernel:
+    """Build a kernel of ``family`` from ``params`` (text ``"sigma=2"`` or a mapping).
+
+    Examples
+    --------
+    >>> make("box", "3x5").weights.shape
+    (3, 5)
+    >>> k = make("gaussian", "sigma=1")
+    >>> k.name, k.shape, round(float(k.weights.sum()), 12)
+    ('gaussian:sigma=1', (7, 7), 1.0)
+    >>> make("gaussian", "sigam=2")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.KernelError: bad parameters 'sigam=2' for gaussian: unknown parameter 'sigam' ...
+    """
+    fam = FAMILIES[family]
+    text = params if isinstance(params, str) else ",".join(f"{k}={v}" for k, v in params.items())
+    names = [p.name for p in fam.params]
+    try:
+        given: Mapping[str, object] = parse_params(text) if isinstance(params, str) else params
+        if "" in given:
+            given = {names[0]: given[""], **{k: v for k, v in given.items() if k}}
+        values: Params = {}
+        for key in given:
+            if key not in names:
+                raise KernelError(f"unknown parameter {key!r}{suggest(key, names)}")
+        for p in fam.params:
+            value = given.get(p.name, p.default)
+            values[p.name] = None if value is None else p.check(value, values)
+        matrix, scale = fam.build(values)
+    except KernelError as exc:
+        raise KernelError(
+            f"bad parameters {text!r} for {family}: {exc}; {fam.accepts()}"
+        ) from None
+    canonical = ",".join(f"{k}={_fmt(v)}" for k, v in given.items())
+    return Kernel(
+        name=name or (f"{family}:{canonical}" if canonical else family),
+        matrix=matrix,
+        scale=scale,
+        output=fam.output,
+        description=f"{fam.description} ({'×'.join(map(str, matrix.shape))})",
+        tags=fam.tags,
+        source=source,
+    )
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).strip()

@@ -1,0 +1,373 @@
+"""Where kernels come from: the search path, kernel files, and :func:`resolve`.
+
+First match wins: each folder in ``IMGCONV_KERNEL_PATH`` (os.pathsep-separated),
+then ``$XDG_CONFIG_HOME/imgconv/kernels`` (default ``~/.config/imgconv/kernels``),
+then the built-ins shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+from imgconv.errors import KernelError
+from imgconv.kernels import families
+from imgconv.kernels.model import Kernel, KernelBank, rotate_matrix, suggest
+from imgconv.kernels.parse import Entry, Where, load_yaml, parse_entry, parse_file, parse_matrix
+from imgconv.kernels.text import INLINE_CHARS
+
+BUILTIN = "built-in"
+YAML_SUFFIXES = (".yaml", ".yml")
+_FILE_SPEC = re.compile(r"^(.+\.ya?ml)(?::([^:/\\]+))?$", re.IGNORECASE)
+
+
+def builtin_dir() -> Traversable:
+    """The built-in kernel folder: ``imgconv/data/kernels`` in an installed wheel,
+    the checkout's top-level ``kernels/`` in an editable install."""
+    data = resources.files("imgconv") / "data" / "kernels"
+    if data.is_dir():
+        return data
+    return Path(__file__).resolve().parents[2] / "kernels"
+
+
+def search_path() -> list[Path]:
+    """The user folders searched before the built-ins, in order (missing ones included).
+
+    >>> search_path()[-1].parts[-2:]
+    ('imgconv', 'kernels')
+    """
+    env = os.environ.get("IMGCONV_KERNEL_PATH", "")
+    folders = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    folders.append(Path(config).expanduser() / "imgconv" / "kernels")
+    return folders
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One folder of the search path: its label (``built-in`` or its path) and entries."""
+
+    label: str
+    entries: dict[str, Entry]
+    files: dict[str, dict[str, Entry]]
+
+
+def _index(label: str, parsed: list[tuple[str, list[Entry]]]) -> Folder:
+    entries: dict[str, Entry] = {}
+    files: dict[str, dict[str, Entry]] = {}
+    for file, file_entries in parsed:
+        files[file] = {e.name: e for e in file_entries}
+        for e in file_entries:
+            if e.name in entries:
+                raise e.where.error(f"{e.name!r} is also defined in {entries[e.name].where.file}")
+            entries[e.name] = e
+    return Folder(label, entries, files)
+
+
+@lru_cache(maxsize=1)
+def _builtins() -> Folder:
+    root = builtin_dir()
+    parsed = []
+    for item in sorted(root.iterdir(), key=lambda t: t.name):
+        if item.name.endswith(YAML_SUFFIXES):
+            stem = item.name.rsplit(".", 1)[0]
+            file = f"{BUILTIN} kernels/{item.name}"
+            parsed.append((file, parse_file(item.read_text("utf-8"), file, BUILTIN, stem)))
+    return _index(BUILTIN, parsed)
+
+
+_FILE_CACHE: dict[tuple[str, int, int], list[Entry]] = {}
+
+
+def read_file(path: Path) -> list[Entry]:
+    """The entries of one kernel file (cached while the file is unchanged)."""
+    label = str(path)
+    try:
+        stat = path.stat()
+        key = (label, stat.st_mtime_ns, stat.st_size)
+        if key in _FILE_CACHE:
+            return _FILE_CACHE[key]
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise KernelError(f"kernel file {label!r} not found") from None
+    except IsADirectoryError:
+        raise KernelError(f"kernel file {label!r} is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise KernelError(f"{label}: not valid YAML: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise KernelError(f"kernel file {label!r} cannot be read: {exc.strerror}") from None
+    entries = parse_file(text, label, label, path.stem)
+    _FILE_CACHE[key] = entries
+    return entries
+
+
+def _user_folder(folder: Path) -> Folder | None:
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in YAML_SUFFIXES)
+    return _index(str(folder), [(str(p), read_file(p)) for p in files if p.is_file()])
+
+
+def folders() -> list[Folder]:
+    """The search path's folders that exist, then the built-ins."""
+    found = [f for f in map(_user_folder, search_path()) if f is not None]
+    return [*found, _builtins()]
+
+
+class _Resolver:
+    """Resolves specs against one snapshot of the search path."""
+
+    def __init__(self) -> None:
+        self.folders = folders()
+
+    def names(self) -> list[str]:
+        names = {n for f in self.folders for n in f.entries}
+        return sorted(names | set(families.FAMILIES))
+
+    def lookup(self, name: str, scope: dict[str, Entry] | None = None) -> Entry | None:
+        if scope and name in scope:
+            return scope[name]
+        for folder in self.folders:
+            if name in folder.entries:
+                return folder.entries[name]
+        return None
+
+    def scope_of(self, entry: Entry) -> dict[str, Entry]:
+        for folder in self.folders:
+            if entry.where.file in folder.files:
+                return folder.files[entry.where.file]
+        return {}
+
+    def resolve(self, spec: str, scope: dict[str, Entry] | None = None) -> Kernel | KernelBank:
+        if not isinstance(spec, str) or not spec.strip():
+            raise KernelError(f"a kernel spec must be a name, family, matrix or file; got {spec!r}")
+        spec = spec.strip()
+        file_spec = _FILE_SPEC.match(spec)
+        if file_spec:
+            return self.from_file(Path(file_spec[1]), file_spec[2])
+        if spec.startswith("[") or re.search(r"[;\s]", spec) or (
+            INLINE_CHARS.match(spec) and re.search(r"\d", spec)
+        ):
+            return inline(spec)
+        name, colon, params = spec.partition(":")
+        entry = self.lookup(name, scope)
+        if entry is None:
+            if name in families.FAMILIES:
+                return families.make(name, params)
+            raise KernelError(
+                f"unknown kernel {name!r}{suggest(name, self.names())}; "
+                f"`imgconv list` shows them all"
+            )
+        if colon and entry.kind != "family":
+            raise KernelError(
+                f"{spec!r}: {name!r} is a {entry.kind.replace('family-', '')} "
+                f"({entry.where.file}), not a family, so it takes no parameters; "
+                f"families: {', '.join(families.FAMILIES)}"
+            )
+        return self.build(entry, params)
+
+    def from_file(self, path: Path, member: str | None) -> Kernel | KernelBank:
+        entries = {e.name: e for e in read_file(path)}
+        if member is None:
+            if len(entries) > 1:
+                raise KernelError(
+                    f"{path} holds {len(entries)} kernels ({', '.join(entries)}): "
+                    f"name one, as {path}:NAME"
+                )
+            return self.build(next(iter(entries.values())), "", entries)
+        if member not in entries:
+            raise KernelError(
+                f"{path} has no kernel {member!r}{suggest(member, entries)}; "
+                f"it holds {', '.join(entries)}"
+            )
+        return self.build(entries[member], "", entries)
+
+    def build(self, entry: Entry, params: str = "",
+              scope: dict[str, Entry] | None = None) -> Kernel | KernelBank:
+        if entry.kind == "kernel":
+            assert entry.kernel is not None
+            return entry.kernel
+        if entry.kind == "bank":
+            return self.bank(entry, scope if scope is not None else self.scope_of(entry))
+        source = "family" if entry.source == BUILTIN else entry.source
+        if entry.kind == "family":
+            kernel = families.make(entry.family, params, source=source)
+            if entry.name != entry.family:
+                kernel = dataclasses.replace(kernel, name=f"{entry.name}:{params}".rstrip(":"))
+            return kernel
+        kernel = families.make(entry.family, entry.params or "", name=entry.name, source=source)
+        return dataclasses.replace(
+            kernel,
+            output=entry.output or kernel.output,
+            description=entry.description or kernel.description,
+            tags=entry.tags or kernel.tags,
+        )
+
+    def bank(self, entry: Entry, scope: dict[str, Entry]) -> KernelBank:
+        members: list[Kernel] = []
+        for i, (member, line) in enumerate(entry.members, 1):
+            at = entry.where.at(line)
+            if isinstance(member, dict):
+                sub = parse_entry(member, Where(entry.where.file), entry.source,
+                                  f"{entry.name}.{i}")
+                if sub.kind == "bank":
+                    raise sub.where.error("a bank member cannot be a bank; banks cannot nest")
+                item = self.build(sub, scope=scope)
+            else:
+                member = str(member)
+                found = self.lookup(member.strip().partition(":")[0], scope)
+                if found is entry:
+                    raise at.error(f"bank member {member!r} refers to the bank itself")
+                if found is not None and found.kind == "bank":
+                    raise at.error(f"bank member {member!r} is a bank; banks cannot nest")
+                try:
+                    item = self.resolve(member, scope)
+                except KernelError as exc:
+                    raise at.error(f"bank member {member!r}: {exc}") from None
+            if isinstance(item, KernelBank):
+                raise at.error(f"bank member {member!r} is a bank; banks cannot nest")
+            members.append(item)
+        if entry.rotate:
+            members = [rot for k in members for rot in _rotations(k, entry.rotate, entry.where)]
+        try:
+            return KernelBank(
+                name=entry.name,
+                kernels=tuple(members),
+                combine=entry.combine,
+                output=entry.output,
+                description=entry.description,
+                tags=entry.tags,
+                source=entry.source,
+            )
+        except KernelError as exc:
+            raise entry.where.error(exc) from None
+
+
+def _rotations(kernel: Kernel, step: int, where: Where) -> list[Kernel]:
+    if kernel.anchor not in (None, (kernel.shape[0] // 2, kernel.shape[1] // 2)):
+        raise where.error(f"cannot rotate {kernel.name!r}: it has an off-centre anchor")
+    out = [kernel]
+    for degrees in range(step, 360, step):
+        try:
+            matrix = rotate_matrix(kernel.matrix, degrees)
+        except KernelError as exc:
+            raise where.error(f"cannot rotate {kernel.name!r}: {exc}") from None
+        out.append(dataclasses.replace(kernel, name=f"{kernel.name}@{degrees}", matrix=matrix))
+    return out
+
+
+def inline(spec: str) -> Kernel:
+    """A kernel typed on the command line: ``"0 1 0; 1 -4 1; 0 1 0"`` or ``"[[1, 2], [3, 4]]"``.
+
+    >>> inline("1/9 1/9 1/9").weights.shape
+    (1, 3)
+    """
+    where = Where(f"inline kernel {spec!r}")
+    value: object = spec
+    if spec.startswith("["):
+        docs = load_yaml(spec, where.file)
+        value = docs[0] if docs else []
+    return Kernel(name=spec, matrix=parse_matrix(value, where), source="inline")
+
+
+def resolve(spec: str) -> Kernel | KernelBank:
+    """Turn a kernel spec into a :class:`Kernel` or :class:`KernelBank`.
+
+    A spec is a name on the search path (``sobel-x``), a family with parameters
+    (``gaussian:sigma=2``, ``box:3x5``), an inline matrix (``"0 1 0; 1 -4 1; 0 1 0"``),
+    a YAML file (``my.yaml``) or one kernel in it (``my.yaml:name``).
+
+    Raises :class:`~imgconv.errors.KernelError` with a one-line message.
+
+    Examples
+    --------
+    >>> resolve("sobel-x").weights.tolist()
+    [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
+    >>> bank = resolve("sobel")
+    >>> bank.combine, [k.name for k in bank.kernels]
+    ('magnitude', ['sobel-x', 'sobel-y'])
+    >>> resolve("box:2x3").weights.round(4).tolist()
+    [[0.1667, 0.1667, 0.1667], [0.1667, 0.1667, 0.1667]]
+    >>> resolve("sobl")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.KernelError: unknown kernel 'sobl' (did you mean sobel, sobel-x or sobel-y?); ...
+    """
+    return _Resolver().resolve(spec)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One row of ``imgconv list``."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None
+    source: str
+    description: str
+    tags: tuple[str, ...]
+    shadows: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "shape": list(self.shape) if self.shape else None,
+            "source": self.source,
+            "description": self.description,
+            "tags": list(self.tags),
+            "shadows": list(self.shadows),
+            "members": list(self.members),
+        }
+
+
+def catalog(tag: str | None = None) -> list[CatalogEntry]:
+    """Every kernel, bank and family the search path offers, sorted by name.
+
+    A name defined in several folders appears once, from the first folder; the
+    others are listed in ``shadows``.
+
+    >>> [e.name for e in catalog("compass")]
+    ['kirsch']
+    """
+    resolver = _Resolver()
+    rows: dict[str, CatalogEntry] = {}
+    for folder in resolver.folders:
+        for entry in folder.entries.values():
+            if entry.name in rows:
+                rows[entry.name] = dataclasses.replace(
+                    rows[entry.name], shadows=(*rows[entry.name].shadows, folder.label)
+                )
+                continue
+            rows[entry.name] = _row(resolver, entry, folder.label)
+    for name, fam in families.FAMILIES.items():
+        if name not in rows:
+            rows[name] = CatalogEntry(name, "family", None, BUILTIN, fam.description, fam.tags)
+    out = sorted(rows.values(), key=lambda r: r.name)
+    return [r for r in out if tag is None or tag in r.tags]
+
+
+def _row(resolver: _Resolver, entry: Entry, label: str) -> CatalogEntry:
+    if entry.kind == "family":
+        fam = families.FAMILIES[entry.family]
+        return CatalogEntry(entry.name, "family", None, label,
+                            entry.description or fam.description, entry.tags or fam.tags)
+    item = resolver.build(entry)
+    members = tuple(k.name for k in item.kernels) if isinstance(item, KernelBank) else ()
+    return CatalogEntry(
+        entry.name,
+        "bank" if members else "kernel",
+        item.shape,
+        label,
+        item.description,
+        item.tags,
+        members=members,
+    )

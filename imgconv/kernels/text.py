@@ -1,0 +1,118 @@
+"""Numbers and inline matrices as users type them: ``1/9``, ``1e-3``, ``"0 1 0; 1 -4 1; 0 1 0"``."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from imgconv.errors import KernelError
+
+_FRACTION = re.compile(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*$")
+# What an inline matrix may contain: numbers, signs, fractions, separators.
+INLINE_CHARS = re.compile(r"^[\s0-9eE+\-.,;/]+$")
+
+
+def _plain_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_number(value: object, what: str, *, finite: bool = True) -> float:
+    """A YAML scalar or a typed string as a float: ``3``, ``-0.5``, ``"1e-3"``, ``"1/16"``.
+
+    PyYAML reads ``1e-3`` as a string and ``no`` as ``False``: the first is
+    accepted here, the second refused with a hint.
+
+    >>> parse_number("1/16", "scale")
+    0.0625
+    >>> parse_number("1e-3", "matrix value")
+    0.001
+    >>> parse_number("1/0", "scale")
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.KernelError: scale '1/0' divides by zero
+    >>> parse_number(False, "matrix value")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.KernelError: matrix value must be a number, got false (YAML reads yes/no/...)
+    """
+    if isinstance(value, bool):
+        raise KernelError(
+            f"{what} must be a number, got {str(value).lower()} "
+            "(YAML reads yes/no/on/off/true/false as booleans)"
+        )
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _FRACTION.match(text)
+        if match:
+            num, den = _plain_number(match[1]), _plain_number(match[2])
+            if num is None or den is None:
+                raise KernelError(f"{what} {value!r} is not a number or a fraction like 1/16")
+            if den == 0:
+                raise KernelError(f"{what} {value!r} divides by zero")
+            number = num / den
+        else:
+            parsed = _plain_number(text)
+            if parsed is None:
+                raise KernelError(f"{what} must be a number, got {value!r}")
+            number = parsed
+    elif value is None:
+        raise KernelError(f"{what} must be a number, got nothing (null)")
+    else:
+        raise KernelError(f"{what} must be a number, got {value!r}")
+    if finite and not np.isfinite(number):
+        raise KernelError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def split_rows(text: str) -> list[list[str]]:
+    """Split ``"1 2; 3,4"`` (or rows on separate lines) into rows of number strings.
+
+    >>> split_rows("0 1 0; 1,-4,1\\n0 1 0;")
+    [['0', '1', '0'], ['1', '-4', '1'], ['0', '1', '0']]
+    """
+    rows = [row.strip() for row in re.split(r"[;\n]", text)]
+    while rows and not rows[-1]:
+        rows.pop()
+    return [[tok for tok in re.split(r"[,\s]+", row) if tok] for row in rows]
+
+
+def parse_rows(rows: list[list[object]], what: str = "matrix") -> list[list[float]]:
+    """Check rows are non-empty, not ragged and numeric; return floats.
+
+    >>> parse_rows([[1, "1/2"], ["1e-3", 0]])
+    [[1.0, 0.5], [0.001, 0.0]]
+    >>> parse_rows([[1, 2], [3]])
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.KernelError: matrix row 2 has 1 number but row 1 has 2 (ragged rows)
+    """
+    if not rows or not any(rows):
+        raise KernelError(f"{what} is empty")
+    out = []
+    for i, row in enumerate(rows, 1):
+        if len(row) != len(rows[0]):
+            count = f"{len(row)} number{'s' if len(row) != 1 else ''}"
+            raise KernelError(
+                f"{what} row {i} has {count} but row 1 has {len(rows[0])} (ragged rows)"
+            )
+        out.append([
+            parse_number(v, f"{what} row {i}, column {j}") for j, v in enumerate(row, 1)
+        ])
+    return out
+
+
+def parse_inline(text: str) -> list[list[float]]:
+    """An inline matrix: rows separated by ``;`` (or newlines), numbers by spaces or commas.
+
+    >>> parse_inline("0 1 0; 1 -4 1; 0 1 0")
+    [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]
+    >>> parse_inline("1/9, 1/9")
+    [[0.1111111111111111, 0.1111111111111111]]
+    """
+    return parse_rows(split_rows(text))  # type: ignore[arg-type]

@@ -1,0 +1,317 @@
+"""Kernel YAML files, the search path, shadowing, banks from files, and the shipped library."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import imgconv
+from imgconv.errors import KernelError
+from imgconv.kernels import Kernel, KernelBank, builtin_dir, catalog, dump, resolve, search_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXAMPLE = """\
+name: my-blur
+description: 3x3 binomial blur
+matrix:            # rows of numbers
+  - [1, 2, 1]
+  - [2, 4, 2]
+  - [1, 2, 1]
+scale: 1/16
+bias: 0
+anchor: [1, 1]
+output: clip
+tags: [blur]
+"""
+
+# (file contents, expected message): every bad input of issue 3, as a file.
+BAD_FILES = [
+    ("a: [1, 2\n", r"bad\.yaml:\d+: not valid YAML"),
+    ("matrix:\n  - [1, 2, 3]\n  - [4, 5]\n",
+     r"bad\.yaml:3: kernel 'bad': matrix row 2 has 2 numbers but row 1 has 3 \(ragged rows\)"),
+    ("matrix: []\n", r"bad\.yaml:1: kernel 'bad': matrix must be rows .*got an empty list"),
+    ("matrix: [[]]\n", r"kernel 'bad': matrix is empty"),
+    ("matrix:\n  - [1, 2]\n  - [x, 4]\n",
+     r"bad\.yaml:3: kernel 'bad': matrix row 2, column 1 must be a number, got 'x'"),
+    ("matrix:\n  - [1, no]\n", r"bad\.yaml:2: .*must be a number, got false \(YAML reads"),
+    ("matrix: [[1, .nan]]\n", r"must be a finite number, got nan"),
+    ("matrix: [[1, .inf]]\n", r"must be a finite number, got inf"),
+    ("matrix: [[1]]\nscale: 0\n", r"bad\.yaml:2: kernel 'bad': scale must not be zero"),
+    ("matrix: [[1]]\nscale: 1/0\n", r"bad\.yaml:2: kernel 'bad': scale '1/0' divides by zero"),
+    ("matrix: [[1]]\nscale: one/2\n", r"scale 'one/2' is not a number or a fraction"),
+    ("matrix: [[1, -1]]\nnormalize: true\n",
+     r"bad\.yaml:2: kernel 'bad': normalize: true needs a matrix whose sum is not zero"),
+    ("matrx: [[1]]\n", r"bad\.yaml:1: kernel 'bad': unknown key 'matrx' \(did you mean matrix\?\)"),
+    ("- name: a\n  matrix: [[1]]\n- name: a\n  matrix: [[2]]\n",
+     r"bad\.yaml:3: kernel 'a': duplicate name 'a' \(also defined on line 1\)"),
+    ("name: b\nkernels: [sobel-x, nosuch]\ncombine: max\n",
+     r"bad\.yaml:2: kernel 'b': bank member 'nosuch': unknown kernel 'nosuch'"),
+    ("name: b\nkernels: [sobel-x, b]\ncombine: max\n",
+     r"bad\.yaml:2: kernel 'b': bank member 'b' refers to the bank itself"),
+    ("name: b\nkernels: [sobel]\ncombine: max\n", r"bank member 'sobel' is a bank; banks cannot"),
+    ("name: b\nkernels: [sobel-x, box:5]\ncombine: max\n", r"all kernels must have the same shape"),
+    ("name: b\nkernels: [sobel-x]\n", r"a bank needs combine: one of magnitude"),
+    ("name: b\nkernels: [sobel-x]\ncombine: avg\n", r"bad\.yaml:3: .*combine must be one of"),
+    ("name: b\nkernels: [box:2]\ncombine: max\nrotate: 45\n", r"cannot rotate 'box:size=2'"),
+    ("name: b\nkernels: [sobel-x]\ncombine: max\nrotate: 30\n", r"rotate must be one of 45, 90"),
+    ("matrix: [[1]]\nkernels: [a]\n", r"may have only one of matrix"),
+    ("description: nothing\n", r"needs one of matrix \(a kernel\), kernels \(a bank\) or family"),
+    ("matrix: [[1]]\nanchor: [1, 0]\n", r"bad\.yaml:2: kernel 'bad': anchor must be two ints"),
+    ("matrix: [[1]]\noutput: bright\n", r"output must be one of clip, abs, offset, normalize"),
+    ("matrix: [[1]]\nmatrix: [[2]]\n", r"bad\.yaml: line 2: key 'matrix' appears twice"),
+    ("name: 3x3\nmatrix: [[1]]\n", r"name must start with a letter"),
+    ("family: gausian\n", r"family must be one of box, gaussian, motion, log; got 'gausian'"),
+    ("family: gaussian\nparams: {sigma: -1}\n", r"sigma must be > 0"),
+    ("matrix: [[[1, 2]], [[1]]]\n", r"channel 2 has shape 1×1 but channel 1 has 1×2"),
+    ("- name: a\n  matrix: [[1]]\n- matrix: [[2]]\n", r"a kernel needs a name"),
+    ("", r"bad\.yaml: holds no kernels"),
+    ("42\n", r"each kernel must be a mapping"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMGCONV_KERNEL_PATH", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_readme_example_file(tmp_path):
+    write(tmp_path, "my.yaml", EXAMPLE)
+    kernel = resolve("my.yaml")
+    assert isinstance(kernel, Kernel)
+    assert (kernel.name, kernel.scale, kernel.anchor, kernel.output, kernel.tags) == (
+        "my-blur", 1 / 16, (1, 1), "clip", ("blur",))
+    assert kernel.source == "my.yaml"
+    np.testing.assert_array_equal(kernel.weights, resolve("gaussian-blur").weights)
+    assert resolve("my.yaml:my-blur") == kernel
+
+
+def test_multi_kernel_files_lists_and_documents(tmp_path):
+    write(tmp_path, "list.yaml", """\
+        - name: a
+          matrix: "1 2; 3 4"
+        - name: b
+          matrix: |
+            1 0
+            0 1/2
+          normalize: true
+        - name: ab
+          kernels: [a, b, {matrix: [[0, 1], [1, 0]]}]
+          combine: sum
+        """)
+    write(tmp_path, "docs.yml", "name: x\nmatrix: [[1e-3]]\n---\nname: y\nmatrix: [[2]]\n")
+    np.testing.assert_allclose(resolve("list.yaml:b").weights, [[2 / 3, 0], [0, 1 / 3]])
+    bank = resolve("list.yaml:ab")
+    assert isinstance(bank, KernelBank)
+    assert [k.name for k in bank.kernels] == ["a", "b", "ab.3"]
+    assert resolve("docs.yml:x").weights[0, 0] == pytest.approx(1e-3)
+    with pytest.raises(KernelError, match=r"list\.yaml holds 3 kernels \(a, b, ab\): name one"):
+        resolve("list.yaml")
+    with pytest.raises(KernelError, match=r"list\.yaml has no kernel 'c'; it holds a, b, ab"):
+        resolve("list.yaml:c")
+
+
+def test_multi_channel_file(tmp_path):
+    write(tmp_path, "rgb.yaml", """\
+        matrix:
+          - [[1, 0], [0, 0]]
+          - [[0, 2], [0, 0]]
+          - [[0, 0], [0, 3]]
+        """)
+    kernel = resolve("rgb.yaml")
+    assert kernel.shape == (2, 2, 3) and kernel.channels == 3 and kernel.name == "rgb"
+    assert kernel.weights[:, :, 1].tolist() == [[0, 2], [0, 0]]
+
+
+def test_family_entries(tmp_path, monkeypatch):
+    write(tmp_path, "fam.yaml", """\
+        - name: soft
+          family: gaussian
+          params: {sigma: 2}
+          output: normalize
+        - name: wide
+          family: box
+          params: 1x7
+        - name: g
+          family: gaussian
+        """)
+    soft = resolve("fam.yaml:soft")
+    assert soft.shape == (13, 13) and soft.output == "normalize" and soft.name == "soft"
+    assert resolve("fam.yaml:wide").shape == (1, 7)
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(tmp_path))
+    assert resolve("g:sigma=3").shape == (19, 19)
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES, ids=[m[:30] for _, m in BAD_FILES])
+def test_bad_files(tmp_path, text, message):
+    write(tmp_path, "bad.yaml", text)
+    with pytest.raises(KernelError, match=message):
+        resolve("bad.yaml")
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(KernelError, match=r"kernel file 'nope\.yaml' not found"):
+        resolve("nope.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(KernelError, match=r"is a folder"):
+        resolve("dir.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(KernelError, match=r"bin\.yaml: not valid YAML"):
+        resolve("bin.yaml")
+
+
+# --- search path ------------------------------------------------------------------------------
+
+
+def test_search_path_order(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", f"{one}{os.pathsep}{two}")
+    assert search_path() == [one, two, tmp_path / "config" / "imgconv" / "kernels"]
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert search_path()[-1] == tmp_path / "home" / ".config" / "imgconv" / "kernels"
+
+
+def test_first_match_wins_and_list_says_so(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    config = tmp_path / "config" / "imgconv" / "kernels"
+    write(one, "edge.yaml", "name: sobel-x\nmatrix: [[1, 2, 3]]\ntags: [mine]\n")
+    write(two, "edge.yaml", "name: sobel-x\nmatrix: [[4, 5, 6]]\n")
+    write(config, "k.yaml", "- name: mine\n  matrix: [[7]]\n- name: sobel\n  matrix: [[8]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", f"{one}{os.pathsep}{two}")
+    assert resolve("sobel-x").weights.tolist() == [[1, 2, 3]]
+    assert resolve("sobel-x").source == str(one / "edge.yaml")
+    assert resolve("mine").weights.tolist() == [[7]]
+    assert isinstance(resolve("sobel"), Kernel)  # the user's kernel shadows the built-in bank
+    rows = {r.name: r for r in catalog()}
+    assert rows["sobel-x"].source == str(one)
+    assert rows["sobel-x"].shadows == (str(two), "built-in")
+    assert rows["sobel"].shadows == ("built-in",) and rows["sobel"].kind == "kernel"
+    assert rows["sobel-y"].shadows == ()
+    # A built-in bank names its members on the search path, so it picks up the user's sobel-x.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(KernelError, match=r"all kernels must have the same shape"):
+        resolve("sobel")
+
+
+def test_user_bank_uses_its_own_file_first(tmp_path, monkeypatch):
+    folder = tmp_path / "k"
+    write(folder, "grad.yaml", """\
+        - name: gx
+          matrix: [[-1, 1]]
+        - name: grad
+          kernels: [gx, {name: gy, matrix: [[1, -1]]}]
+          combine: max
+        """)
+    first = tmp_path / "first"
+    write(first, "other.yaml", "name: gx\nmatrix: [[5, 5]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", f"{first}{os.pathsep}{folder}")
+    bank = resolve("grad")
+    assert [k.name for k in bank.kernels] == ["gx", "gy"]
+    assert bank.kernels[0].weights.tolist() == [[-1, 1]]
+    assert resolve("gx").weights.tolist() == [[5, 5]]
+    assert bank.source == str(folder / "grad.yaml")
+
+
+def test_duplicate_names_across_files_of_a_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "k"
+    write(folder, "a.yaml", "name: same\nmatrix: [[1]]\n")
+    write(folder, "b.yaml", "name: same\nmatrix: [[2]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    with pytest.raises(KernelError, match=r"b\.yaml:1: kernel 'same': 'same' is also defined in"):
+        resolve("sobel-x")
+
+
+def test_a_missing_folder_on_the_path_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(tmp_path / "missing"))
+    assert resolve("identity").weights[1, 1] == 1
+
+
+def test_edited_files_are_reread(tmp_path):
+    path = write(tmp_path, "k.yaml", "matrix: [[1]]\n")
+    assert resolve("k.yaml").weights.tolist() == [[1]]
+    path.write_text("matrix: [[2, 3]]\n")
+    assert resolve("k.yaml").weights.tolist() == [[2, 3]]
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+finite = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) > 1e-300)
+
+
+@st.composite
+def kernels(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    channels = draw(st.sampled_from([None, 2]))
+    shape = (kh, kw) if channels is None else (kh, kw, channels)
+    matrix = np.array(draw(st.lists(finite, min_size=int(np.prod(shape)),
+                                    max_size=int(np.prod(shape))))).reshape(shape)
+    return Kernel(
+        name=draw(st.from_regex(r"[a-z][a-z0-9\-]{0,8}", fullmatch=True)),
+        matrix=matrix,
+        scale=draw(finite.filter(bool)),
+        bias=draw(finite),
+        anchor=draw(st.none() | st.tuples(st.integers(0, kh - 1), st.integers(0, kw - 1))),
+        output=draw(st.none() | st.sampled_from(["clip", "abs", "offset", "normalize"])),
+        description=draw(st.text("abc xyz:#-'\"", max_size=12)).strip(),
+        tags=tuple(draw(st.lists(st.sampled_from(["blur", "edge", "x-y"]), max_size=2))),
+        source="x.yaml",
+    )
+
+
+@given(kernels())
+def test_yaml_round_trip(tmp_path_factory, kernel):
+    path = tmp_path_factory.mktemp("rt") / "x.yaml"
+    path.write_text(dump(kernel), encoding="utf-8")
+    back = resolve(str(path))
+    assert back == dataclasses.replace(kernel, source=str(path))
+
+
+@pytest.mark.parametrize("name", ["sobel", "kirsch", "gaussian-blur", "gaussian:sigma=1.5"])
+def test_builtins_round_trip(tmp_path, name):
+    item = resolve(name)
+    (tmp_path / "rt.yaml").write_text(dump(item), encoding="utf-8")
+    back = resolve("rt.yaml")
+    if isinstance(item, KernelBank):
+        assert [k.weights.tolist() for k in back.kernels] == [
+            k.weights.tolist() for k in item.kernels]
+        assert back.combine == item.combine
+    else:
+        np.testing.assert_array_equal(back.weights, item.weights)
+
+
+# --- the shipped library ----------------------------------------------------------------------
+
+
+def test_builtins_are_the_top_level_kernels_folder():
+    shipped = sorted(t.name for t in builtin_dir().iterdir() if t.name.endswith(".yaml"))
+    assert shipped == sorted(p.name for p in (REPO / "kernels").glob("*.yaml"))
+
+
+def test_installed_package_ships_every_kernel():
+    package = Path(imgconv.__file__).resolve().parent
+    if package.parent == REPO:
+        pytest.skip("imgconv is imported from the checkout (editable install)")
+    data = importlib.resources.files("imgconv") / "data" / "kernels"
+    assert data.is_dir(), "the wheel does not ship imgconv/data/kernels"
+    shipped = sorted(t.name for t in data.iterdir())
+    assert shipped == sorted(p.name for p in (REPO / "kernels").glob("*.yaml"))
+    for name in shipped:
+        assert (data / name).read_text("utf-8") == (REPO / "kernels" / name).read_text("utf-8")
