@@ -9,7 +9,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from imgconv.core.geometry import Geometry, normalize_pair, resolve_padding
 from imgconv.core.padding import normalize_pad_mode
-from imgconv.core.strategies import STRATEGIES, choose_strategy
+from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy
+from imgconv.core.tiles import Post
 
 Padding = str | int | tuple[int, int] | tuple[int, int, int, int]
 IntPair = int | tuple[int, int]
@@ -55,7 +56,7 @@ def as_kernel(kernel: ArrayLike) -> NDArray[np.float64]:
     return arr
 
 
-def _correlate(
+def _prepare(
     image: ArrayLike,
     kernel: ArrayLike,
     *,
@@ -65,9 +66,8 @@ def _correlate(
     stride: object,
     dilation: object,
     flip: bool,
-    strategy: str | None = None,
-) -> NDArray[Any]:
-    """The one worker behind :func:`correlate` and :func:`convolve`."""
+) -> tuple[NDArray[Any], NDArray[Any], Geometry, str, float]:
+    """Validate the arguments: the image, the kernel in the working dtype, the geometry."""
     img = as_image(image)
     weights = as_kernel(kernel)
     mode, fill = normalize_pad_mode(pad_mode, cval)
@@ -89,27 +89,162 @@ def _correlate(
             pads = (pads[1], pads[0], pads[3], pads[2])
     geom = Geometry((img.shape[0], img.shape[1]), kshape, pads, strides, dilations)
     geom.check()
+    return img, weights.astype(working_dtype(img.dtype)), geom, mode, fill
 
-    dtype = working_dtype(img.dtype)
-    weights = weights.astype(dtype)
-    name = strategy or choose_strategy(weights, geom)
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    run = STRATEGIES[name]
 
-    def plane(c: int | None) -> NDArray[Any]:
-        return np.asarray(img if c is None else img[:, :, c], dtype=dtype)
+def _strategy(name: str | None, weights: NDArray[Any], geom: Geometry) -> Strategy:
+    chosen = name or choose_strategy(weights, geom)
+    if chosen not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {chosen!r}")
+    return STRATEGIES[chosen]
 
+
+def _run(
+    img: NDArray[Any],
+    weights: NDArray[Any],
+    geom: Geometry,
+    mode: str,
+    fill: float,
+    strategy: str | None,
+    out: NDArray[Any] | None = None,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Run the strategy per channel; planes are passed as views and converted tile by tile."""
     if img.ndim == 2:
-        return run(plane(None), weights, geom, mode, fill)
+        return _strategy(strategy, weights, geom)(img, weights, geom, mode, fill, out=out,
+                                                  post=post)
     if weights.ndim == 3:
-        out = run(plane(0), weights[:, :, 0], geom, mode, fill)
-        for c in range(1, img.shape[2]):
-            out += run(plane(c), weights[:, :, c], geom, mode, fill)
+        # the channel sums need the working dtype: post-processing comes after
+        total = np.empty(geom.out_shape, dtype=weights.dtype)
+        part = np.empty_like(total)
+        for c in range(img.shape[2]):
+            w = weights[:, :, c]
+            _strategy(strategy, w, geom)(img[:, :, c], w, geom, mode, fill,
+                                         out=total if c == 0 else part)
+            if c:
+                total += part
+        if post is not None:
+            post(total)
+        if out is None:
+            return total
+        np.copyto(out, total, casting="unsafe")
         return out
-    return np.stack(
-        [run(plane(c), weights, geom, mode, fill) for c in range(img.shape[2])], axis=-1
+    result = np.empty((*geom.out_shape, img.shape[2]), weights.dtype) if out is None else out
+    run = _strategy(strategy, weights, geom)
+    for c in range(img.shape[2]):
+        run(img[:, :, c], weights, geom, mode, fill, out=result[:, :, c], post=post)
+    return result
+
+
+def _correlate(
+    image: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    padding: object,
+    pad_mode: object,
+    cval: object,
+    stride: object,
+    dilation: object,
+    flip: bool,
+    strategy: str | None = None,
+) -> NDArray[Any]:
+    """The one worker behind :func:`correlate` and :func:`convolve`.
+
+    ``strategy`` names one of :data:`imgconv.core.strategies.STRATEGIES`
+    (``None``: the cost model's choice); tests use it to check each one.
+    """
+    img, weights, geom, mode, fill = _prepare(
+        image, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
+        dilation=dilation, flip=flip,
     )
+    return _run(img, weights, geom, mode, fill, strategy)
+
+
+def output_shape(
+    image_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    *,
+    padding: Padding = "same",
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+) -> tuple[int, ...]:
+    """The shape :func:`correlate` returns, without computing anything.
+
+    >>> output_shape((480, 640, 3), (3, 3), stride=2)
+    (240, 320, 3)
+    >>> output_shape((480, 640, 3), (3, 3, 3), padding="valid")
+    (478, 638)
+    """
+    if len(image_shape) not in (2, 3) or len(kernel_shape) not in (2, 3):
+        raise ValueError(
+            f"image shape must be (H, W) or (H, W, C) and kernel shape (kh, kw) or (kh, kw, C); "
+            f"got {image_shape} and {kernel_shape}"
+        )
+    dilations = normalize_pair(dilation, "dilation")
+    kshape = (kernel_shape[0], kernel_shape[1])
+    geom = Geometry((image_shape[0], image_shape[1]), kshape,
+                    resolve_padding(padding, kshape, dilations),
+                    normalize_pair(stride, "stride"), dilations)
+    geom.check()
+    if len(image_shape) == 3 and len(kernel_shape) == 2:
+        return (*geom.out_shape, image_shape[2])
+    return geom.out_shape
+
+
+def correlate_into(
+    image: ArrayLike,
+    kernel: ArrayLike,
+    out: NDArray[Any],
+    *,
+    padding: Padding = "same",
+    pad_mode: str = "reflect",
+    cval: float = 0.0,
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+    flip: bool = False,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Correlate (``flip=True``: convolve) into ``out``, finishing each tile with ``post``.
+
+    The memory-lean entry point for whole images: integer input is converted to
+    float32 tile by tile, each finished float tile is passed to ``post`` (which
+    may change it in place, e.g. clip to 0..255) and then stored into ``out``,
+    which may have any real dtype (e.g. uint8: a C cast, so ``post`` should
+    round and clip first). Peak memory is the input, ``out`` and a few tiles
+    per thread. A multi-channel filter is the exception: its channel sum is one
+    float plane, processed by ``post`` as a whole.
+
+    Parameters
+    ----------
+    image, kernel, padding, pad_mode, cval, stride, dilation
+        As :func:`correlate`.
+    out : ndarray
+        Of shape :func:`output_shape`; written and returned.
+    flip : bool
+        True convolution, as :func:`convolve`.
+    post : callable, optional
+        ``post(tile)`` on each float tile of output rows (shape (rows, W') per
+        channel), in place; its return value is ignored.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[10, 20], [30, 40]], dtype=np.uint8)
+    >>> out = np.empty((2, 2), np.uint8)
+    >>> correlate_into(x, [[-1.0, 1.0]], out, post=lambda t: np.clip(t, 0, 255, out=t))
+    array([[ 0, 10],
+           [ 0, 10]], dtype=uint8)
+    """
+    img, weights, geom, mode, fill = _prepare(
+        image, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
+        dilation=dilation, flip=flip,
+    )
+    per_channel = img.ndim == 3 and weights.ndim == 2
+    expected = (*geom.out_shape, img.shape[2]) if per_channel else geom.out_shape
+    if not isinstance(out, np.ndarray) or out.shape != expected:
+        got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be an array of shape {expected}, got {got}")
+    return _run(img, weights, geom, mode, fill, None, out=out, post=post)
 
 
 def correlate(

@@ -1,53 +1,359 @@
-"""How a 2-D correlation is computed: the strategy seam.
+"""How a 2-D correlation is computed: the strategy seam and the cost model.
 
-Every strategy takes one image plane, one kernel plane (already flipped for
-true convolution), the geometry and the border mode, and returns the output
-plane in the image's working dtype. The public API never names a strategy:
-:func:`choose_strategy` picks one, and tests run every registered strategy
-against scipy.ndimage.
+Every strategy takes one image plane (any real dtype; it is converted tile by
+tile), one kernel plane in the working dtype (already flipped for true
+convolution), the geometry and the border mode, and returns the output plane in
+the kernel's dtype. Optional keywords: ``out``, an array (any dtype, possibly a
+strided view such as one channel of an (H, W, C) array) to write into, and
+``post``, a function applied in place to each finished tile before it is
+stored (see :func:`imgconv.core.conv.correlate_into`).
+
+=============  ==========================================================  ==================
+strategy       how                                                         cost per pixel
+=============  ==========================================================  ==================
+``direct``     shift-and-accumulate of the 2-D kernel over row tiles        ~ non-zero taps
+``separable``  ``r`` pairs of 1-D passes, vertical then horizontal          ~ r·(kh + kw)
+``fft``        overlap-save over row tiles with scipy.fft                   ~ log of tile size
+=============  ==========================================================  ==================
+
+All three work on row tiles that fit the CPU cache, skip zero taps and
+multiplications by ±1 (:mod:`imgconv.core.taps`), compute only the rows and
+columns a stride keeps (except ``fft``, which computes stride 1 and subsamples)
+and run bands of tiles on the thread pool (:mod:`imgconv.core.threads`). The
+public API never names a strategy: :func:`choose_strategy` picks the cheapest,
+and the tests run every registered strategy against scipy.ndimage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import math
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.core.geometry import Geometry
-from imgconv.core.padding import pad
+from imgconv.core.taps import Program, column_program, factors, program_2d, row_program
+from imgconv.core.tiles import Padder, Post, run_bands, store, tile_grid
 
-Strategy = Callable[[NDArray[Any], NDArray[Any], Geometry, str, float], NDArray[Any]]
+#: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
+#: must stay in a core's L2 cache between the passes of one tile.
+TILE_BYTES = 192 * 1024
+
+#: Padded input rows of one FFT tile (before rounding up to a fast FFT length):
+#: larger tiles waste fewer overlapping rows but leave the cache.
+FFT_TILE_ROWS = 256
+
+#: The cost model's weights, in element passes per output pixel, measured on
+#: a 12 MP float32 image (benchmarks/bench_core.py): one FFT tile costs about
+#: ``FFT_COST * log2(size)`` passes per padded pixel; converting input rows
+#: into the tile about ``COPY_COST``.
+FFT_COST = 2.5
+COPY_COST = 1.0
 
 
-def direct(
-    plane: NDArray[Any], kernel: NDArray[Any], geom: Geometry, mode: str, cval: float
-) -> NDArray[Any]:
-    """Shift and accumulate: one strided view of the padded plane per non-zero tap.
+class Strategy(Protocol):
+    """``(plane, kernel, geom, mode, cval, *, out=None, post=None) -> out plane``."""
 
-    Memory is the padded plane, the output and one scratch plane, whatever the
-    kernel size (no im2col copy). Stride is taken by the views, so only the
-    outputs that are kept are computed.
-    """
-    padded = pad(plane, geom.pads, mode, cval)
-    oh, ow = geom.out_shape
-    (sy, sx), (dy, dx) = geom.stride, geom.dilation
-    out = np.zeros((oh, ow), dtype=plane.dtype)
-    scratch = np.empty_like(out)
-    for (i, j), weight in np.ndenumerate(kernel):
-        if weight == 0:
-            continue
-        y0, x0 = i * dy, j * dx
-        view = padded[y0 : y0 + sy * (oh - 1) + 1 : sy, x0 : x0 + sx * (ow - 1) + 1 : sx]
-        np.multiply(view, weight, out=scratch)
-        out += scratch
+    def __call__(
+        self,
+        plane: NDArray[Any],
+        kernel: NDArray[Any],
+        geom: Geometry,
+        mode: str,
+        cval: float,
+        *,
+        out: NDArray[Any] | None = None,
+        post: Post | None = None,
+    ) -> NDArray[Any]: ...
+
+
+def _output(out: NDArray[Any] | None, geom: Geometry, dtype: np.dtype[Any]) -> NDArray[Any]:
+    if out is None:
+        return np.empty(geom.out_shape, dtype=dtype)
+    if out.shape != geom.out_shape:
+        raise ValueError(f"out must have shape {geom.out_shape}, got {out.shape}")
     return out
 
 
-STRATEGIES: dict[str, Strategy] = {"direct": direct}
+def _in_place(dst: NDArray[Any], dtype: np.dtype[Any], post: Post | None) -> bool:
+    """Whether a tile can be accumulated straight into its place in the output."""
+    return post is None and dst.dtype == dtype and dst.flags.c_contiguous
+
+
+def tile_rows(width: int, itemsize: int, stride: int) -> int:
+    """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`."""
+    return max(1, TILE_BYTES // max(1, width * itemsize * stride))
+
+
+def direct(
+    plane: NDArray[Any],
+    kernel: NDArray[Any],
+    geom: Geometry,
+    mode: str,
+    cval: float,
+    *,
+    out: NDArray[Any] | None = None,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Shift and accumulate: one strided view of the padded tile per non-zero tap.
+
+    Memory is the output plus, per thread, a padded input tile and at most two
+    tile-sized buffers, whatever the kernel size (no im2col copy). Stride is
+    taken by the views, so only the outputs that are kept are computed.
+    """
+    dtype = kernel.dtype
+    result = _output(out, geom, dtype)
+    oh, ow = geom.out_shape
+    (sy, sx), ey = geom.stride, geom.extent[0]
+    padder = Padder(plane, geom, mode, cval)
+    program = program_2d(kernel, geom.dilation)
+    n = tile_rows(padder.width, dtype.itemsize, sy)
+
+    def band(tiles: list[tuple[int, int]]) -> None:
+        tile = np.empty(((n - 1) * sy + ey, padder.width), dtype)
+        acc_buf = np.empty((n, ow), dtype)
+        scratch = np.empty((n, ow), dtype) if program.needs_scratch() else None
+        for r0, r1 in tiles:
+            m = r1 - r0
+            rows_in = (m - 1) * sy + ey
+            padder.fill(tile, r0 * sy, rows_in)
+            dst = result[r0:r1]
+            acc = dst if _in_place(dst, dtype, post) else acc_buf[:m]
+            program.run([tile[:rows_in]], (m, ow), (sy, sx), acc,
+                        None if scratch is None else scratch[:m])
+            store(acc, dst, post)
+
+    run_bands(tile_grid(oh, n), band, oh * ow)
+    return result
+
+
+def _is_identity(program: Program) -> bool:
+    """A single tap of weight 1: the pass would only copy its source."""
+    return (len(program.groups) == 1 and program.groups[0].size == 1
+            and program.groups[0].weight == 1.0 and bool(program.groups[0].plus))
+
+
+def separable(
+    plane: NDArray[Any],
+    kernel: NDArray[Any],
+    geom: Geometry,
+    mode: str,
+    cval: float,
+    *,
+    out: NDArray[Any] | None = None,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Rank-``r`` kernels as ``r`` vertical 1-D passes and one summed horizontal pass.
+
+    The kernel is split exactly into ``sum_k outer(u_k, v_k)`` by
+    :func:`imgconv.core.taps.low_rank`; a rank-1 kernel (box, gaussian, sobel)
+    costs ``kh + kw`` passes instead of ``kh * kw``. The vertical passes run
+    first, on tile rows only (never on the rows a tall kernel overlaps), and the
+    horizontal pass takes the column stride. Any kernel works: a full-rank one
+    simply has ``r = min(kh, kw)`` pairs, which the cost model avoids.
+    """
+    dtype = kernel.dtype
+    result = _output(out, geom, dtype)
+    oh, ow = geom.out_shape
+    (sy, sx), ey = geom.stride, geom.extent[0]
+    dy, dx = geom.dilation
+    pairs = factors(kernel)
+    padder = Padder(plane, geom, mode, cval)
+    width = padder.width
+    col_programs = [column_program(u, dy) for u, _ in pairs]
+    row = row_program([v for _, v in pairs], dx)
+    n = tile_rows(width, dtype.itemsize, sy)
+
+    def band(tiles: list[tuple[int, int]]) -> None:
+        tile = np.empty(((n - 1) * sy + ey, width), dtype)
+        partial = [None if _is_identity(p) else np.empty((n, width), dtype)
+                   for p in col_programs]
+        col_scratch = (np.empty((n, width), dtype)
+                       if any(p.needs_scratch() for p in col_programs) else None)
+        acc_buf = np.empty((n, ow), dtype)
+        row_scratch = np.empty((n, ow), dtype) if row.needs_scratch() else None
+        for r0, r1 in tiles:
+            m = r1 - r0
+            rows_in = (m - 1) * sy + ey
+            padder.fill(tile, r0 * sy, rows_in)
+            sources = []
+            for program, buf in zip(col_programs, partial, strict=True):
+                if buf is None:  # u is a single 1: the rows of the tile are the pass
+                    d = program.groups[0].plus[0][1]
+                    sources.append(tile[d : d + sy * (m - 1) + 1 : sy])
+                    continue
+                program.run([tile[:rows_in]], (m, width), (sy, 1), buf[:m],
+                            None if col_scratch is None else col_scratch[:m])
+                sources.append(buf[:m])
+            dst = result[r0:r1]
+            acc = dst if _in_place(dst, dtype, post) else acc_buf[:m]
+            row.run(sources, (m, ow), (1, sx), acc,
+                    None if row_scratch is None else row_scratch[:m])
+            store(acc, dst, post)
+
+    run_bands(tile_grid(oh, n), band, oh * ow)
+    return result
+
+
+def _unit_stride(geom: Geometry) -> Geometry:
+    return Geometry(geom.in_shape, geom.kernel_shape, geom.pads, (1, 1), geom.dilation)
+
+
+def fast_len(n: int) -> int:
+    """The smallest ``2**a * 3**b * 5**c >= n``: a size pocketfft transforms fast.
+
+    Computed here so that the cost model does not import scipy.
+
+    >>> fast_len(4030), fast_len(257), fast_len(1)
+    (4050, 270, 1)
+    """
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            candidate = p35 << max(0, (-(-n // p35) - 1).bit_length())
+            best = min(best, candidate)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _fft_tile_shape(geom: Geometry) -> tuple[int, int, int]:
+    """``(fy, fx, n)`` for the stride-1 geometry: FFT size and stride-1 output rows per tile."""
+    (oh, ow), (ey, ex) = geom.out_shape, geom.extent
+    fy = fast_len(min(oh - 1 + ey, max(FFT_TILE_ROWS, 4 * ey)))
+    return fy, fast_len(ow - 1 + ex), fy - ey + 1
+
+
+def fft(
+    plane: NDArray[Any],
+    kernel: NDArray[Any],
+    geom: Geometry,
+    mode: str,
+    cval: float,
+    *,
+    out: NDArray[Any] | None = None,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Overlap-save FFT correlation over full-width row tiles (scipy.fft as the primitive).
+
+    Each tile of padded rows is transformed, multiplied by the kernel's
+    spectrum (computed once) and transformed back; the rows a tile shares with
+    the next are its only overhead, and memory stays at a few tiles per thread.
+    The cost per pixel hardly grows with the kernel, so large dense kernels go
+    here. Dilation is exact (the dilated kernel is the kernel with zeros between
+    its taps). A stride is not saved: tiles are those of the stride-1 result,
+    which is subsampled, so that ``stride=s`` gives exactly ``[::s, ::s]`` of
+    the stride-1 output, as for every strategy.
+
+    Notes
+    -----
+    Rounding differs from the direct sum (errors spread over a tile rather than
+    staying local), within float32 or float64 precision of the tile's largest
+    values. A NaN or infinity in the image spreads over its whole tile.
+    """
+    from scipy import fft as sfft
+
+    dtype = kernel.dtype
+    result = _output(out, geom, dtype)
+    oh, ow = geom.out_shape
+    (sy, sx), (ey, ex) = geom.stride, geom.extent
+    dy, dx = geom.dilation
+    unit = _unit_stride(geom)
+    padder = Padder(plane, unit, mode, cval)
+    fy, fx, n1 = _fft_tile_shape(unit)
+    dilated = np.zeros((ey, ex), dtype)
+    dilated[::dy, ::dx] = kernel
+    # correlation is convolution with the flipped kernel; rows ey-1.. of the
+    # circular result are free of wrap-around (overlap-save)
+    spectrum = sfft.rfft2(dilated[::-1, ::-1], s=(fy, fx), workers=1)
+    oh1 = unit.out_shape[0]
+    # each stride-1 tile with the kept output rows it holds
+    tiles = []
+    for t0, t1 in tile_grid(oh1, n1):
+        r0, r1 = -(-t0 // sy), min(oh, -(-t1 // sy))
+        if r0 < r1:
+            tiles.append((t0, t1, r0, r1))
+
+    def band(group: list[tuple[int, int, int, int]]) -> None:
+        # zeros, not empty: places past a tile's rows and columns enter the
+        # transform, so they must be finite and, for results that do not depend
+        # on which thread ran which tile before, always zero
+        tile = np.zeros((fy, fx), dtype)
+        for t0, t1, r0, r1 in group:
+            rows_in = t1 - t0 + ey - 1
+            padder.fill(tile, t0, rows_in)
+            if rows_in < fy:
+                tile[rows_in:] = 0
+            freq = sfft.rfft2(tile, workers=1)
+            freq *= spectrum
+            full = sfft.irfft2(freq, s=(fy, fx), workers=1, overwrite_x=True)
+            first = ey - 1 + r0 * sy - t0
+            kept = full[first : first + sy * (r1 - r0 - 1) + 1 : sy,
+                        ex - 1 : ex + sx * (ow - 1) : sx]
+            store(kept, result[r0:r1], post)
+
+    run_bands(tiles, band, oh * ow)
+    return result
+
+
+STRATEGIES: dict[str, Strategy] = {"direct": direct, "separable": separable, "fft": fft}
+
+
+def _copy_cost(geom: Geometry, width: int, n: int) -> float:
+    """Passes per output pixel to fill the padded tiles (rows overlap between tiles)."""
+    (sy, _), ey = geom.stride, geom.extent[0]
+    ow = geom.out_shape[1]
+    return COPY_COST * ((n - 1) * sy + ey) * width / (n * ow)
+
+
+def costs(kernel: NDArray[Any], geom: Geometry) -> dict[str, float]:
+    """Estimated element passes per output pixel of each strategy (lower is faster).
+
+    >>> from imgconv.core.geometry import Geometry
+    >>> g = Geometry((3000, 4000), (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
+    >>> c = costs(np.ones((3, 3), np.float32) / 9, g)
+    >>> min(c, key=c.__getitem__)
+    'separable'
+    """
+    ow = geom.out_shape[1]
+    sy, sx = geom.stride
+    ex = geom.extent[1]
+    width = (ow - 1) * sx + ex
+    itemsize = kernel.dtype.itemsize
+    n = tile_rows(width, itemsize, sy)
+    copy = _copy_cost(geom, width, n)
+    found = {"direct": copy + program_2d(kernel, geom.dilation).cost()}
+
+    pairs = factors(kernel)
+    col = [column_program(u, geom.dilation[0]) for u, _ in pairs]
+    col_cost = sum(0 if _is_identity(p) else p.cost() for p in col)
+    row = row_program([v for _, v in pairs], geom.dilation[1])
+    found["separable"] = copy + col_cost * width / ow + row.cost()
+
+    # the FFT computes every stride-1 output and subsamples
+    unit = _unit_stride(geom)
+    fy, fx, n1 = _fft_tile_shape(unit)
+    rows_out = min(n1, unit.out_shape[0])
+    per_tile = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
+    found["fft"] = per_tile / (rows_out * unit.out_shape[1]) * sy * sx
+    return found
 
 
 def choose_strategy(kernel: NDArray[Any], geom: Geometry) -> str:
-    """Pick the cheapest strategy for this kernel and geometry (one, for now)."""
-    return "direct"
+    """Pick the cheapest strategy for this kernel and geometry by :func:`costs`.
+
+    The choice is made for stride 1, so that a strided call uses the same
+    strategy, and so the same rounding, as the stride-1 call it subsamples:
+    ``correlate(x, k, stride=s)`` is exactly ``correlate(x, k)[::s, ::s]``.
+
+    >>> from imgconv.core.geometry import Geometry
+    >>> g = Geometry((3000, 4000), (31, 31), (15, 15, 15, 15), (1, 1), (1, 1))
+    >>> choose_strategy(np.random.default_rng(0).random((31, 31)), g)
+    'fft'
+    """
+    found = costs(kernel, _unit_stride(geom))
+    return min(found, key=found.__getitem__)
+

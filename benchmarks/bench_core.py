@@ -1,0 +1,157 @@
+"""Time imgconv's correlate against scipy.ndimage and OpenCV on one large float32 image.
+
+Run ``python benchmarks/bench_core.py`` (``--help`` for options). For each of
+the kernels of issue 5 it prints the median time of imgconv.correlate, of
+scipy.ndimage.correlate, of OpenCV's cv2.filter2D when ``opencv-python-headless``
+is installed (never a dependency), and of ``np.copyto`` (one read and one write
+of the image: the memory floor), with the ratios the goals are stated in. Every
+imgconv result is checked against scipy's (max abs error), and OpenCV's too, so
+a fast wrong answer shows. Times are medians over ``--repeats`` runs because a
+shared machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy
+from scipy import ndimage as ndi
+
+import imgconv
+from imgconv.core import conv, set_threads
+from imgconv.core.strategies import STRATEGIES, choose_strategy
+from imgconv.core.threads import get_threads
+
+try:
+    import cv2
+except ImportError:  # optional
+    cv2 = None
+
+
+def kernels(seed: int = 0) -> dict[str, np.ndarray]:
+    """The kernels of issue 5."""
+    g1 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    return {
+        "box 3x3": np.ones((3, 3)) / 9,
+        "sobel-x 3x3": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+        "diagonal 3x3": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
+        "gaussian 5x5": np.outer(g1, g1),
+        "box 15x15": np.ones((15, 15)) / 225,
+        "random 31x31": np.random.default_rng(seed).standard_normal((31, 31)) / 31,
+    }
+
+
+def median_ms(func: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time in ms over ``repeats`` calls (after one warm-up), and the last result."""
+    result = func()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = func()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), result
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    parts = [
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, imgconv threads {get_threads()}",
+        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"OpenCV {cv2.__version__ if cv2 is not None else 'not installed'}, {platform.system()}",
+    ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="3000x4000", help="image HxW (default 3000x4000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median)")
+    parser.add_argument("--mode", default="reflect", help="pad_mode (default reflect)")
+    parser.add_argument("--threads", type=int, default=None, help="imgconv threads")
+    parser.add_argument("--strategies", action="store_true",
+                        help="also time every imgconv strategy on every kernel")
+    parser.add_argument("--kernels", default=None,
+                        help="comma-separated subset of kernel names, e.g. 'box 3x3,box 15x15'")
+    parser.add_argument("--no-scipy", action="store_true",
+                        help="skip timing scipy (slow); results are still checked against it")
+    args = parser.parse_args(argv)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    set_threads(args.threads)
+
+    image = (np.random.default_rng(1).random((h, w)) * 255).astype(np.float32)
+    print(machine())
+    print(f"image {h}x{w} float32, pad_mode={args.mode}, median of {args.repeats} runs\n")
+    out = np.empty_like(image)
+    floor, _ = median_ms(lambda: np.copyto(out, image), args.repeats)
+
+    chosen = kernels()
+    if args.kernels:
+        wanted = [k.strip() for k in args.kernels.split(",")]
+        chosen = {k: v for k, v in chosen.items() if k in wanted}
+    header = (f"{'kernel':<14} {'strategy':>9} {'imgconv':>9} {'scipy':>9} {'OpenCV':>9} "
+              f"{'copyto':>7} {'scipy/imgconv':>13} {'imgconv/OpenCV':>14} "
+              f"{'err vs scipy':>12} {'cv2 err':>8}")
+    print(header)
+    print("-" * len(header))
+    for name, kernel in chosen.items():
+        k32 = kernel.astype(np.float32)
+        ours, result = median_ms(lambda k=kernel: imgconv.correlate(image, k, pad_mode=args.mode),
+                                 args.repeats)
+        if args.no_scipy:
+            theirs = float("nan")
+            expected = ndi.correlate(image, k32, mode=args.mode)
+        else:
+            theirs, expected = median_ms(
+                lambda k=k32: ndi.correlate(image, k, mode=args.mode), max(1, args.repeats // 2)
+            )
+        err = float(np.abs(result.astype(np.float64) - expected).max())
+        cv_ms, cv_err = float("nan"), float("nan")
+        if cv2 is not None and args.mode == "reflect":
+            # BORDER_REFLECT is scipy's reflect (fedcba|abcdef); anchor = k // 2 as scipy's
+            anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
+            cv_ms, cv_out = median_ms(
+                lambda k=k32, a=anchor: cv2.filter2D(image, -1, k, anchor=a,
+                                                     borderType=cv2.BORDER_REFLECT),
+                args.repeats,
+            )
+            cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
+        geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
+                                     k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
+        print(f"{name:<14} {choose_strategy(k32, geom):>9} {ours:>9.1f} {theirs:>9.1f} "
+              f"{cv_ms:>9.1f} {floor:>7.1f} {theirs / ours:>13.1f} {ours / cv_ms:>14.2f} "
+              f"{err:>12.2e} {cv_err:>8.1e}")
+        if args.strategies:
+            for strategy in STRATEGIES:
+                ms, res = median_ms(
+                    lambda k=kernel, s=strategy: conv._correlate(
+                        image, k, padding="same", pad_mode=args.mode, cval=0.0, stride=1,
+                        dilation=1, flip=False, strategy=s),
+                    args.repeats,
+                )
+                e = float(np.abs(res.astype(np.float64) - expected).max())
+                print(f"{'':<14} {strategy:>9} {ms:>9.1f} {'':>9} {'':>9} {'':>7} "
+                      f"{theirs / ms:>13.1f} {ms / cv_ms:>14.2f} {e:>12.2e}")
+    print("\ntimes in ms; err = max |difference| from scipy.ndimage.correlate (float64 of it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

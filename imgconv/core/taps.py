@@ -1,0 +1,269 @@
+"""Weighted sums of shifted views, evaluated in place with as few passes as possible.
+
+A correlation over a tile is a sum of taps: ``weight * source[dy + sy*r, dx + sx*c]``.
+A :class:`Program` groups the taps by the magnitude of their weight, so that
+each group costs one add or subtract per tap and a single multiply, and taps of
+weight ±1 cost no multiply at all::
+
+    diagonal [[-1,-1, 2],       2 * (c + e + g)  -  a - b - d - f - h - i
+              [-1, 2,-1],       9 passes instead of 9 multiplies + 8 adds
+              [ 2,-1,-1]]
+
+Zero taps are skipped. Every pass is a numpy ufunc writing into an existing
+buffer (``out=``), so nothing is allocated per tap. :meth:`Program.cost` counts
+the passes and is what the cost model in :mod:`imgconv.core.strategies` uses.
+
+Kernels of low rank are split by :func:`low_rank` into ``r`` pairs of 1-D
+factors, the separable strategy's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: ``(source index, row offset, column offset)``
+Tap = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Taps sharing the weight magnitude ``weight``: ``weight * (sum(plus) - sum(minus))``."""
+
+    weight: float
+    plus: tuple[Tap, ...]
+    minus: tuple[Tap, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.plus) + len(self.minus)
+
+    def first_cost(self) -> int:
+        """Passes when this group starts the accumulator."""
+        if self.size == 1:
+            return 1
+        factor = self.weight if self.plus else -self.weight
+        return self.size - 1 + (factor != 1.0)
+
+    def later_cost(self) -> int:
+        """Passes when this group is added to an accumulator already started."""
+        if self.weight == 1.0:
+            return self.size
+        return 2 if self.size == 1 else self.size + 1
+
+
+@dataclass(frozen=True)
+class Program:
+    """A weighted sum of shifted, strided views of one or more source buffers."""
+
+    groups: tuple[Group, ...]
+
+    def cost(self) -> int:
+        """Element-wise passes over the output tile that :meth:`run` makes.
+
+        >>> build_program([((0, 0, 0), 1.0), ((0, 0, 1), 1.0), ((0, 0, 2), 1.0)]).cost()
+        2
+        >>> build_program([((0, 0, 0), 0.5), ((0, 0, 1), 0.25)]).cost()
+        3
+        """
+        if not self.groups:
+            return 1
+        return self.groups[0].first_cost() + sum(g.later_cost() for g in self.groups[1:])
+
+    def needs_scratch(self) -> bool:
+        """Whether :meth:`run` needs a scratch buffer besides the accumulator."""
+        return any(g.weight != 1.0 for g in self.groups[1:])
+
+    def run(
+        self,
+        sources: Sequence[NDArray[Any]],
+        shape: tuple[int, int],
+        stride: tuple[int, int],
+        acc: NDArray[Any],
+        scratch: NDArray[Any] | None,
+    ) -> None:
+        """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups."""
+        rows, cols = shape
+        sy, sx = stride
+        scalar = acc.dtype.type
+
+        def view(tap: Tap) -> NDArray[Any]:
+            src, dy, dx = tap
+            return sources[src][
+                dy : dy + sy * (rows - 1) + 1 : sy, dx : dx + sx * (cols - 1) + 1 : sx
+            ]
+
+        if not self.groups:
+            acc.fill(0)
+            return
+        for index, group in enumerate(self.groups):
+            plus = [view(t) for t in group.plus]
+            minus = [view(t) for t in group.minus]
+            if index == 0:
+                if group.size == 1:
+                    weight = group.weight if plus else -group.weight
+                    if weight == 1.0:
+                        np.copyto(acc, (plus or minus)[0])
+                    else:
+                        np.multiply((plus or minus)[0], scalar(weight), out=acc)
+                    continue
+                sign = _sum_into(acc, plus, minus)
+                if sign * group.weight != 1.0:
+                    np.multiply(acc, scalar(sign * group.weight), out=acc)
+            elif group.weight == 1.0:
+                for v in plus:
+                    np.add(acc, v, out=acc)
+                for v in minus:
+                    np.subtract(acc, v, out=acc)
+            else:
+                assert scratch is not None
+                if group.size == 1:
+                    np.multiply((plus or minus)[0], scalar(group.weight), out=scratch)
+                    sign = 1 if plus else -1
+                else:
+                    sign = _sum_into(scratch, plus, minus)
+                    np.multiply(scratch, scalar(group.weight), out=scratch)
+                (np.add if sign > 0 else np.subtract)(acc, scratch, out=acc)
+
+
+def _sum_into(
+    target: NDArray[Any], plus: list[NDArray[Any]], minus: list[NDArray[Any]]
+) -> int:
+    """``target = sum(plus) - sum(minus)`` (two or more views) and return +1.
+
+    With no ``plus`` views it writes ``sum(minus)`` and returns -1, leaving the
+    sign to the multiply that follows rather than spending a pass on negation.
+    """
+    if plus:
+        first, pos, neg = plus[0], plus[1:], minus
+        sign = 1
+    else:
+        first, pos, neg, sign = minus[0], minus[1:], [], -1
+    if pos:
+        np.add(first, pos[0], out=target)
+        pos = pos[1:]
+    else:
+        np.subtract(first, neg[0], out=target)
+        neg = neg[1:]
+    for v in pos:
+        np.add(target, v, out=target)
+    for v in neg:
+        np.subtract(target, v, out=target)
+    return sign
+
+
+def build_program(taps: Iterable[tuple[Tap, float]]) -> Program:
+    """Group taps ``((source, dy, dx), weight)`` by weight magnitude; zeros are dropped.
+
+    The group that saves a pass by starting the accumulator (one with a
+    positive tap or a weight other than ±1) goes first.
+    """
+    by_weight: dict[float, tuple[list[Tap], list[Tap]]] = {}
+    for tap, weight in taps:
+        if weight == 0.0:
+            continue
+        plus, minus = by_weight.setdefault(abs(weight), ([], []))
+        (plus if weight > 0 else minus).append(tap)
+    groups = [Group(w, tuple(p), tuple(m)) for w, (p, m) in by_weight.items()]
+    if groups:
+        best = max(range(len(groups)),
+                   key=lambda i: groups[i].later_cost() - groups[i].first_cost())
+        groups.insert(0, groups.pop(best))
+    return Program(tuple(groups))
+
+
+def program_2d(kernel: NDArray[Any], dilation: tuple[int, int], source: int = 0) -> Program:
+    """The direct program of a 2-D kernel: one tap per non-zero weight."""
+    dy, dx = dilation
+    return build_program(
+        ((source, i * dy, j * dx), float(w)) for (i, j), w in np.ndenumerate(kernel)
+    )
+
+
+def column_program(u: NDArray[Any], dy: int, source: int = 0) -> Program:
+    """A vertical 1-D pass: ``sum_i u[i] * source[i*dy + r]``."""
+    return build_program(((source, i * dy, 0), float(w)) for i, w in enumerate(u))
+
+
+def row_program(vs: Sequence[NDArray[Any]], dx: int) -> Program:
+    """The horizontal passes of all pairs, summed: ``sum_k sum_j vs[k][j] * source_k[c + j*dx]``."""
+    return build_program(
+        ((k, 0, j * dx), float(w)) for k, v in enumerate(vs) for j, w in enumerate(v)
+    )
+
+
+def low_rank(kernel: NDArray[Any], rtol: float = 1e-12) -> list[tuple[NDArray[Any], NDArray[Any]]]:
+    """Split ``kernel`` into pairs ``(u, v)`` with ``kernel == sum(outer(u, v))``.
+
+    Cross approximation with complete pivoting: each step takes the largest
+    remaining entry as pivot, so integer kernels keep small rational factors
+    (sobel-x is exactly ``[1, 2, 1] x [-1, 0, 1]`` up to sign) rather than the
+    irrational ones an SVD gives, and ±1 taps stay ±1. It stops when the
+    residual is below ``rtol`` of the largest entry, which for a full-rank
+    kernel happens after ``min(kh, kw)`` steps, when the residual is zero.
+
+    >>> sobel_x = np.array([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]])
+    >>> [(u.tolist(), v.tolist()) for u, v in low_rank(sobel_x)]
+    [([-1.0, -2.0, -1.0], [1.0, -0.0, -1.0])]
+    """
+    k = np.array(kernel, dtype=np.float64)
+    scale = float(np.abs(k).max(initial=0.0))
+    residual = k.copy()
+    pairs: list[tuple[NDArray[Any], NDArray[Any]]] = []
+    while scale > 0.0 and len(pairs) < min(k.shape):
+        i, j = np.unravel_index(int(np.argmax(np.abs(residual))), residual.shape)
+        pivot = residual[i, j]
+        if abs(pivot) <= rtol * scale:
+            break
+        u = residual[:, j].copy()
+        v = residual[i, :] / pivot
+        pairs.append((u, v))
+        residual -= np.outer(u, v)
+        # the pivot's row and column are exactly zero in exact arithmetic
+        residual[i, :] = 0.0
+        residual[:, j] = 0.0
+    return [_balance(u, v) for u, v in pairs]
+
+
+def _balance(u: NDArray[Any], v: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Move a scale between ``u`` and ``v`` so that the pair costs the fewest passes.
+
+    Dividing a factor by one of its own entries makes that entry exactly 1, so
+    the candidates are each distinct magnitude in ``u`` and in ``v``.
+    """
+    best = (u, v)
+    best_cost = column_program(u, 1).cost() + column_program(v, 1).cost()
+    for d in np.unique(np.abs(u[u != 0])):
+        cand = (u / d, v * d)
+        cost = column_program(cand[0], 1).cost() + column_program(cand[1], 1).cost()
+        if cost < best_cost:
+            best, best_cost = cand, cost
+    for e in np.unique(np.abs(v[v != 0])):
+        cand = (u * e, v / e)
+        cost = column_program(cand[0], 1).cost() + column_program(cand[1], 1).cost()
+        if cost < best_cost:
+            best, best_cost = cand, cost
+    return best
+
+
+@lru_cache(maxsize=64)
+def _low_rank_cached(data: bytes, shape: tuple[int, int], dtype: str) -> tuple[
+    tuple[NDArray[Any], NDArray[Any]], ...
+]:
+    kernel = np.frombuffer(data, dtype=dtype).reshape(shape)
+    pairs = []
+    for u, v in low_rank(kernel):
+        # factors in the working dtype, so the programs group equal weights as applied
+        pairs.append((u.astype(dtype), v.astype(dtype)))
+    return tuple(pairs)
+
+
+def factors(kernel: NDArray[Any]) -> tuple[tuple[NDArray[Any], NDArray[Any]], ...]:
+    """:func:`low_rank` of ``kernel`` in its dtype, cached: the cost model and strategy share it."""
+    k = np.ascontiguousarray(kernel)
+    return _low_rank_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str)

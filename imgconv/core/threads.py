@@ -1,0 +1,92 @@
+"""How many threads the core uses, and the pool that runs row bands on them.
+
+numpy's element-wise loops and scipy.fft release the GIL, so row bands of one
+image run truly in parallel on plain Python threads. The count is, in order of
+precedence: :func:`set_threads` (what ``imgconv --threads`` calls), the
+environment variable ``IMGCONV_THREADS``, then every core this process may use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENV_VAR = "IMGCONV_THREADS"
+
+_lock = threading.Lock()
+_requested: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _check_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number of threads >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 thread, got {value}")
+    return value
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` threads for every later call (``None``: back to the default).
+
+    Results do not depend on the thread count: the row tiles are the same, only
+    which thread computes each one changes.
+
+    >>> set_threads(1); get_threads()
+    1
+    >>> set_threads(None)
+    """
+    global _requested
+    _requested = None if n is None else _check_count(n, "threads")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_threads() -> int:
+    """The thread count in force: :func:`set_threads`, else ``IMGCONV_THREADS``, else all cores.
+
+    An ``IMGCONV_THREADS`` that is not a whole number >= 1 raises ``ValueError``
+    naming the variable, rather than being silently ignored.
+    """
+    if _requested is not None:
+        return _requested
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        try:
+            count = int(env)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_VAR} must be a whole number of threads >= 1, got {env!r}"
+            ) from None
+        return _check_count(count, ENV_VAR)
+    return available_cores()
+
+
+def run_parallel(func: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``[func(item) for item in items]``, on up to ``threads`` threads, in order."""
+    if threads <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    global _pool, _pool_size
+    with _lock:
+        # One long-lived pool, rebuilt only when the count changes: starting
+        # threads per call would cost more than a small image's whole filter.
+        if _pool is None or _pool_size != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imgconv")
+            _pool_size = threads
+        pool = _pool
+    return list(pool.map(func, items))

@@ -1,0 +1,139 @@
+"""Row tiles: the unit of work of every fast strategy.
+
+An output plane is cut into bands of whole rows. For each tile of output rows
+the strategy asks a :class:`Padder` for the padded input rows it reads, already
+converted to the working dtype (so a uint8 image is never converted as a
+whole), computes the tile in buffers that stay in the CPU cache, and writes it
+to the output. Bands of consecutive tiles run on the thread pool; the tile grid
+depends only on the geometry, never on the thread count, so results are
+identical whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imgconv.core.geometry import Geometry
+from imgconv.core.padding import source_indices
+from imgconv.core.threads import get_threads, run_parallel
+
+#: A per-tile hook applied to each finished float tile, in place, before it is
+#: stored into the output (for example clipping before a cast to uint8).
+Post = Callable[[NDArray[Any]], object]
+
+TileT = TypeVar("TileT")
+
+# Below this many output pixels a plane is one tile on the calling thread:
+# handing work to the pool costs more than it saves.
+PARALLEL_MIN_PIXELS = 1 << 16
+
+
+class Padder:
+    """Fill rows of the padded plane into a tile buffer, converting dtype on the way.
+
+    The padded plane is never materialised: the interior of each tile row is
+    one slice copy of the source row (casting as it copies) and the few border
+    places are looked up through the border mode's index map.
+    """
+
+    def __init__(self, plane: NDArray[Any], geom: Geometry, mode: str, cval: float) -> None:
+        self.plane = plane
+        self.mode = mode
+        self.cval = cval
+        h, w = plane.shape
+        top, left = geom.pads[0], geom.pads[2]
+        oh, ow = geom.out_shape
+        (sy, sx), (ey, ex) = geom.stride, geom.extent
+        self.top = top
+        self.rows_total = (oh - 1) * sy + ey
+        #: padded columns the output reads: the tile width
+        self.width = (ow - 1) * sx + ex
+        self.c0 = min(left, self.width)
+        self.c1 = max(self.c0, min(left + w, self.width))
+        self.src_c0 = self.c0 - left
+        if mode == "constant":
+            self.row_map = np.empty(0, dtype=np.intp)
+            self.left_cols = self.right_cols = self.row_map
+        else:
+            self.row_map = source_indices(h, top, max(0, self.rows_total - top - h), mode)
+            col_map = source_indices(w, left, max(0, self.width - left - w), mode)
+            self.left_cols = col_map[: self.c0]
+            self.right_cols = col_map[self.c1 : self.width]
+
+    def fill(self, tile: NDArray[Any], p0: int, count: int) -> None:
+        """Write padded rows ``p0 .. p0 + count - 1`` into ``tile[:count, :width]``."""
+        h = self.plane.shape[0]
+        c0, c1, width = self.c0, self.c1, self.width
+        sc0, sc1 = self.src_c0, self.src_c0 + (self.c1 - self.c0)
+        # rows of the tile that come straight from the image, in order
+        a = min(max(self.top, p0), p0 + count)
+        b = max(a, min(self.top + h, p0 + count))
+        constant = self.mode == "constant"
+        if a < b:
+            rows = slice(a - self.top, b - self.top)
+            np.copyto(tile[a - p0 : b - p0, c0:c1], self.plane[rows, sc0:sc1], casting="unsafe")
+            if constant:
+                tile[a - p0 : b - p0, :c0] = self.cval
+                tile[a - p0 : b - p0, c1:width] = self.cval
+            else:
+                if c0:
+                    tile[a - p0 : b - p0, :c0] = self.plane[rows][:, self.left_cols]
+                if c1 < width:
+                    tile[a - p0 : b - p0, c1:width] = self.plane[rows][:, self.right_cols]
+        for lo, hi in ((p0, a), (b, p0 + count)):  # border rows above and below
+            if lo >= hi:
+                continue
+            dst = tile[lo - p0 : hi - p0]
+            if constant:
+                dst[:, :width] = self.cval
+                continue
+            src = self.plane[self.row_map[lo:hi]]
+            np.copyto(dst[:, c0:c1], src[:, sc0:sc1], casting="unsafe")
+            if c0:
+                dst[:, :c0] = src[:, self.left_cols]
+            if c1 < width:
+                dst[:, c1:width] = src[:, self.right_cols]
+
+
+def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
+    """Output row ranges ``[(r0, r1), ...]`` of at most ``tile_rows`` rows.
+
+    >>> tile_grid(10, 4)
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    return [(r, min(r + tile_rows, rows)) for r in range(0, rows, tile_rows)]
+
+
+def run_bands(
+    tiles: list[TileT],
+    band: Callable[[list[TileT]], None],
+    pixels: int,
+    threads: int | None = None,
+) -> None:
+    """Run ``band`` over consecutive groups of ``tiles``, on the thread pool when worth it.
+
+    Each call of ``band`` allocates its own scratch buffers once and reuses them
+    for every tile of its group, so threads share nothing but the output.
+    """
+    count = get_threads() if threads is None else threads
+    if count <= 1 or pixels < PARALLEL_MIN_PIXELS or len(tiles) <= 1:
+        band(tiles)
+        return
+    # Two bands per thread: a thread slowed by other work on the machine does
+    # not hold up the whole image.
+    nbands = min(len(tiles), 2 * count)
+    bounds = np.linspace(0, len(tiles), nbands + 1).round().astype(int)
+    groups = [tiles[bounds[i] : bounds[i + 1]] for i in range(nbands)]
+    run_parallel(band, [g for g in groups if g], count)
+
+
+def store(acc: NDArray[Any], dst: NDArray[Any], post: Post | None) -> None:
+    """Finish a tile: apply ``post`` in place, then copy into ``dst`` unless it is ``acc``."""
+    if post is not None:
+        post(acc)
+    if acc is not dst:
+        np.copyto(dst, acc, casting="unsafe")

@@ -1,0 +1,286 @@
+"""The fast strategies: geometry, tiling, threads, the cost model and the kernel factors.
+
+test_conv.py already runs every strategy against scipy.ndimage for "same"
+padding; here each one is also checked for stride, dilation and explicit
+padding against the loop reference, at tile boundaries, with several threads,
+and the pieces (low-rank factors, tap programs, the cost model) on their own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from reference import correlate_loop, distinct_kernel
+from scipy import ndimage as ndi
+from test_conv import assert_matches, make_image
+
+import imgconv
+from imgconv.core import conv, strategies, threads
+from imgconv.core.geometry import Geometry, resolve_padding
+from imgconv.core.strategies import STRATEGIES, choose_strategy, costs
+from imgconv.core.taps import build_program, low_rank, program_2d
+
+MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
+NAMED = {
+    "box3": np.ones((3, 3)) / 9,
+    "sobel_x": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+    "prewitt_y": np.array([[-1.0, -1, -1], [0, 0, 0], [1, 1, 1]]),
+    "scharr_x": np.array([[-3.0, 0, 3], [-10, 0, 10], [-3, 0, 3]]),
+    "gaussian5": np.outer([1.0, 4, 6, 4, 1], [1.0, 4, 6, 4, 1]) / 256,
+    "box15": np.ones((15, 15)) / 225,
+    "diagonal": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
+    "laplacian": np.array([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]),
+}
+
+
+def dense_kernel(kh, kw):
+    """Distinct taps, like distinct_kernel, but shuffled: full rank, not a product of powers."""
+    taps = distinct_kernel(kh, kw).ravel()
+    return np.random.default_rng(kh * 10 + kw).permutation(taps).reshape(kh, kw)
+
+
+def worker(image, kernel, strategy, **kw):
+    args = {"padding": "same", "pad_mode": "reflect", "cval": 0.0, "stride": 1, "dilation": 1,
+            "flip": False}
+    args.update(kw)
+    return conv._correlate(image, kernel, strategy=strategy, **args)
+
+
+def geometry(shape, kernel, padding="same"):
+    kshape = kernel.shape[:2]
+    return Geometry(shape, kshape, resolve_padding(padding, kshape, (1, 1)), (1, 1), (1, 1))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of a few rows, so that small images cross many tile boundaries."""
+    monkeypatch.setattr(strategies, "TILE_BYTES", 64)
+    monkeypatch.setattr(strategies, "FFT_TILE_ROWS", 8)
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    threads.set_threads(None)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize(
+    ("padding", "stride", "dilation"),
+    [("valid", 2, 1), ("full", (1, 3), 2), ((0, 3, 1, 2), (2, 1), (1, 2)), (4, 3, 3),
+     ("same", 2, 2), ((1, 1), 1, (3, 1))],
+    ids=str,
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_geometry_matches_loop(strategy, padding, stride, dilation, mode):
+    image = make_image((13, 11), np.float64)
+    kernel = dense_kernel(3, 4)
+    pads = resolve_padding(padding, (3, 4), conv.normalize_pair(dilation, "d"))
+    actual = worker(image, kernel, strategy, padding=padding, stride=stride, dilation=dilation,
+                    pad_mode=mode, cval=1.5)
+    expected = correlate_loop(image, kernel, pads, conv.normalize_pair(stride, "s"),
+                              conv.normalize_pair(dilation, "d"), mode, 1.5)
+    assert_matches(actual, expected, np.float64, kernel, image)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int16])
+def test_stride_and_dtypes_on_channels(strategy, dtype):
+    image = make_image((9, 10, 3), dtype)
+    kernel = dense_kernel(2, 3)
+    actual = worker(image, kernel, strategy, padding=(1, 0, 2, 1), stride=2, flip=True,
+                    pad_mode="constant")
+    taps = kernel[::-1, ::-1]
+    expected = np.stack([correlate_loop(image[:, :, c], taps, (1, 0, 2, 1), (2, 2))
+                         for c in range(3)], -1)
+    assert actual.dtype == np.float32
+    assert_matches(actual, expected, np.float32, kernel, image)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_stride_is_subsampled_stride_one_exactly(strategy):
+    image = make_image((40, 37), np.float32)
+    kernel = dense_kernel(5, 4)
+    full = worker(image, kernel, strategy)
+    np.testing.assert_array_equal(worker(image, kernel, strategy, stride=(3, 2)), full[::3, ::2])
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("height", [1, 2, 7, 23, 50])
+@pytest.mark.parametrize("mode", ["reflect", "constant", "wrap"])
+def test_tile_boundaries(small_tiles, strategy, height, mode):
+    image = make_image((height, 6), np.float64)
+    kernel = dense_kernel(5, 3)
+    actual = worker(image, kernel, strategy, pad_mode=mode, cval=2.0)
+    expected = ndi.correlate(image, kernel, mode=mode, cval=2.0)
+    assert_matches(actual, expected, np.float64, kernel, image)
+    strided = worker(image, kernel, strategy, pad_mode=mode, cval=2.0, stride=(2, 1))
+    assert_matches(strided, expected[::2], np.float64, kernel, image)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_one_row_and_one_column_images(strategy):
+    for shape in ((1, 300), (300, 1), (1, 1)):
+        image = make_image(shape, np.float32)
+        kernel = dense_kernel(4, 5)
+        expected = ndi.correlate(image.astype(np.float64), kernel, mode="mirror")
+        assert_matches(worker(image, kernel, strategy, pad_mode="mirror"), expected,
+                       np.float32, kernel, image)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_threads_give_identical_results(small_tiles, restore_threads, strategy):
+    image = make_image((300, 257, 2), np.uint8)
+    kernel = dense_kernel(7, 6)
+    threads.set_threads(1)
+    one = worker(image, kernel, strategy, stride=(1, 2))
+    for count in (2, 3):
+        threads.set_threads(count)
+        np.testing.assert_array_equal(worker(image, kernel, strategy, stride=(1, 2)), one)
+    expected = np.stack([ndi.correlate(image[:, :, c].astype(np.float64), kernel, mode="reflect")
+                         for c in range(2)], -1)[:, ::2]
+    assert_matches(one, expected, np.float32, kernel, image)
+
+
+def test_thread_count_settings(monkeypatch, restore_threads):
+    monkeypatch.setenv("IMGCONV_THREADS", "3")
+    assert threads.get_threads() == 3
+    imgconv.core.set_threads(1)
+    assert threads.get_threads() == 1  # set_threads wins over the environment
+    imgconv.core.set_threads(None)
+    assert threads.get_threads() == 3
+    monkeypatch.delenv("IMGCONV_THREADS")
+    assert threads.get_threads() == threads.available_cores()
+    monkeypatch.setenv("IMGCONV_THREADS", "many")
+    with pytest.raises(ValueError, match="IMGCONV_THREADS must be a whole number"):
+        threads.get_threads()
+    monkeypatch.setenv("IMGCONV_THREADS", "0")
+    with pytest.raises(ValueError, match="IMGCONV_THREADS must be >= 1"):
+        threads.get_threads()
+    with pytest.raises(ValueError, match="threads must be >= 1 thread, got 0"):
+        imgconv.core.set_threads(0)
+    with pytest.raises(TypeError, match="threads must be a whole number"):
+        imgconv.core.set_threads(2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("box3", "separable"), ("sobel_x", "separable"), ("prewitt_y", "separable"),
+     ("scharr_x", "separable"), ("gaussian5", "separable"), ("box15", "separable"),
+     ("diagonal", "direct"), ("laplacian", "direct")],
+)
+def test_cost_model_choices(name, expected):
+    kernel = NAMED[name].astype(np.float32)
+    assert choose_strategy(kernel, geometry((3000, 4000), kernel)) == expected
+
+
+@pytest.mark.parametrize("size", [11, 15, 31])
+def test_cost_model_sends_big_dense_kernels_to_fft(size):
+    kernel = np.random.default_rng(size).standard_normal((size, size)).astype(np.float32)
+    assert choose_strategy(kernel, geometry((3000, 4000), kernel)) == "fft"
+
+
+def test_cost_model_small_dense_kernel_is_direct():
+    kernel = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+    found = costs(kernel, geometry((3000, 4000), kernel))
+    assert min(found, key=found.__getitem__) == "direct"
+
+
+def test_choice_ignores_stride():
+    kernel = np.random.default_rng(0).standard_normal((9, 9)).astype(np.float32)
+    unit = geometry((3000, 4000), kernel)
+    strided = Geometry(unit.in_shape, unit.kernel_shape, unit.pads, (4, 4), (1, 1))
+    assert choose_strategy(kernel, strided) == choose_strategy(kernel, unit)
+
+
+def test_public_api_equals_the_chosen_strategy():
+    image = make_image((20, 30, 3), np.uint8)
+    for kernel in NAMED.values():
+        w = kernel.astype(np.float32)
+        name = choose_strategy(w, geometry((20, 30), w))
+        np.testing.assert_array_equal(imgconv.correlate(image, kernel),
+                                      worker(image, kernel, name))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_low_rank_factors_are_exact(rank):
+    rng = np.random.default_rng(rank)
+    kernel = sum(np.outer(rng.standard_normal(7), rng.standard_normal(5)) for _ in range(rank))
+    pairs = low_rank(kernel)
+    assert len(pairs) == rank
+    np.testing.assert_allclose(sum(np.outer(u, v) for u, v in pairs), kernel, rtol=0,
+                               atol=1e-13 * np.abs(kernel).max())
+
+
+def test_low_rank_of_full_rank_and_zero_kernels():
+    kernel = dense_kernel(6, 4)
+    pairs = low_rank(kernel)
+    assert len(pairs) == 4
+    # the powers-of-two kernel of the scipy tests is rank 1: (-2)**(4i + j) = 16**i * (-2)**j
+    assert len(low_rank(distinct_kernel(6, 4))) == 1
+    np.testing.assert_allclose(sum(np.outer(u, v) for u, v in pairs), kernel, rtol=0,
+                               atol=1e-14 * np.abs(kernel).max())
+    assert low_rank(np.zeros((3, 3))) == []
+
+
+@pytest.mark.parametrize("name", ["sobel_x", "prewitt_y", "scharr_x", "box3"])
+def test_rank_one_kernels_keep_simple_factors(name):
+    (u, v), = low_rank(NAMED[name])
+    np.testing.assert_array_equal(np.outer(u, v), NAMED[name])
+    # at least one factor is all integers: no irrational SVD factors
+    assert any(np.array_equal(f, np.round(f)) for f in (u, v))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_zero_kernel(strategy):
+    image = make_image((5, 6), np.float64)
+    out = worker(image, np.zeros((3, 2)), strategy, pad_mode="constant", cval=4.0)
+    np.testing.assert_array_equal(out, np.zeros((5, 6)))
+
+
+def test_programs_skip_zeros_and_unit_multiplies():
+    # 2*(c + e + g) - (a + b + d + f + h + i): two adds, one multiply, six subtracts
+    assert program_2d(NAMED["diagonal"], (1, 1)).cost() == 9
+    assert program_2d(NAMED["laplacian"], (1, 1)).cost() == 5
+    assert program_2d(NAMED["box3"], (1, 1)).cost() == 9
+    assert program_2d(np.zeros((3, 3)), (1, 1)).cost() == 1
+    # a lone tap of weight 1 is a copy
+    assert build_program([((0, 1, 1), 1.0)]).cost() == 1
+
+
+@pytest.mark.parametrize("kernel", [distinct_kernel(3, 3), distinct_kernel(3, 3, channels=3)],
+                         ids=["per-channel", "multi-channel"])
+def test_correlate_into_uint8_with_post(kernel):
+    image = make_image((17, 19, 3), np.uint8)
+    expected = imgconv.correlate(image, kernel, stride=2)
+    out = np.empty(expected.shape, np.uint8)
+
+    def post(tile):
+        np.clip(np.rint(tile, out=tile), 0, 255, out=tile)
+
+    result = imgconv.core.correlate_into(image, kernel, out, stride=2, post=post)
+    assert result is out
+    np.testing.assert_array_equal(out, np.clip(np.rint(expected), 0, 255).astype(np.uint8))
+
+
+def test_correlate_into_checks_out_and_flips():
+    image = make_image((8, 9), np.float64)
+    kernel = distinct_kernel(3, 2)
+    out = np.empty((8, 9))
+    imgconv.core.correlate_into(image, kernel, out, flip=True)
+    np.testing.assert_array_equal(out, imgconv.convolve(image, kernel))
+    with pytest.raises(ValueError, match=r"out must be an array of shape \(8, 9\)"):
+        imgconv.core.correlate_into(image, kernel, np.empty((8, 8)))
+    assert imgconv.core.output_shape((8, 9, 3), (3, 2), stride=2) == (4, 5, 3)
+
+
+def test_importing_the_core_does_not_import_scipy():
+    code = ("import sys, numpy as np, imgconv.core\n"
+            "imgconv.core.correlate(np.ones((50, 50)), np.ones((3, 3)))\n"
+            "print('scipy' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
