@@ -7,6 +7,7 @@ numpy and the kernel library are imported inside the commands, so that
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,6 +19,13 @@ from imgconv.errors import KernelError
 
 if TYPE_CHECKING:
     from imgconv.kernels import CatalogEntry
+
+
+def _json(value: object) -> str:
+    """Indented JSON with each list of numbers on one line, so a matrix reads as rows."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return re.sub(r"\[\n\s*([^\[\]{}]*?)\n\s*\]",
+                  lambda m: "[" + re.sub(r",\n\s*", ", ", m[1]) + "]", text)
 
 
 def _shape(shape: list[int] | tuple[int, ...] | None) -> str:
@@ -118,7 +126,7 @@ def show_command(
 
         info = describe(resolve(spec))
     if json_:
-        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        typer.echo(_json(info))
         return
     if info["kind"] == "bank":
         _header(info)
@@ -176,6 +184,6 @@ def list_command(
                     f"no kernel has the tag {tag!r}{suggest(tag, tags)}; tags: {', '.join(tags)}"
                 )
     if json_:
-        typer.echo(json.dumps([r.to_json() for r in rows], indent=2, ensure_ascii=False))
+        typer.echo(_json([r.to_json() for r in rows]))
         return
     stdout.print(_list_table(rows))
