@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from imgconv import __version__, cli_kernels
+from imgconv import __version__, cli_apply, cli_kernels
 from imgconv.cli_common import stderr, stdout
 
 app = typer.Typer(
@@ -45,6 +45,8 @@ def _root(
 # Commands are registered here, one line each.
 app.command("list")(cli_kernels.list_command)
 app.command("show")(cli_kernels.show_command)
+app.command("apply")(cli_apply.apply_command)
+app.command("check")(cli_apply.check_command)
 
 
 def main() -> None:

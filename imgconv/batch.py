@@ -1,0 +1,500 @@
+"""Inputs to outputs: planning, the per-file job, executors, and the run's manifest.
+
+A batch never stops for one bad file: each job returns a :class:`Result`
+whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from string import Formatter
+from typing import Any, Protocol, TypeVar
+
+from imgconv.errors import ImageError, ImgconvError, UsageError
+from imgconv.imageio import (
+    DEFAULT_MAX_PIXELS,
+    EXTENSIONS,
+    FORMATS,
+    INPUT_EXTENSIONS,
+    SIXTEEN_BIT,
+    Picture,
+    encode,
+    format_for,
+    load,
+    write_atomic,
+)
+from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
+
+ALPHA_MODES = ("auto", "premultiply", "copy", "drop")
+NAME_FIELDS = ("stem", "ext", "kernel", "name")
+STDIO = "-"
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: a path (``-`` for stdin) and the folder its output path is relative to."""
+
+    path: str
+    base: str | None = None
+
+    @property
+    def relative(self) -> Path:
+        if self.path == STDIO:
+            return Path("stdin")
+        if self.base is None:
+            return Path(Path(self.path).name)
+        return Path(os.path.relpath(self.path, self.base))
+
+
+@dataclass(frozen=True)
+class Task:
+    source: Source
+    target: str  # a path, or "-" for standard output
+    fmt: str
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every file of a run is processed."""
+
+    pipeline: Pipeline
+    gray: bool = False
+    alpha: str = "auto"
+    quality: int | None = None
+    depth: str | None = None
+    overwrite: bool = False
+    skip_existing: bool = False
+    verify: bool = False
+    tol: float | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    hash_inputs: bool = False
+    debug: bool = False
+    protected: frozenset[str] = frozenset()  # resolved input paths: never written
+
+
+@dataclass
+class Result:
+    input: str
+    output: str
+    status: str  # written | skipped | failed
+    reason: str = ""
+    input_shape: list[int] | None = None
+    output_shape: list[int] | None = None
+    seconds: float = 0.0
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+    max_error: float | None = None
+
+
+def _is_image_file(path: Path) -> bool:
+    hidden = path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in INPUT_EXTENSIONS and not hidden
+
+
+def expand_inputs(args: Sequence[str], *, recursive: bool = False) -> list[Source]:
+    """Files as given; folders' image files (descending with ``recursive``); glob patterns.
+
+    A path that does not exist is kept, so that it is reported as a failed input.
+    """
+    sources: list[Source] = []
+    for arg in args:
+        path = Path(arg)
+        if arg == STDIO:
+            sources.append(Source(STDIO))
+        elif path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            sources.extend(Source(str(p), arg) for p in sorted(found) if _is_image_file(p))
+        elif not path.exists() and any(c in arg for c in GLOB_CHARS):
+            base = arg[: min(arg.index(c) for c in GLOB_CHARS if c in arg)]
+            base_dir = os.path.dirname(base) or "."
+            matches = sorted(glob.glob(arg, recursive=True))
+            sources.extend(Source(m, base_dir) for m in matches if _is_image_file(Path(m)))
+        else:
+            sources.append(Source(arg))
+    return sources
+
+
+def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) -> Path:
+    relative = source.relative
+    fields = {
+        "stem": relative.stem,
+        "ext": FORMATS[fmt][1] if fmt else relative.suffix,
+        "kernel": pipeline.name.replace("/", "_").replace(":", "_").replace(" ", "_"),
+        "name": relative.name,
+    }
+    return relative.parent / template.format(**fields)
+
+
+def check_name_template(template: str) -> None:
+    for _, name, _, _ in Formatter().parse(template):
+        if name is not None and name not in NAME_FIELDS:
+            raise UsageError(
+                f"--name: unknown field {{{name}}}; use "
+                + ", ".join(f"{{{f}}}" for f in NAME_FIELDS)
+            )
+    if not template.strip():
+        raise UsageError("--name must not be empty")
+    if ".." in Path(template).parts or template.startswith(("/", "\\")):
+        raise UsageError(f"--name {template!r}: must stay inside --out-dir (no '..' or '/')")
+
+
+def plan(
+    sources: Sequence[Source],
+    pipeline: Pipeline,
+    *,
+    output: str | None,
+    out_dir: str | None,
+    name: str | None,
+    fmt: str | None,
+) -> list[Task]:
+    """Decide each input's output path and format; raises UsageError for impossible requests."""
+    if (output is None) == (out_dir is None):
+        raise UsageError("give exactly one of -o/--output FILE and --out-dir DIR")
+    if not sources:
+        raise UsageError("no input images found")
+    if output is not None:
+        if len(sources) > 1:
+            raise UsageError(
+                f"-o/--output takes one input, got {len(sources)}; use --out-dir DIR for several"
+            )
+        if name is not None:
+            raise UsageError("--name goes with --out-dir, not -o")
+        if output == STDIO and fmt is None:
+            raise UsageError("-o - (standard output) needs --format")
+        return [Task(sources[0], output, format_for(output, fmt) if output != STDIO
+                     else format_for("", fmt))]
+    assert out_dir is not None
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UsageError(f"--out-dir {out_dir}: exists and is not a folder")
+    template = name or "{stem}{ext}"
+    check_name_template(template)
+    explicit = format_for("", fmt) if fmt is not None else None
+    tasks = []
+    for source in sources:
+        if explicit is not None:
+            target_fmt = explicit
+        else:
+            ext = source.relative.suffix.lower()
+            target_fmt = EXTENSIONS.get(ext, "png")
+        target = Path(out_dir) / _output_name(template, source, target_fmt, pipeline)
+        tasks.append(Task(source, str(target), target_fmt))
+    return tasks
+
+
+# --- one file -------------------------------------------------------------------------------
+
+def _choose_alpha(mode: str, pipeline: Pipeline) -> str:
+    if mode != "auto":
+        return mode
+    multichannel = any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
+    if pipeline.all_weights_nonnegative() and not multichannel:
+        return "premultiply"
+    return "copy"
+
+
+def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
+    """Carry an alpha plane through the stages' geometry without filtering it.
+
+    Each convolution stage samples the alpha under its kernel's anchor (a
+    delta kernel with the stage's padding, stride and dilation, nearest
+    border); pooling stages pool it with the same window.
+    """
+    import numpy as np
+
+    from imgconv.core.conv import correlate
+    from imgconv.core.pooling import pool
+
+    a = np.asarray(alpha, dtype=np.float32)
+    for stage in pipeline.stages:
+        if isinstance(stage, ConvStage):
+            kernel = stage.members()[0]
+            kh, kw = kernel.matrix.shape[:2]
+            ay, ax = kernel.anchor if kernel.anchor is not None else (kh // 2, kw // 2)
+            if stage.mode == "convolve":
+                ay, ax = kh - 1 - ay, kw - 1 - ax
+            delta = np.zeros((kh, kw))
+            delta[ay, ax] = 1.0
+            a = correlate(a, delta, padding=stage.pads(kernel), pad_mode="nearest",
+                          stride=stage.stride, dilation=stage.dilation)
+        elif isinstance(stage, PoolStage):
+            a = pool(a, stage.size, stride=stage.stride, op=stage.op)
+    return a
+
+
+def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -> str:
+    depth = options.depth
+    if depth is None:
+        if picture.depth in ("16", "float") and fmt in SIXTEEN_BIT and channels == 1:
+            depth = "float" if picture.depth == "float" and fmt == "tiff" else "16"
+        else:
+            depth = "8"
+    if depth == "16" and fmt not in SIXTEEN_BIT:
+        raise UsageError(f"--depth 16 needs png or tiff output, not {fmt}")
+    if depth == "float" and fmt != "tiff":
+        raise UsageError(f"--depth float needs tiff output, not {fmt}")
+    if depth != "8" and channels != 1:
+        raise ImageError(
+            f"a {channels}-channel result cannot be written at depth {depth} (Pillow writes "
+            "16-bit and float images with one channel only); use --gray, --depth 8 or .npy"
+        )
+    return depth
+
+
+def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any, Any, list[str]]:
+    """Run the pipeline on a picture; returns (encodable array, alpha or None, notes)."""
+    import numpy as np
+
+    pipeline = options.pipeline
+    notes: list[str] = []
+    alpha_mode = _choose_alpha(options.alpha, pipeline) if picture.alpha is not None else "drop"
+    pixels = picture.pixels
+    out_alpha = None
+    if alpha_mode == "premultiply":
+        if any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members()):
+            raise UsageError("--alpha premultiply cannot be used with a multi-channel filter")
+        a = np.asarray(picture.alpha, dtype=np.float32) / np.float32(picture.max_value)
+        weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
+        filtered = pipeline.run(weighted)
+        filtered_alpha = pipeline.run(a)
+        safe = np.where(filtered_alpha > 0, filtered_alpha, 1)
+        values = np.where(
+            (filtered_alpha > 0)[:, :, None] if filtered.ndim == 3 else filtered_alpha > 0,
+            filtered / (safe[:, :, None] if filtered.ndim == 3 else safe), 0,
+        ).astype(filtered.dtype)
+        out_alpha = filtered_alpha * np.float32(picture.max_value)
+    else:
+        values = pipeline.run(pixels)
+        if alpha_mode == "copy":
+            out_alpha = follow_geometry(picture.alpha, pipeline)
+
+    if fmt == "npy":
+        return values.astype(np.float32), None, notes
+    channels = 1 if values.ndim == 2 else values.shape[2]
+    depth = _output_depth(options, fmt, picture, channels)
+    if depth == "float":
+        return values.astype(np.float32), None, notes
+    if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
+        notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
+        out_alpha = None
+    out_max = 65535 if depth == "16" else 255
+    how = pipeline.output_mapping()
+    mapped, clipped = map_output(values, how, scale=out_max / picture.max_value, out_max=out_max)
+    if clipped > CLIP_WARNING_FRACTION and how != "normalize":
+        others = ", ".join(m for m in ("abs", "offset", "normalize") if m != how)
+        notes.append(
+            f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
+            f"try --output-map {others}"
+        )
+    if out_alpha is not None:
+        out_alpha, _ = map_output(out_alpha, "clip", scale=out_max / picture.max_value,
+                                  out_max=out_max)
+    return mapped, out_alpha, notes
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def process(task: Task, options: Options, data: bytes | None = None) -> Result:
+    """Filter one input into its output. Never raises for a bad file: the Result says why."""
+    start = time.perf_counter()
+    name = "<stdin>" if task.source.path == STDIO else task.source.path
+    result = Result(name, task.target, "failed")
+    try:
+        if task.target != STDIO:
+            target = Path(task.target)
+            if os.path.realpath(target) in options.protected:
+                raise ImageError(f"{name}: output {target} is an input; refusing to write it")
+            if target.exists() or target.is_symlink():
+                if options.skip_existing:
+                    result.status, result.reason = "skipped", "output exists"
+                    return result
+                if not options.overwrite:
+                    raise ImageError(f"{target}: already exists (use --overwrite to replace it)")
+        if options.hash_inputs:
+            result.sha256 = (hashlib.sha256(data).hexdigest() if data is not None
+                             else _sha256(task.source.path))
+        picture = load(data if data is not None else task.source.path, gray=options.gray,
+                       max_pixels=options.max_pixels)
+        result.notes.extend(picture.notes)
+        result.input_shape = list(picture.shape)
+        array, alpha, notes = render(picture, options, task.fmt, name)
+        result.notes.extend(notes)
+        result.output_shape = list(array.shape)
+        if options.verify:
+            result.max_error = _verify(picture, options, name)
+        if task.target == STDIO:
+            buffer = io.BytesIO()
+            encode(array, task.fmt, buffer, alpha=alpha, depth=_depth_of(array),
+                   quality=options.quality, icc_profile=picture.icc_profile)
+            sys.stdout.buffer.write(buffer.getvalue())
+            sys.stdout.buffer.flush()
+        else:
+            target = Path(task.target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(
+                target,
+                lambda stream: encode(array, task.fmt, stream, alpha=alpha,
+                                      depth=_depth_of(array), quality=options.quality,
+                                      icc_profile=picture.icc_profile),
+                overwrite=options.overwrite,
+            )
+        result.status = "written"
+    except ImgconvError as exc:
+        result.reason = str(exc)
+    except OSError as exc:
+        result.reason = f"{name}: {exc.strerror or exc}"
+    except Exception as exc:  # one bad file never stops the batch
+        detail = traceback.format_exc() if options.debug else f"{type(exc).__name__}: {exc}"
+        result.reason = f"{name}: internal error: {detail} (rerun with --debug for details)"
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _depth_of(array: Any) -> str:
+    kind = array.dtype.kind
+    return "float" if kind == "f" else "16" if array.dtype.itemsize == 2 else "8"
+
+
+def _verify(picture: Picture, options: Options, name: str) -> float:
+    from imgconv.check import compare, reference
+
+    source = picture.pixels
+    ours = options.pipeline.run(source)
+    comparison = compare(ours, reference(options.pipeline, source), options.tol)
+    if not comparison.ok:
+        raise ImageError(
+            f"{name}: --verify failed: max |imgconv - scipy| = {max(comparison.max_abs):.3g} "
+            f"> tolerance {comparison.tolerance:.3g}"
+        )
+    return max(comparison.max_abs)
+
+
+# --- executors ------------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    """Runs a function over items and yields results as they complete (in any order)."""
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]: ...
+
+
+class SerialExecutor:
+    """In this process, one at a time."""
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        for item in items:
+            yield fn(item)
+
+
+class ProcessExecutor:
+    """A pool of worker processes; at most ``jobs * 2`` tasks are in flight."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+
+    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        pending: set[Future[R]] = set()
+        queue = iter(items)
+        with ProcessPoolExecutor(max_workers=self.jobs, initializer=_worker_init) as pool:
+            try:
+                for item in queue:
+                    pending.add(pool.submit(fn, item))
+                    if len(pending) >= self.jobs * 2:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        yield from (f.result() for f in done)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+def _worker_init() -> None:
+    # each worker is one of --jobs processes: keep the core to one thread in it
+    os.environ.setdefault("IMGCONV_THREADS", "1")
+
+
+def make_executor(jobs: int, tasks: int) -> Executor:
+    jobs = max(1, min(jobs, tasks))
+    return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
+
+
+class _Job:
+    """A picklable callable for executors: one task with the run's options."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def __call__(self, task: Task) -> Result:
+        return process(task, self.options)
+
+
+def run(
+    tasks: Sequence[Task],
+    options: Options,
+    *,
+    executor: Executor | None = None,
+    stdin: bytes | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Process every task; results in completion order. Duplicate targets fail after the first."""
+    results: list[Result] = []
+    seen: dict[str, str] = {}
+    runnable: list[Task] = []
+    for task in tasks:
+        key = task.target if task.target == STDIO else os.path.realpath(task.target)
+        if key in seen and task.target != STDIO:
+            clash = Result(task.source.path, task.target, "failed",
+                           f"{task.source.path}: same output {task.target} as {seen[key]}")
+            results.append(clash)
+            if on_result:
+                on_result(clash)
+            continue
+        seen[key] = task.source.path
+        runnable.append(task)
+    if stdin is not None or any(t.source.path == STDIO or t.target == STDIO for t in runnable):
+        outcomes: Iterable[Result] = (process(t, options, stdin if t.source.path == STDIO
+                                              else None) for t in runnable)
+    else:
+        outcomes = (executor or SerialExecutor()).map_unordered(_Job(options), runnable)
+    for result in outcomes:
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
+
+
+def write_manifest(path: str, options: Options, results: Sequence[Result], *, overwrite: bool,
+                   version: str) -> None:
+    """A JSON record of the run: version, resolved pipeline, and each input's outcome."""
+    doc = {
+        "imgconv": version,
+        "pipeline": options.pipeline.to_dict(),
+        "inputs": [asdict(r) for r in results],
+    }
+    data = json.dumps(doc, indent=2).encode()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, lambda stream: stream.write(data), overwrite=overwrite)

@@ -1,0 +1,394 @@
+"""``imgconv apply`` and ``imgconv check``: options in, library calls, progress and summary out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgconv.cli_common import report_errors, stderr, stdout
+from imgconv.errors import UsageError
+
+PANEL_CONV = "Convolution"
+PANEL_OUT = "Output"
+PANEL_RUN = "Running"
+
+Inputs = Annotated[list[str], typer.Argument(
+    help="Image files, folders, glob patterns, or - for standard input.", show_default=False)]
+Kernels = Annotated[list[str] | None, typer.Option(
+    "-k", "--kernel", help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
+    "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.", rich_help_panel=PANEL_CONV,
+    show_default=False)]
+PipelineFile = Annotated[Path | None, typer.Option(
+    "--pipeline", help="A pipeline YAML file (instead of -k and the layer options).",
+    rich_help_panel=PANEL_CONV, show_default=False)]
+Mode = Annotated[str, typer.Option(
+    "--mode", help="correlate (the kernel as written, as CNNs do) or convolve (flipped).",
+    rich_help_panel=PANEL_CONV)]
+PaddingOpt = Annotated[str, typer.Option(
+    "--padding", help="same, valid, full, N, N,M or T,B,L,R.", rich_help_panel=PANEL_CONV)]
+PadMode = Annotated[str, typer.Option(
+    "--pad-mode", help="Border: reflect, mirror, nearest, wrap or constant.",
+    rich_help_panel=PANEL_CONV)]
+Cval = Annotated[float, typer.Option(
+    "--cval", help="Fill value for --pad-mode constant.", rich_help_panel=PANEL_CONV)]
+Stride = Annotated[str, typer.Option("--stride", help="N or N,M.", rich_help_panel=PANEL_CONV)]
+Dilation = Annotated[str, typer.Option(
+    "--dilation", help="N or N,M.", rich_help_panel=PANEL_CONV)]
+Activation = Annotated[str, typer.Option(
+    "--activation", help="After the last kernel: none, relu or abs.", rich_help_panel=PANEL_CONV)]
+PoolOp = Annotated[str | None, typer.Option(
+    "--pool", help="Pooling after the activation: max or avg.", rich_help_panel=PANEL_CONV,
+    show_default=False)]
+PoolSize = Annotated[str | None, typer.Option(
+    "--pool-size", help="Pooling window, N or N,M.", rich_help_panel=PANEL_CONV,
+    show_default=False)]
+PoolStride = Annotated[str | None, typer.Option(
+    "--pool-stride", help="Pooling step, N or N,M (default: the size).",
+    rich_help_panel=PANEL_CONV, show_default=False)]
+Gray = Annotated[bool, typer.Option(
+    "--gray", help="Convert to luminance first (ITU-R 601-2, as Pillow's L).",
+    rich_help_panel=PANEL_CONV)]
+MaxPixels = Annotated[int, typer.Option(
+    "--max-pixels", help="Refuse larger images (decompression bombs) without decoding them.",
+    rich_help_panel=PANEL_RUN)]
+Debug = Annotated[bool, typer.Option(
+    "--debug", help="Show tracebacks.", rich_help_panel=PANEL_RUN)]
+Tol = Annotated[float | None, typer.Option(
+    "--tol", help="Largest allowed |imgconv - scipy| (default 1e-4 x max(1, max |result|)).",
+    rich_help_panel=PANEL_RUN, show_default=False)]
+
+
+def _build_pipeline(
+    kernels: list[str] | None, pipeline_file: Path | None, output_map: str, **layer: Any
+) -> Any:
+    from imgconv.pipeline import Pipeline
+
+    defaults = {"mode": "correlate", "padding": "same", "pad_mode": "reflect", "cval": 0.0,
+                "stride": "1", "dilation": "1", "activation": "none", "pool": None,
+                "pool_size": None, "pool_stride": None}
+    if pipeline_file is not None:
+        changed = sorted("--" + k.replace("_", "-") for k, v in layer.items() if v != defaults[k])
+        if kernels or changed:
+            given = (["-k"] if kernels else []) + changed
+            raise UsageError(f"--pipeline describes the whole layer; drop {', '.join(given)}")
+        pipeline = Pipeline.from_yaml(pipeline_file)
+        if output_map != "auto":
+            from dataclasses import replace
+
+            from imgconv.pipeline import OUTPUT_MAPPINGS, _choice
+
+            pipeline = replace(pipeline, output=_choice(output_map, OUTPUT_MAPPINGS,
+                                                        "--output-map"))
+        return pipeline
+    return Pipeline.from_options(kernels or [], output=output_map, **layer)
+
+
+def apply_command(
+    inputs: Inputs,
+    kernel: Kernels = None,
+    pipeline_file: PipelineFile = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="Output file for one input, or - for standard output.",
+        rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    out_dir: Annotated[str | None, typer.Option(
+        "--out-dir", help="Output folder (created if missing); keeps the inputs' sub-folders.",
+        rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
+        "[default: {stem}{ext}]", rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    mode: Mode = "correlate",
+    padding: PaddingOpt = "same",
+    pad_mode: PadMode = "reflect",
+    cval: Cval = 0.0,
+    stride: Stride = "1",
+    dilation: Dilation = "1",
+    activation: Activation = "none",
+    pool: PoolOp = None,
+    pool_size: PoolSize = None,
+    pool_stride: PoolStride = None,
+    gray: Gray = False,
+    alpha: Annotated[str, typer.Option(
+        "--alpha", help="auto, premultiply, copy or drop.", rich_help_panel=PANEL_OUT)] = "auto",
+    output_map: Annotated[str, typer.Option(
+        "--output-map", help="auto, clip, abs, offset or normalize.",
+        rich_help_panel=PANEL_OUT)] = "auto",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="png, jpg, tiff, webp, bmp or npy (default: from the extension).",
+        rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    quality: Annotated[int | None, typer.Option(
+        "--quality", min=1, max=100, help="JPEG/WebP quality 1-100.", rich_help_panel=PANEL_OUT,
+        show_default=False)] = None,
+    depth: Annotated[str | None, typer.Option(
+        "--depth", help="8, 16 (png/tiff, one channel) or float (tiff). [default: the input's]",
+        rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Files in parallel. [default: number of CPUs]",
+        rich_help_panel=PANEL_RUN, show_default=False)] = None,
+    recursive: Annotated[bool, typer.Option(
+        "--recursive", "-r", help="Descend into sub-folders.", rich_help_panel=PANEL_RUN)] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing outputs (never an input).",
+        rich_help_panel=PANEL_RUN)] = False,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Skip inputs whose output exists (resume a batch).",
+        rich_help_panel=PANEL_RUN)] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan; write nothing.", rich_help_panel=PANEL_RUN)] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check each result against scipy.ndimage.",
+        rich_help_panel=PANEL_RUN)] = False,
+    tol: Tol = None,
+    manifest: Annotated[str | None, typer.Option(
+        "--manifest", help="Write a JSON record of the run.", rich_help_panel=PANEL_RUN,
+        show_default=False)] = None,
+    max_pixels: MaxPixels = 100_000_000,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print errors only.", rich_help_panel=PANEL_RUN)] = False,
+    debug: Debug = False,
+) -> None:
+    """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
+    from imgconv import batch
+    from imgconv.imageio import DEPTHS
+
+    with report_errors(debug):
+        try:
+            pipeline = _build_pipeline(
+                kernel, pipeline_file, output_map, mode=mode, padding=padding,
+                pad_mode=pad_mode, cval=cval, stride=stride, dilation=dilation,
+                activation=activation, pool=pool, pool_size=pool_size, pool_stride=pool_stride)
+            if overwrite and skip_existing:
+                raise UsageError("--overwrite and --skip-existing contradict each other")
+            if alpha not in batch.ALPHA_MODES:
+                raise UsageError(
+                    f"--alpha must be one of {', '.join(batch.ALPHA_MODES)}, got {alpha!r}")
+            if depth is not None and depth not in DEPTHS:
+                raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
+            if inputs.count(batch.STDIO) > 1:
+                raise UsageError("standard input (-) can be read only once")
+            sources = batch.expand_inputs(inputs, recursive=recursive)
+            tasks = batch.plan(sources, pipeline, output=output, out_dir=out_dir, name=name,
+                               fmt=fmt)
+            if manifest and Path(manifest).exists() and not overwrite and not dry_run:
+                raise UsageError(f"--manifest {manifest}: already exists "
+                                 "(use --overwrite to replace it)")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
+        if dry_run:
+            _print_plan(tasks, pipeline, stdin, max_pixels)
+            return
+        options = batch.Options(
+            pipeline=pipeline, gray=gray, alpha=alpha, quality=quality, depth=depth,
+            overwrite=overwrite, skip_existing=skip_existing, verify=verify, tol=tol,
+            max_pixels=max_pixels, hash_inputs=manifest is not None, debug=debug,
+            protected=frozenset(os.path.realpath(s.path) for s in sources
+                                if s.path != batch.STDIO),
+        )
+        executor = batch.make_executor(jobs or os.cpu_count() or 1, len(tasks))
+        try:
+            results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
+        except KeyboardInterrupt:
+            stderr.print("interrupted: finished outputs are complete; none is partial")
+            raise typer.Exit(130) from None
+        if manifest:
+            from imgconv import __version__
+
+            batch.write_manifest(manifest, options, results, overwrite=True,
+                                 version=__version__)
+        failed = [r for r in results if r.status == "failed"]
+        if not quiet:
+            written = sum(r.status == "written" for r in results)
+            skipped = sum(r.status == "skipped" for r in results)
+            stderr.print(f"written {written}, skipped {skipped}, failed {len(failed)}")
+        for r in failed:
+            stderr.print(f"[red]error:[/red] {_with_file(r)}", soft_wrap=True)
+        if failed:
+            raise typer.Exit(1)
+
+
+def _with_file(result: Any) -> str:
+    reason: str = result.reason
+    return reason if reason.startswith((result.input, result.output)) else (
+        f"{result.input}: {reason}")
+
+
+def _run_with_progress(batch: Any, tasks: list[Any], options: Any, executor: Any,
+                       stdin: bytes | None, quiet: bool) -> list[Any]:
+    def note(result: Any) -> None:
+        for line in result.notes:
+            stderr.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+
+    if quiet:
+        return list(batch.run(tasks, options, executor=executor, stdin=stdin))
+    if not stderr.is_terminal or len(tasks) == 1:
+        def plain(result: Any) -> None:
+            note(result)
+            if result.status == "written" and result.output != batch.STDIO:
+                stderr.print(f"{result.input} -> {result.output}", soft_wrap=True)
+            elif result.status == "skipped":
+                stderr.print(f"skipped {result.input}: {result.output} exists", soft_wrap=True)
+        return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=plain))
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=stderr, transient=False) as progress:
+        bar = progress.add_task("filtering", total=len(tasks), rate="")
+
+        def tick(result: Any) -> None:
+            note(result)
+            task = progress.tasks[0]
+            elapsed = task.elapsed or 0.0
+            rate = f"{(task.completed + 1) / elapsed:.1f} files/s" if elapsed > 0 else ""
+            progress.update(bar, advance=1, rate=rate)
+
+        return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=tick))
+
+
+def _fmt_range(lo: float, hi: float) -> str:
+    return f"{lo:.6g} .. {hi:.6g}"
+
+
+def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int) -> None:
+    """The --dry-run report: each stage's geometry and value range, then each input's output."""
+    from imgconv.errors import ImgconvError
+    from imgconv.imageio import read_size
+    from imgconv.pipeline import ActivationStage, ConvStage
+
+    def say(text: str) -> None:
+        stdout.print(text, markup=False, soft_wrap=True, highlight=False)
+
+    sizes: list[tuple[int, int] | str] = []
+    for t in tasks:
+        try:
+            source = stdin if t.source.path == "-" and stdin is not None else t.source.path
+            sizes.append(read_size(source, max_pixels))
+        except ImgconvError as exc:
+            sizes.append(str(exc))
+    shape = next((s for s in sizes if isinstance(s, tuple)), (0, 0))
+    lo, hi = 0.0, 255.0
+    say("dry run: nothing is written")
+    say(f"input {shape[0]}x{shape[1]} (rows x columns), values {_fmt_range(lo, hi)}")
+    for n, stage in enumerate(pipeline.stages, 1):
+        lo, hi = stage.value_range(lo, hi)
+        if isinstance(stage, ConvStage):
+            k = stage.members()[0]
+            kh, kw = k.matrix.shape[:2]
+            top, bottom, left, right = stage.pads(k)
+            (sy, sx), (dy, dx) = stage.stride, stage.dilation
+            ey, ex = dy * (kh - 1) + 1, dx * (kw - 1) + 1
+            oh, ow = stage.out_shape(shape)
+            kind = (f"bank: {stage.kernel.combine} of {len(stage.members())} kernels"
+                    if hasattr(stage.kernel, "kernels") else "kernel")
+            say(f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
+                f"{stage.parameter_count()} parameters)")
+            say(f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
+                f"right {right} ({stage.pad_mode}); stride {sy}x{sx}; dilation {dy}x{dx}")
+            say(f"    rows    floor(({shape[0]}+{top}+{bottom}-{ey})/{sy})+1 = {oh}")
+            say(f"    columns floor(({shape[1]}+{left}+{right}-{ex})/{sx})+1 = {ow}")
+            shape = (oh, ow)
+        elif isinstance(stage, ActivationStage):
+            say(f"stage {n}: activation {stage.kind}")
+        else:
+            (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
+            oh, ow = stage.out_shape(shape)
+            say(f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding")
+            say(f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}")
+            say(f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}")
+            shape = (oh, ow)
+        say(f"    values {_fmt_range(lo, hi)}")
+    how = pipeline.output_mapping()
+    span = {"clip": (lo, hi), "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)),
+                                      max(abs(lo), abs(hi))),
+            "offset": (lo + 128, hi + 128), "normalize": (0.0, 255.0)}[how]
+    clips = span[0] < 0 or span[1] > 255
+    say(f"output: --output-map {how}: {_fmt_range(*span)} "
+        + ("will clip to 0 .. 255" if clips else "fits 0 .. 255"))
+    say("files:")
+    for t, in_size in zip(tasks, sizes, strict=True):
+        if isinstance(in_size, str):
+            say(f"  {t.source.path} -> {t.target} (cannot read: {in_size})")
+            continue
+        out: tuple[int, int] = in_size
+        for s in pipeline.stages:
+            if not isinstance(s, ActivationStage):
+                out = s.out_shape(out)
+        exists = " (exists)" if t.target != "-" and Path(t.target).exists() else ""
+        say(f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target} "
+            f"({out[0]}x{out[1]}){exists}")
+
+
+def check_command(
+    inputs: Inputs,
+    kernel: Kernels = None,
+    pipeline_file: PipelineFile = None,
+    mode: Mode = "correlate",
+    padding: PaddingOpt = "same",
+    pad_mode: PadMode = "reflect",
+    cval: Cval = 0.0,
+    stride: Stride = "1",
+    dilation: Dilation = "1",
+    activation: Activation = "none",
+    pool: PoolOp = None,
+    pool_size: PoolSize = None,
+    pool_stride: PoolStride = None,
+    gray: Gray = False,
+    tol: Tol = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r",
+                                            help="Descend into sub-folders.")] = False,
+    max_pixels: MaxPixels = 100_000_000,
+    debug: Debug = False,
+) -> None:
+    """Run the pipeline with imgconv's core and with scipy.ndimage; compare per channel."""
+    from rich.table import Table
+
+    from imgconv import batch
+    from imgconv.check import compare, reference
+    from imgconv.errors import ImgconvError
+    from imgconv.imageio import load
+
+    with report_errors(debug):
+        pipeline = _build_pipeline(
+            kernel, pipeline_file, "auto", mode=mode, padding=padding, pad_mode=pad_mode,
+            cval=cval, stride=stride, dilation=dilation, activation=activation, pool=pool,
+            pool_size=pool_size, pool_stride=pool_stride)
+        sources = batch.expand_inputs(inputs, recursive=recursive)
+        if not sources:
+            raise UsageError("no input images found")
+        stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
+        table = Table(title=f"imgconv vs scipy.ndimage: {pipeline.name}", title_justify="left")
+        for col in ("input", "channel", "max |error|", "mean |error|", "tolerance", ""):
+            table.add_column(col)
+        failed = 0
+        errors: list[str] = []
+        for source in sources:
+            try:
+                picture = load(stdin if source.path == batch.STDIO and stdin is not None
+                               else source.path, gray=gray, max_pixels=max_pixels)
+                ours = pipeline.run(picture.pixels)
+                result = compare(ours, reference(pipeline, picture.pixels), tol)
+            except ImgconvError as exc:
+                errors.append(str(exc))
+                continue
+            for c, (mx, mean) in enumerate(zip(result.max_abs, result.mean_abs, strict=True)):
+                ok = mx <= result.tolerance
+                failed += not ok
+                table.add_row(source.path, str(c), f"{mx:.3g}", f"{mean:.3g}",
+                              f"{result.tolerance:.3g}", "[green]ok" if ok else "[red]FAIL")
+        stdout.print(table)
+        for line in errors:
+            stderr.print(f"[red]error:[/red] {line}", soft_wrap=True)
+        if failed or errors:
+            raise typer.Exit(1)

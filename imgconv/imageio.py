@@ -1,0 +1,306 @@
+"""The Pillow boundary: read images into arrays, write arrays into image files.
+
+Everything about image modes, bit depth, alpha, EXIF orientation, ICC
+profiles and safe (atomic, no-clobber) writing lives here; the rest of the
+package sees numpy arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imgconv.errors import ImageError, UsageError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+# output format name -> (Pillow format, file extension)
+FORMATS = {
+    "png": ("PNG", ".png"),
+    "jpg": ("JPEG", ".jpg"),
+    "tiff": ("TIFF", ".tiff"),
+    "webp": ("WEBP", ".webp"),
+    "bmp": ("BMP", ".bmp"),
+    "npy": ("NPY", ".npy"),
+}
+EXTENSIONS = {
+    ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".tif": "tiff", ".tiff": "tiff",
+    ".webp": "webp", ".bmp": "bmp", ".npy": "npy",
+}
+# the extensions a folder is searched for
+INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
+DEPTHS = ("8", "16", "float")
+SIXTEEN_BIT = ("png", "tiff")
+
+
+@dataclass
+class Picture:
+    """An image as arrays: colour or grey pixels, optional alpha, and what to keep on output.
+
+    ``pixels`` is (H, W) or (H, W, C) in its natural dtype (uint8, uint16,
+    int32 or float32); ``alpha`` is (H, W) in the same units, or None.
+    ``max_value`` is the value of full intensity (255, 65535, or 255 for
+    float images, Pillow's convention for mode "F").
+    """
+
+    pixels: NDArray[Any]
+    alpha: NDArray[Any] | None
+    max_value: float
+    depth: str
+    mode: str
+    icc_profile: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+
+def format_for(path: str, explicit: str | None) -> str:
+    """The output format: ``explicit`` if given, else from the file extension."""
+    if explicit is not None:
+        name = explicit.lower().lstrip(".")
+        name = EXTENSIONS.get("." + name, name)
+        if name not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {explicit!r}")
+        return name
+    ext = Path(path).suffix.lower()
+    if ext not in EXTENSIONS:
+        raise UsageError(
+            f"{path}: cannot tell the output format from the extension {ext or '(none)'!r}; "
+            f"use one of {', '.join(sorted(EXTENSIONS))} or --format"
+        )
+    return EXTENSIONS[ext]
+
+
+def _open(source: str | bytes, max_pixels: int) -> Any:
+    from PIL import Image
+
+    name = "<stdin>" if isinstance(source, bytes) else source
+    # Opening reads only the header; the pixel limit is checked below, before any decoding,
+    # so Pillow's own (global) bomb check is set aside for the call.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: not a readable image ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{name}: {w}x{h} = {w * h:,} pixels is more than the limit of {max_pixels:,}; "
+            f"raise it with --max-pixels"
+        )
+    return im
+
+
+def read_size(source: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) from the header, without decoding, orientation applied."""
+    im = _open(source, max_pixels)
+    w, h = im.size
+    orientation = im.getexif().get(0x0112, 1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def load(source: str | bytes, *, gray: bool = False,
+         max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Read an image file (or its bytes) into a :class:`Picture`.
+
+    Applies the EXIF orientation, takes the first frame of a multi-frame file
+    (with a note), expands palettes, converts CMYK and other colour spaces to
+    RGB (with a note), and with ``gray`` converts colour to luminance
+    (ITU-R 601-2, as Pillow's "L").
+    """
+    from PIL import ImageOps
+
+    name = "<stdin>" if isinstance(source, bytes) else source
+    im = _open(source, max_pixels)
+    notes: list[str] = []
+    try:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"{name}: has {frames} frames; only the first is filtered")
+            im.seek(0)
+        icc = im.info.get("icc_profile")
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot decode the image ({exc})") from None
+    mode = im.mode
+
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        if mode != "RGBX":
+            notes.append(f"{name}: {mode} image converted to RGB")
+        icc = None if mode == "CMYK" else icc  # a CMYK profile does not describe RGB pixels
+        im = im.convert("RGB")
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    elif mode.startswith("I;16"):
+        im = im.convert("I;16") if mode != "I;16" else im
+    if gray and im.mode in ("RGB", "RGBA"):
+        im = im.convert("LA" if im.mode == "RGBA" else "L")
+
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        arr = np.asarray(im)
+        max_value, depth = 255.0, "8"
+    elif im.mode == "I;16":
+        arr = np.asarray(im).astype(np.uint16)
+        max_value, depth = 65535.0, "16"
+    elif im.mode == "I":
+        arr = np.asarray(im)
+        max_value, depth = 65535.0, "16"
+    elif im.mode == "F":
+        arr = np.asarray(im)
+        max_value, depth = 255.0, "float"
+    else:
+        raise ImageError(f"{name}: image mode {im.mode} is not supported")
+
+    alpha = None
+    if im.mode in ("LA", "RGBA"):
+        arr, alpha = arr[:, :, :-1], arr[:, :, -1]
+        if im.mode == "LA":
+            arr = arr[:, :, 0]
+    return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes)
+
+
+def _pil_image(array: NDArray[Any], alpha: NDArray[Any] | None, depth: str) -> Any:
+    from PIL import Image
+
+    if depth == "float":
+        return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))  # mode F
+    if depth == "16":
+        return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint16))  # mode I;16
+    data = array if alpha is None else np.dstack([array, alpha])
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    mode = "L" if data.ndim == 2 else {2: "LA", 3: "RGB", 4: "RGBA"}.get(data.shape[2])
+    if mode is None:
+        raise ImageError(f"cannot save {data.shape[2]} channels as an image; use .npy")
+    return Image.frombuffer(mode, (data.shape[1], data.shape[0]), data, "raw", mode, 0, 1)
+
+
+def encode(
+    array: NDArray[Any],
+    fmt: str,
+    stream: IO[bytes],
+    *,
+    alpha: NDArray[Any] | None = None,
+    depth: str = "8",
+    quality: int | None = None,
+    icc_profile: bytes | None = None,
+) -> None:
+    """Write ``array`` (already mapped to the output dtype, or float for npy) to ``stream``."""
+    if fmt == "npy":
+        np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
+        return
+    im = _pil_image(array, None if fmt in ("jpg", "bmp") else alpha, depth)
+    options: dict[str, Any] = {}
+    if quality is not None and fmt in ("jpg", "webp"):
+        options["quality"] = quality
+    if icc_profile and fmt in ("png", "jpg", "tiff", "webp") and im.mode in ("L", "RGB", "RGBA"):
+        options["icc_profile"] = icc_profile
+    im.save(stream, format=FORMATS[fmt][0], **options)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
+    """Create ``path`` through a temporary file in its folder, so it is whole or absent.
+
+    ``write(stream)`` fills the temporary file. Without ``overwrite`` the final
+    step is ``os.link``, which fails rather than replace a file that appeared
+    meanwhile; with it, ``os.replace``. On any failure, including Ctrl-C, the
+    temporary file is removed and nothing else is touched.
+    """
+    folder = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ImageError(
+                    f"{path}: already exists (use --overwrite to replace it)"
+                ) from None
+            except OSError:
+                # file systems without hard links: check, then rename
+                if path.exists():
+                    raise ImageError(
+                        f"{path}: already exists (use --overwrite to replace it)"
+                    ) from None
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(
+    values: NDArray[Any],
+    path: str | Path,
+    *,
+    output_map: str = "clip",
+    max_value: float = 255.0,
+    fmt: str | None = None,
+    depth: str = "8",
+    alpha: NDArray[Any] | None = None,
+    quality: int | None = None,
+    overwrite: bool = False,
+) -> float:
+    """Map a float result to image values and write it atomically; returns the clipped fraction.
+
+    ``values`` are in the input's units (``max_value`` is full intensity, 255 for
+    8-bit input). ``.npy`` and ``depth="float"`` TIFF get the raw float32 values.
+    Refuses to replace an existing file unless ``overwrite``.
+
+    >>> import numpy as np, tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> save(np.array([[-3.0, 100.0]]), os.path.join(folder, "x.png"))
+    0.5
+    """
+    from imgconv.pipeline import map_output
+
+    target = Path(path)
+    fmt = format_for(str(target), fmt)
+    clipped = 0.0
+    if fmt == "npy" or depth == "float":
+        data, depth = np.asarray(values, dtype=np.float32), "float"
+    else:
+        out_max = 65535 if depth == "16" else 255
+        data, clipped = map_output(values, output_map, scale=out_max / max_value,
+                                   out_max=out_max)
+        if alpha is not None:
+            alpha, _ = map_output(alpha, "clip", scale=out_max / max_value, out_max=out_max)
+    write_atomic(target, lambda s: encode(data, fmt, s, alpha=alpha, depth=depth,
+                                          quality=quality), overwrite=overwrite)
+    return clipped

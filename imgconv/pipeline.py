@@ -1,0 +1,480 @@
+"""A CNN-style layer stack: convolution stages, activation, pooling, then an output mapping.
+
+Built from command-line-like options (:meth:`Pipeline.from_options`) or from a
+YAML file (:meth:`Pipeline.from_yaml`); both build the same object. Running it
+keeps every intermediate result in floating point.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imgconv.core.geometry import (
+    PADDING_NAMES,
+    Geometry,
+    normalize_pair,
+    resolve_padding,
+    same_pads,
+)
+from imgconv.core.padding import PAD_MODE_ALIASES, PAD_MODES, normalize_pad_mode
+from imgconv.core.pooling import ACTIVATIONS, POOL_OPS
+from imgconv.errors import ImageError, UsageError
+
+CONV_MODES = ("correlate", "convolve")
+OUTPUT_MAPPINGS = ("auto", "clip", "abs", "offset", "normalize")
+CLIP_WARNING_FRACTION = 0.05
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _choice(value: object, choices: Sequence[str], name: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = _suggest(value, choices) if isinstance(value, str) else ""
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}{hint}")
+    return value
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise UsageError(
+            f"{name} must be whole numbers separated by commas, got {text!r}"
+        ) from None
+
+
+def parse_pair(value: object, name: str) -> tuple[int, int]:
+    """``2``, ``"2"``, ``"2,3"`` or ``[2, 3]`` as a pair of ints ``>= 1``.
+
+    >>> parse_pair("2,3", "--stride")
+    (2, 3)
+    """
+    if isinstance(value, str):
+        parts = _ints(value, name)
+        value = parts[0] if len(parts) == 1 else parts
+    try:
+        return normalize_pair(list(value) if isinstance(value, tuple) else value, name)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_padding(value: object) -> str | int | tuple[int, ...]:
+    """``same``/``valid``/``full``, ``N``, ``N,M`` or ``T,B,L,R`` (strings or YAML values).
+
+    >>> parse_padding("1,2,0,3")
+    (1, 2, 0, 3)
+    """
+    if isinstance(value, str) and value in PADDING_NAMES:
+        return value
+    parts: tuple[int, ...]
+    if isinstance(value, str):
+        try:
+            parts = _ints(value, "--padding")
+        except UsageError:
+            parts = ()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = (value,)
+    elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+        parts = tuple(value)
+    else:
+        parts = ()
+    if len(parts) not in (1, 2, 4) or min(parts, default=-1) < 0:
+        raise UsageError(
+            f"--padding must be one of {', '.join(PADDING_NAMES)}, N, N,M or T,B,L,R "
+            f"(whole numbers >= 0), got {value!r}"
+        )
+    return parts[0] if len(parts) == 1 else parts
+
+
+@dataclass(frozen=True)
+class ConvStage:
+    """Correlate (or convolve) with a kernel or a kernel bank."""
+
+    spec: str
+    mode: str = "correlate"
+    padding: str | int | tuple[int, ...] = "same"
+    pad_mode: str = "reflect"
+    cval: float = 0.0
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    kernel: Any = field(default=None, compare=False, repr=False)
+
+    def members(self) -> tuple[Any, ...]:
+        """The plain kernels this stage applies (one, or a bank's members)."""
+        return tuple(getattr(self.kernel, "kernels", (self.kernel,)))
+
+    def _padding_for(self, kernel: Any) -> Any:
+        if self.padding != "same" or kernel.anchor is None:
+            return self.padding
+        kh, kw = kernel.matrix.shape[:2]
+        (ay, ax), (dy, dx) = kernel.anchor, self.dilation
+        if self.mode == "convolve":
+            # convolve() flips the kernel, which moves the anchor to k - 1 - a
+            ay, ax = kh - 1 - ay, kw - 1 - ax
+        return (*same_pads(kh, dy, ay), *same_pads(kw, dx, ax))
+
+    def pads(self, kernel: Any) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) padding as the core will apply it."""
+        kh, kw = kernel.matrix.shape[:2]
+        padding = self._padding_for(kernel)
+        pads = resolve_padding(padding, (kh, kw), self.dilation)
+        if padding == "same" and self.mode == "convolve":
+            pads = (pads[1], pads[0], pads[3], pads[2])
+        return pads
+
+    def apply_kernel(self, x: NDArray[Any], kernel: Any) -> NDArray[Any]:
+        from imgconv.core.conv import convolve, correlate
+
+        func = convolve if self.mode == "convolve" else correlate
+        try:
+            out = func(
+                x, kernel.weights, padding=self._padding_for(kernel), pad_mode=self.pad_mode,
+                cval=self.cval, stride=self.stride, dilation=self.dilation,
+            )
+        except ValueError as exc:
+            raise ImageError(f"kernel {kernel.name}: {exc}") from None
+        if kernel.bias:
+            out += kernel.bias
+        return out
+
+    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+        from imgconv.kernels import combine
+
+        responses = [self.apply_kernel(x, k) for k in self.members()]
+        if len(responses) == 1 and not hasattr(self.kernel, "kernels"):
+            return responses[0]
+        return np.asarray(combine(responses, self.kernel.combine), dtype=responses[0].dtype)
+
+    def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        kernel = self.members()[0]
+        geom = Geometry(shape, kernel.matrix.shape[:2], self.pads(kernel), self.stride,
+                        self.dilation)
+        return geom.out_shape
+
+    def value_range(self, lo: float, hi: float) -> tuple[float, float]:
+        if self.pad_mode == "constant":
+            lo, hi = min(lo, self.cval), max(hi, self.cval)
+        ranges = []
+        for k in self.members():
+            w = np.asarray(k.weights, dtype=np.float64)
+            pos, neg = float(w[w > 0].sum()), float(w[w < 0].sum())
+            ranges.append((pos * lo + neg * hi + k.bias, pos * hi + neg * lo + k.bias))
+        if not hasattr(self.kernel, "kernels"):
+            return ranges[0]
+        los, his = [r[0] for r in ranges], [r[1] for r in ranges]
+        how = self.kernel.combine
+        if how == "magnitude":
+            return 0.0, math.sqrt(sum(max(a * a, b * b) for a, b in ranges))
+        if how == "max":
+            return max(los), max(his)
+        if how == "min":
+            return min(los), min(his)
+        if how == "sum":
+            return sum(los), sum(his)
+        return sum(los) / len(los), sum(his) / len(his)
+
+    def parameter_count(self) -> int:
+        return sum(int(np.asarray(k.matrix).size) + (1 if k.bias else 0) for k in self.members())
+
+
+@dataclass(frozen=True)
+class ActivationStage:
+    """The detector stage: relu, abs or none."""
+
+    kind: str
+
+    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+        from imgconv.core.pooling import activate
+
+        return activate(x, self.kind)
+
+    def value_range(self, lo: float, hi: float) -> tuple[float, float]:
+        if self.kind == "relu":
+            return max(lo, 0.0), max(hi, 0.0)
+        if self.kind == "abs":
+            if lo >= 0:
+                return lo, hi
+            return (-hi, -lo) if hi <= 0 else (0.0, max(-lo, hi))
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class PoolStage:
+    """Max or average pooling (stride defaults to the size)."""
+
+    op: str
+    size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+
+    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+        from imgconv.core.pooling import pool
+
+        try:
+            return pool(x, self.size, stride=self.stride, op=self.op)
+        except ValueError as exc:
+            raise ImageError(f"pooling: {exc}") from None
+
+    def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        (kh, kw), (sy, sx) = self.size, self.stride or self.size
+        return (shape[0] - kh) // sy + 1, (shape[1] - kw) // sx + 1
+
+    def value_range(self, lo: float, hi: float) -> tuple[float, float]:
+        return lo, hi
+
+
+Stage = ConvStage | ActivationStage | PoolStage
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Stages run in order, then ``output`` maps the float result to image values."""
+
+    stages: tuple[Stage, ...]
+    output: str = "auto"
+
+    @property
+    def conv_stages(self) -> tuple[ConvStage, ...]:
+        return tuple(s for s in self.stages if isinstance(s, ConvStage))
+
+    @property
+    def name(self) -> str:
+        """The kernel specs joined by '+', for output file names."""
+        return "+".join(s.spec for s in self.conv_stages)
+
+    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+        """Run every stage on an (H, W) or (H, W, C) array; returns float32 or float64."""
+        for stage in self.stages:
+            x = stage.run(x)
+        return x
+
+    def output_mapping(self) -> str:
+        """The mapping to use: ``output``, or for ``auto`` the last kernel's preference."""
+        if self.output != "auto":
+            return self.output
+        for stage in reversed(self.conv_stages):
+            return str(getattr(stage.kernel, "output", None) or "clip")
+        return "clip"
+
+    def all_weights_nonnegative(self) -> bool:
+        return all(
+            float(np.min(k.weights)) >= 0 for s in self.conv_stages for k in s.members()
+        )
+
+    def value_range(self, lo: float, hi: float) -> tuple[float, float]:
+        """Bounds on the result for input values in [lo, hi]."""
+        for stage in self.stages:
+            lo, hi = stage.value_range(lo, hi)
+        return lo, hi
+
+    def shapes(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """The (H, W) after each stage, by the output-size formula."""
+        out = []
+        for stage in self.stages:
+            if not isinstance(stage, ActivationStage):
+                shape = stage.out_shape(shape)
+            out.append(shape)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain description (for manifests and --dry-run), as a pipeline YAML would say it."""
+        stages: list[dict[str, Any]] = []
+        for s in self.stages:
+            if isinstance(s, ConvStage):
+                padding = list(s.padding) if isinstance(s.padding, tuple) else s.padding
+                stages.append({
+                    "kernel": s.spec, "mode": s.mode, "padding": padding,
+                    "pad_mode": s.pad_mode, "cval": s.cval, "stride": list(s.stride),
+                    "dilation": list(s.dilation),
+                })
+            elif isinstance(s, ActivationStage):
+                stages.append({"activation": s.kind})
+            else:
+                stages.append({"pool": {"op": s.op, "size": list(s.size),
+                                        "stride": list(s.stride or s.size)}})
+        return {"stages": stages, "output": self.output}
+
+    @classmethod
+    def from_options(
+        cls,
+        kernels: Sequence[str],
+        *,
+        mode: str = "correlate",
+        padding: object = "same",
+        pad_mode: str = "reflect",
+        cval: float = 0.0,
+        stride: object = 1,
+        dilation: object = 1,
+        activation: str = "none",
+        pool: str | None = None,
+        pool_size: object = None,
+        pool_stride: object = None,
+        output: str = "auto",
+    ) -> Pipeline:
+        """Build from the command line's options: each kernel a stage, then activation, pool."""
+        if not kernels:
+            raise UsageError("give at least one kernel with -k/--kernel, or --pipeline FILE")
+        stages: list[Stage] = [
+            conv_stage(spec, mode=mode, padding=padding, pad_mode=pad_mode, cval=cval,
+                       stride=stride, dilation=dilation)
+            for spec in kernels
+        ]
+        _choice(activation, ACTIVATIONS, "--activation")
+        if activation != "none":
+            stages.append(ActivationStage(activation))
+        if pool is None:
+            if pool_size is not None or pool_stride is not None:
+                raise UsageError("--pool-size and --pool-stride need --pool max|avg")
+        else:
+            stages.append(pool_stage(pool, pool_size, pool_stride))
+        return cls(tuple(stages), _choice(output, OUTPUT_MAPPINGS, "--output-map"))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Build from a pipeline YAML file (see README.md, "Pipeline files")."""
+        import yaml
+
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" line {where.line + 1}" if where is not None else ""
+            raise UsageError(f"{path}:{line} not valid YAML") from None
+        try:
+            return cls.from_dict(doc)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Pipeline:
+        if not isinstance(doc, dict) or "stages" not in doc:
+            raise UsageError("a pipeline is a mapping with a 'stages' list")
+        _check_keys(doc, ("stages", "output"), "pipeline")
+        items = doc["stages"]
+        if not isinstance(items, list) or not items:
+            raise UsageError("'stages' must be a non-empty list")
+        stages: list[Stage] = []
+        for n, item in enumerate(items, 1):
+            where = f"stage {n}"
+            if not isinstance(item, dict):
+                raise UsageError(f"{where}: must be a mapping with kernel, activation or pool")
+            kinds = [k for k in ("kernel", "activation", "pool") if k in item]
+            if len(kinds) != 1:
+                raise UsageError(f"{where}: must have exactly one of kernel, activation, pool")
+            try:
+                if kinds[0] == "kernel":
+                    _check_keys(item, ("kernel", *CONV_KEYS), where)
+                    options = {k.replace("-", "_"): v for k, v in item.items() if k != "kernel"}
+                    stages.append(conv_stage(str(item["kernel"]), **options))
+                elif kinds[0] == "activation":
+                    _check_keys(item, ("activation",), where)
+                    stages.append(ActivationStage(
+                        _choice(item["activation"], ACTIVATIONS, "activation")))
+                else:
+                    _check_keys(item, ("pool",), where)
+                    spec = item["pool"]
+                    if not isinstance(spec, dict):
+                        raise UsageError("pool must be a mapping {op, size, stride}")
+                    _check_keys(spec, ("op", "size", "stride"), "pool")
+                    stages.append(pool_stage(spec.get("op"), spec.get("size"),
+                                             spec.get("stride")))
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
+        output = doc.get("output", "auto")
+        return cls(tuple(stages), _choice(output, OUTPUT_MAPPINGS, "output"))
+
+
+CONV_KEYS = ("mode", "padding", "pad_mode", "pad-mode", "cval", "stride", "dilation")
+
+
+def _check_keys(mapping: dict[str, Any], allowed: Sequence[str], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise UsageError(
+                f"unknown key {key!r} in {where}{_suggest(str(key), allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+
+
+def conv_stage(
+    spec: str,
+    *,
+    mode: str = "correlate",
+    padding: object = "same",
+    pad_mode: str = "reflect",
+    cval: object = 0.0,
+    stride: object = 1,
+    dilation: object = 1,
+) -> ConvStage:
+    """Resolve a kernel spec and check every option; raises UsageError/KernelError."""
+    from imgconv.kernels import resolve
+
+    _choice(mode, CONV_MODES, "--mode")
+    pad = parse_padding(padding)
+    try:
+        canonical, fill = normalize_pad_mode(pad_mode, cval)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--pad-mode/--cval: {exc}") from None
+    if pad_mode not in PAD_MODES and pad_mode not in PAD_MODE_ALIASES:
+        raise UsageError(f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+    kernel = resolve(spec)
+    return ConvStage(spec, mode, pad, canonical, fill, parse_pair(stride, "--stride"),
+                     parse_pair(dilation, "--dilation"), kernel)
+
+
+def pool_stage(op: object, size: object, stride: object) -> PoolStage:
+    _choice(op, POOL_OPS, "--pool")
+    if size is None:
+        raise UsageError("--pool needs --pool-size N or N,M")
+    return PoolStage(
+        str(op), parse_pair(size, "--pool-size"),
+        None if stride is None else parse_pair(stride, "--pool-stride"),
+    )
+
+
+def map_output(
+    values: NDArray[Any], how: str, *, scale: float, out_max: int
+) -> tuple[NDArray[Any], float]:
+    """Map float results (in input units) to integers in ``[0, out_max]``.
+
+    ``scale`` converts input units to output units (``out_max / in_max``).
+    Returns the mapped array (uint8 or uint16) and the fraction of values that
+    fell outside the range and were clipped.
+
+    >>> a, lost = map_output(np.array([-20.0, 100.4, 300.0]), "clip", scale=1.0, out_max=255)
+    >>> a.tolist(), round(lost, 3)
+    ([0, 100, 255], 0.667)
+    >>> map_output(np.array([-20.0, 20.0]), "offset", scale=1.0, out_max=255)[0].tolist()
+    [108, 148]
+    """
+    _choice(how, OUTPUT_MAPPINGS[1:], "--output-map")
+    v = np.multiply(values, scale, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    if how == "abs":
+        np.abs(v, out=v)
+    elif how == "offset":
+        v += (out_max + 1) / 2
+    elif how == "normalize":
+        lo, hi = float(v.min()), float(v.max())
+        if hi > lo:
+            v -= lo
+            v *= out_max / (hi - lo)
+        else:
+            v[...] = 0
+    np.rint(v, out=v)
+    clipped = float(np.count_nonzero((v < 0) | (v > out_max))) / max(v.size, 1)
+    np.clip(v, 0, out_max, out=v)
+    return v.astype(np.uint8 if out_max <= 255 else np.uint16), clipped

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates the README gallery from sample_images/ with the installed imgconv.
+# Run from the repository root: bash sample_images/gallery/make_gallery.sh
+set -euo pipefail
+out=sample_images/gallery
+src=sample_images/chelsea.png
+imgconv apply "$src" -k box:9 -o "$out/chelsea-box9.png" --overwrite
+imgconv apply "$src" -k sobel --gray -o "$out/chelsea-sobel.png" --overwrite
+imgconv apply "$src" -k diagonal --gray -o "$out/chelsea-diagonal.png" --overwrite
+imgconv apply "$src" -k sobel-x --gray --activation relu --pool max --pool-size 2 \
+    --output-map normalize -o "$out/chelsea-layer.png" --overwrite

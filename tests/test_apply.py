@@ -1,0 +1,538 @@
+"""imgconv apply: results against scipy.ndimage, image modes, alpha, batches and safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from imgconv.cli import app
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=float)
+DISTINCT = "1 2 4; 8 16 32; 64 128 -256"
+DISTINCT_K = np.array([[1, 2, 4], [8, 16, 32], [64, 128, -256]], dtype=float)
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: bytes | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def crop(name: str, size: int = 48) -> Image.Image:
+    im = Image.open(SAMPLES / name)
+    im.load()
+    return im.crop((100, 100, 100 + size, 100 + size))
+
+
+@pytest.fixture
+def gray_png(tmp_path: Path) -> Path:
+    path = tmp_path / "camera.png"
+    crop("camera.png").save(path)
+    return path
+
+
+@pytest.fixture
+def rgb_png(tmp_path: Path) -> Path:
+    path = tmp_path / "astronaut.png"
+    crop("astronaut.png").save(path)
+    return path
+
+
+@pytest.fixture
+def rgba_png(tmp_path: Path) -> Path:
+    path = tmp_path / "horse.png"
+    crop("horse.png").save(path)
+    return path
+
+
+def expected_8bit(pixels: np.ndarray, kernel: np.ndarray, how: str = "clip") -> np.ndarray:
+    x = pixels.astype(np.float64)
+    if x.ndim == 2:
+        y = ndi.correlate(x, kernel, mode="reflect")
+    else:
+        y = np.stack([ndi.correlate(x[:, :, c], kernel, mode="reflect")
+                      for c in range(x.shape[2])], -1)
+    if how == "abs":
+        y = np.abs(y)
+    return np.clip(np.rint(y), 0, 255)
+
+
+def assert_within_one_level(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    assert np.abs(actual.astype(np.int32) - expected.astype(np.int32)).max() <= 1
+
+
+# --- results ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["gray_png", "rgb_png"])
+def test_matches_scipy_on_sample_images(fixture, request, tmp_path):
+    src = request.getfixturevalue(fixture)
+    out = tmp_path / "out.png"
+    result = invoke("apply", src, "-k", DISTINCT, "-o", out, "--output-map", "clip")
+    assert result.exit_code == 0, result.output
+    expected = expected_8bit(np.asarray(Image.open(src)), DISTINCT_K)
+    assert_within_one_level(np.asarray(Image.open(out)), expected)
+
+
+def test_named_kernel_with_abs_mapping(gray_png, tmp_path):
+    out = tmp_path / "edges.png"
+    result = invoke("apply", gray_png, "-k", "sobel-x", "-o", out, "--output-map", "abs")
+    assert result.exit_code == 0, result.output
+    expected = expected_8bit(np.asarray(Image.open(gray_png)), SOBEL_X, "abs")
+    assert_within_one_level(np.asarray(Image.open(out)), expected)
+
+
+def test_jpeg_input_and_output(tmp_path):
+    src = tmp_path / "coffee.jpg"
+    crop("coffee.png").convert("RGB").save(src, quality=95)
+    out = tmp_path / "blur.jpg"
+    result = invoke("apply", src, "-k", "box-blur", "-o", out, "--quality", "100")
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == (48, 48)
+    expected = expected_8bit(np.asarray(Image.open(src)), np.ones((3, 3)) / 9)
+    # JPEG re-encoding at quality 100 stays within a few levels
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - expected).mean() < 2
+
+
+def test_16bit_stays_16bit(tmp_path):
+    src = tmp_path / "deep.png"
+    data = (np.asarray(crop("camera.png"), dtype=np.uint16) * 257)
+    Image.fromarray(data).save(src)
+    out = tmp_path / "deep-out.png"
+    result = invoke("apply", src, "-k", "box-blur", "-o", out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        assert im.mode == "I;16"
+        actual = np.asarray(im).astype(np.int64)
+    expected = np.clip(np.rint(ndi.correlate(data.astype(float), np.ones((3, 3)) / 9,
+                                             mode="reflect")), 0, 65535)
+    assert np.abs(actual - expected).max() <= 1
+
+
+def test_chained_kernels_stay_float_between_stages(gray_png, tmp_path):
+    out = tmp_path / "o.npy"
+    result = invoke("apply", gray_png, "-k", "box-blur", "-k", "sobel-x", "-o", out)
+    assert result.exit_code == 0, result.output
+    x = np.asarray(Image.open(gray_png), dtype=np.float64)
+    expected = ndi.correlate(ndi.correlate(x, np.ones((3, 3)) / 9, mode="reflect"), SOBEL_X,
+                             mode="reflect")
+    actual = np.load(out)
+    assert actual.dtype == np.float32 and actual.shape == (48, 48)
+    np.testing.assert_allclose(actual, expected, atol=1e-3)
+
+
+def test_cnn_layer_shape_and_values(rgb_png, tmp_path):
+    out = tmp_path / "layer.npy"
+    result = invoke("apply", rgb_png, "-k", DISTINCT, "--padding", "valid", "--stride", "2",
+                    "--activation", "relu", "--pool", "max", "--pool-size", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    x = np.asarray(Image.open(rgb_png), dtype=np.float64)
+    conv = np.stack([ndi.correlate(x[:, :, c], DISTINCT_K, mode="constant")[1:-1, 1:-1][::2, ::2]
+                     for c in range(3)], -1)
+    relu = np.maximum(conv, 0)
+    h, w = relu.shape[0] // 2 * 2, relu.shape[1] // 2 * 2
+    pooled = relu[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).max(axis=(1, 3))
+    actual = np.load(out)
+    assert actual.shape == (11, 11, 3)  # (48 - 3)/2 + 1 = 23, then (23 - 2)/2 + 1 = 11
+    np.testing.assert_allclose(actual, pooled, rtol=1e-5, atol=1e-2)
+
+
+def test_gray_uses_pillow_luminance(rgb_png, tmp_path):
+    out = tmp_path / "g.npy"
+    assert invoke("apply", rgb_png, "-k", "identity", "--gray", "-o", out).exit_code == 0
+    expected = np.asarray(Image.open(rgb_png).convert("L"), dtype=np.float32)
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_convolve_mode_flips(gray_png, tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert invoke("apply", gray_png, "-k", DISTINCT, "--mode", "convolve", "-o", a).exit_code == 0
+    x = np.asarray(Image.open(gray_png), dtype=np.float64)
+    np.testing.assert_allclose(np.load(a), ndi.convolve(x, DISTINCT_K, mode="reflect"),
+                               rtol=1e-5, atol=1e-2)
+    assert invoke("apply", gray_png, "-k", DISTINCT, "--pad-mode", "constant", "--cval", "9",
+                  "--dilation", "2", "-o", b).exit_code == 0
+    spread = np.zeros((5, 5))
+    spread[::2, ::2] = DISTINCT_K
+    np.testing.assert_allclose(np.load(b), ndi.correlate(x, spread, mode="constant", cval=9),
+                               rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    ("clip", lambda y: np.clip(np.rint(y), 0, 255)),
+    ("abs", lambda y: np.clip(np.rint(np.abs(y)), 0, 255)),
+    ("offset", lambda y: np.clip(np.rint(y + 128), 0, 255)),
+    ("normalize", lambda y: np.rint((y - y.min()) * 255 / (y.max() - y.min()))),
+])
+def test_output_maps(gray_png, tmp_path, how, expected):
+    out = tmp_path / f"{how}.png"
+    result = invoke("apply", gray_png, "-k", "sobel-x", "--output-map", how, "-o", out)
+    assert result.exit_code == 0, result.output
+    y = ndi.correlate(np.asarray(Image.open(gray_png), dtype=np.float64), SOBEL_X, mode="reflect")
+    assert_within_one_level(np.asarray(Image.open(out)), expected(y))
+
+
+def test_clip_warning_when_much_is_lost(gray_png, tmp_path):
+    result = invoke("apply", gray_png, "-k", "sobel-x", "--output-map", "clip",
+                    "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    assert "were clipped by --output-map clip; try --output-map abs" in result.stderr
+
+
+# --- alpha --------------------------------------------------------------------------------
+
+def test_alpha_copy_keeps_alpha_and_follows_stride(rgba_png, tmp_path):
+    out = tmp_path / "o.png"
+    result = invoke("apply", rgba_png, "-k", "sobel-x", "--alpha", "copy", "--stride", "2",
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    src_alpha = np.asarray(Image.open(rgba_png))[:, :, 3]
+    with Image.open(out) as im:
+        assert im.mode == "RGBA" and im.size == (24, 24)
+        np.testing.assert_array_equal(np.asarray(im)[:, :, 3], src_alpha[::2, ::2])
+
+
+def test_alpha_premultiply_has_no_fringes(tmp_path):
+    # opaque red next to fully transparent green: a blur must not leak green into the red
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (255, 0, 0, 255)
+    rgba[:, 4:] = (0, 255, 0, 0)
+    src = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    out = tmp_path / "b.png"
+    assert invoke("apply", src, "-k", "box-blur", "-o", out).exit_code == 0  # auto = premultiply
+    result = np.asarray(Image.open(out))
+    visible = result[:, :, 3] > 0
+    assert (result[visible][:, 1] == 0).all()  # no green where anything shows
+    assert (result[visible][:, 0] == 255).all()
+    assert result[0, 4, 3] == 85  # alpha blurred: 1/3 of the window is opaque
+
+
+def test_alpha_drop(rgba_png, tmp_path):
+    out = tmp_path / "o.png"
+    assert invoke("apply", rgba_png, "-k", "box-blur", "--alpha", "drop", "-o", out).exit_code == 0
+    assert Image.open(out).mode == "RGB"
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "LA", "CMYK", "I", "F"])
+def test_image_modes(tmp_path, mode):
+    base = crop("astronaut.png" if mode in ("P", "CMYK") else "camera.png", 16)
+    src = tmp_path / ("in.tiff" if mode in ("CMYK", "I", "F") else "in.png")
+    base.convert(mode).save(src)
+    out = tmp_path / "out.png"
+    result = invoke("apply", src, "-k", "box-blur", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (16, 16)
+    if mode == "CMYK":
+        assert "CMYK image converted to RGB" in result.stderr
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = crop("camera.png", 16).crop((0, 0, 16, 8))  # 16 wide, 8 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    src = tmp_path / "rotated.jpg"
+    im.save(src, exif=exif)
+    out = tmp_path / "o.png"
+    assert invoke("apply", src, "-k", "identity", "-o", out).exit_code == 0
+    assert Image.open(out).size == (8, 16)
+
+
+def test_multiframe_first_frame_with_warning(tmp_path):
+    frames = [Image.new("L", (8, 8), v) for v in (10, 200)]
+    src = tmp_path / "anim.gif"
+    frames[0].save(src, save_all=True, append_images=frames[1:])
+    out = tmp_path / "o.npy"
+    result = invoke("apply", src, "-k", "identity", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "has 2 frames; only the first is filtered" in result.stderr
+    assert np.load(out).max() < 100
+
+
+# --- batches and safety ---------------------------------------------------------------------
+
+def test_out_dir_keeps_relative_paths(tmp_path, gray_png, rgb_png):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    shutil.copy(gray_png, photos / "a.png")
+    shutil.copy(rgb_png, photos / "sub" / "b.png")
+    out = tmp_path / "out"
+    result = invoke("apply", photos, "-k", "box-blur", "--out-dir", out, "--recursive",
+                    "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "a.png", "sub/b.png"]
+    assert "written 2, skipped 0, failed 0" in result.stderr
+
+
+def test_name_template_and_format(tmp_path, gray_png):
+    out = tmp_path / "out"
+    result = invoke("apply", gray_png, "-k", "sobel-x", "--out-dir", out,
+                    "--name", "{stem}-{kernel}{ext}", "--format", "jpg")
+    assert result.exit_code == 0, result.output
+    assert (out / "camera-sobel-x.jpg").exists()
+
+
+def test_batch_with_corrupt_file_continues(tmp_path, gray_png):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(gray_png, folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    result = invoke("apply", folder, "-k", "box-blur", "--out-dir", out)
+    assert result.exit_code == 1
+    assert (out / "good.png").exists() and not (out / "bad.png").exists()
+    assert "error:" in result.stderr and "bad.png" in result.stderr
+    assert "written 1, skipped 0, failed 1" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_refuses_to_overwrite(tmp_path, gray_png):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"precious")
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", out)
+    assert result.exit_code == 1
+    assert "already exists (use --overwrite to replace it)" in result.stderr
+    assert out.read_bytes() == b"precious"
+    assert invoke("apply", gray_png, "-k", "box-blur", "-o", out, "--overwrite").exit_code == 0
+    assert Image.open(out).size == (48, 48)
+
+
+def test_skip_existing_counts_skipped(tmp_path, gray_png):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "camera.png").write_bytes(b"old")
+    result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", out, "--skip-existing")
+    assert result.exit_code == 0
+    assert "written 0, skipped 1, failed 0" in result.stderr
+    assert (out / "camera.png").read_bytes() == b"old"
+
+
+def test_never_writes_onto_an_input(tmp_path, gray_png):
+    before = gray_png.read_bytes()
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", gray_png, "--overwrite")
+    assert result.exit_code == 1
+    assert "is an input; refusing to write it" in result.stderr
+    assert gray_png.read_bytes() == before
+    result = invoke("apply", gray_png.parent, "-k", "box-blur", "--out-dir", gray_png.parent,
+                    "--overwrite")
+    assert result.exit_code == 1
+    assert gray_png.read_bytes() == before
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, gray_png, monkeypatch):
+    import imgconv.batch
+
+    def failing_encode(array, fmt, stream, **kwargs):
+        stream.write(b"half an image")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imgconv.batch, "encode", failing_encode)
+    out = tmp_path / "out"
+    result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", out, "--jobs", "1")
+    assert result.exit_code == 1
+    assert "No space left on device" in result.stderr
+    assert list(out.iterdir()) == []  # no output, no temporary file
+
+
+def test_dry_run_writes_nothing(tmp_path, gray_png):
+    out = tmp_path / "out"
+    result = invoke("apply", gray_png, "-k", "sobel", "--stride", "2", "--pool", "max",
+                    "--pool-size", "2", "--out-dir", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not out.exists()
+    text = result.stdout
+    assert "floor((48+1+1-3)/2)+1 = 24" in text
+    assert "floor((24-2)/2)+1 = 12" in text
+    assert "(48x48) ->" in text and "(12x12)" in text
+    assert "will clip" in text or "fits" in text
+
+
+def test_stdin_to_stdout(gray_png):
+    result = invoke("apply", "-", "-k", "box-blur", "-o", "-", "--format", "png",
+                    input=gray_png.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    with Image.open(io.BytesIO(result.stdout_bytes)) as im:
+        assert im.size == (48, 48)
+
+
+def test_manifest(tmp_path, gray_png):
+    manifest = tmp_path / "run.json"
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", tmp_path / "o.png",
+                    "--manifest", manifest)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(manifest.read_text())
+    assert doc["pipeline"]["stages"][0]["kernel"] == "box-blur"
+    entry = doc["inputs"][0]
+    assert entry["status"] == "written" and entry["output_shape"] == [48, 48]
+    import hashlib
+    assert entry["sha256"] == hashlib.sha256(gray_png.read_bytes()).hexdigest()
+
+
+def test_pipeline_file_builds_the_same_pipeline(tmp_path):
+    from imgconv.pipeline import Pipeline
+
+    spec = tmp_path / "layer.yaml"
+    spec.write_text(
+        "stages:\n"
+        "  - kernel: box-blur\n    stride: 2\n    padding: valid\n"
+        "  - kernel: sobel-x\n    stride: 2\n    padding: valid\n"
+        "  - activation: relu\n"
+        "  - pool: {op: max, size: 2}\n"
+        "output: normalize\n"
+    )
+    from_yaml = Pipeline.from_yaml(spec)
+    from_flags = Pipeline.from_options(["box-blur", "sobel-x"], stride="2", padding="valid",
+                                       activation="relu", pool="max", pool_size="2",
+                                       output="normalize")
+    assert from_yaml == from_flags
+
+
+def test_verify_and_check(gray_png, tmp_path):
+    result = invoke("apply", gray_png, "-k", "gaussian:sigma=1", "-o", tmp_path / "o.png",
+                    "--verify")
+    assert result.exit_code == 0, result.output
+    result = invoke("check", gray_png, "-k", "sobel", "--stride", "2", "--padding", "1,2,0,3")
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.stdout
+    result = invoke("check", gray_png, "-k", "0.1 0.2; 0.3 0.4", "--tol", "1e-12")
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout
+
+
+def test_max_pixels(tmp_path, gray_png):
+    out = tmp_path / "o.png"
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", out, "--max-pixels", "1000")
+    assert result.exit_code == 1
+    assert "more than the limit of 1,000" in result.stderr
+    assert not out.exists()
+
+
+# --- usage errors: exit 2, one line, nothing touched ----------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-k", "nosuchkernel"], "nosuchkernel"),
+    (["-k", "box-blur", "--stride", "0"], "stride must be >= 1"),
+    (["-k", "box-blur", "--padding", "wide"], "--padding must be one of same, valid, full"),
+    (["-k", "box-blur", "--pad-mode", "bogus"], "pad_mode must be one of"),
+    (["-k", "box-blur", "--mode", "flip"], "--mode must be one of correlate, convolve"),
+    (["-k", "box-blur", "--pool-size", "2"], "--pool-size and --pool-stride need --pool"),
+    (["-k", "box-blur", "--pool", "median", "--pool-size", "2"], "--pool must be one of max"),
+    (["-k", "box-blur", "--activation", "tanh"], "--activation must be one of none, relu, abs"),
+    (["-k", "box-blur", "--output-map", "clamp"], "--output-map must be one of"),
+    (["-k", "box-blur", "--alpha", "keep"], "--alpha must be one of"),
+    (["-k", "box-blur", "--format", "gif"], "--format must be one of"),
+    (["-k", "box-blur", "--depth", "12"], "--depth must be one of"),
+    (["-k", "box-blur", "--overwrite", "--skip-existing"], "contradict"),
+    (["-k", "box-blur", "--name", "{stem}{size}"], "--name: unknown field {size}"),
+    ([], "give at least one kernel"),
+])
+def test_usage_errors(tmp_path, gray_png, args, message):
+    out = tmp_path / "out"
+    result = invoke("apply", gray_png, *args, "--out-dir", out)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("error:")
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_bad_pipeline_yaml(tmp_path, gray_png):
+    spec = tmp_path / "p.yaml"
+    spec.write_text("stages:\n  - kernel: box-blur\n    strid: 2\n")
+    result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "unknown key 'strid' in stage 1 (did you mean 'stride'?)" in result.stderr
+    spec.write_text("stages: [kernel: [}\n")
+    result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2 and "not valid YAML" in result.stderr
+
+
+def test_missing_input_is_exit_1(tmp_path):
+    result = invoke("apply", tmp_path / "nope.png", "-k", "box-blur", "-o", tmp_path / "o.png")
+    assert result.exit_code == 1
+    assert "nope.png: no such file" in result.stderr
+
+
+def test_several_inputs_with_output_file(tmp_path, gray_png, rgb_png):
+    result = invoke("apply", gray_png, rgb_png, "-k", "box-blur", "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "-o/--output takes one input, got 2" in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path, gray_png):
+    result = invoke("apply", gray_png, "-k", "nosuchkernel", "-o", tmp_path / "o.png", "--debug")
+    assert result.exit_code != 0
+    assert result.exception is not None
+
+
+# --- the real installed script ----------------------------------------------------------------
+
+def test_real_process_apply_and_error(imgconv_script, tmp_path, gray_png):
+    out = tmp_path / "edges.png"
+    done = subprocess.run([imgconv_script, "apply", str(gray_png), "-k", "sobel", "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (48, 48)
+    done = subprocess.run([imgconv_script, "apply", str(gray_png), "-k", "sobl", "-o",
+                           str(tmp_path / "x.png")], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_real_process_stdin_stdout(imgconv_script, gray_png):
+    done = subprocess.run([imgconv_script, "apply", "-", "-k", "box-blur", "-o", "-", "--format",
+                           "png"], input=gray_png.read_bytes(), capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(io.BytesIO(done.stdout)).size == (48, 48)
+
+
+def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path, gray_png, monkeypatch):
+    import imgconv.batch
+
+    def interrupted(array, fmt, stream, **kwargs):
+        stream.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgconv.batch, "encode", interrupted)
+    out = tmp_path / "out"
+    result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", out, "--jobs", "1")
+    assert result.exit_code == 130
+    assert list(out.iterdir()) == []
+
+
+def test_python_api_round_trip(tmp_path, gray_png):
+    from imgconv.imageio import load, save
+    from imgconv.pipeline import Pipeline
+
+    pipeline = Pipeline.from_options(["sobel"], stride=2, activation="relu")
+    picture = load(str(gray_png))
+    values = pipeline.run(picture.pixels)
+    assert values.shape == (24, 24)
+    save(values, tmp_path / "edges.png", output_map="normalize")
+    assert Image.open(tmp_path / "edges.png").size == (24, 24)
+    with pytest.raises(Exception, match="already exists"):
+        save(values, tmp_path / "edges.png")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, gray_png):
+    import os
+    import stat
+
+    out = tmp_path / "o.png"
+    assert invoke("apply", gray_png, "-k", "box-blur", "-o", out).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
