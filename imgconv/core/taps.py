@@ -87,7 +87,11 @@ class Program:
         acc: NDArray[Any],
         scratch: NDArray[Any] | None,
     ) -> None:
-        """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups."""
+        """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups.
+
+        ``sources`` may have any real dtype (an integer image read in place):
+        every pass computes in ``acc``'s dtype.
+        """
         rows, cols = shape
         sy, sx = stride
         scalar = acc.dtype.type
@@ -110,20 +114,22 @@ class Program:
                     if weight == 1.0:
                         np.copyto(acc, (plus or minus)[0])
                     else:
-                        np.multiply((plus or minus)[0], scalar(weight), out=acc)
+                        np.multiply((plus or minus)[0], scalar(weight), out=acc,
+                                    dtype=acc.dtype)
                     continue
                 sign = _sum_into(acc, plus, minus)
                 if sign * group.weight != 1.0:
                     np.multiply(acc, scalar(sign * group.weight), out=acc)
             elif group.weight == 1.0:
                 for v in plus:
-                    np.add(acc, v, out=acc)
+                    np.add(acc, v, out=acc, dtype=acc.dtype)
                 for v in minus:
-                    np.subtract(acc, v, out=acc)
+                    np.subtract(acc, v, out=acc, dtype=acc.dtype)
             else:
                 assert scratch is not None
                 if group.size == 1:
-                    np.multiply((plus or minus)[0], scalar(group.weight), out=scratch)
+                    np.multiply((plus or minus)[0], scalar(group.weight), out=scratch,
+                                dtype=acc.dtype)
                     sign = 1 if plus else -1
                 else:
                     sign = _sum_into(scratch, plus, minus)
@@ -144,11 +150,12 @@ def _sum_into(
         sign = 1
     else:
         first, pos, neg, sign = minus[0], minus[1:], [], -1
+    # dtype=: the views may be of an integer image, which must not be summed in its own type
     if pos:
-        np.add(first, pos[0], out=target)
+        np.add(first, pos[0], out=target, dtype=target.dtype)
         pos = pos[1:]
     else:
-        np.subtract(first, neg[0], out=target)
+        np.subtract(first, neg[0], out=target, dtype=target.dtype)
         neg = neg[1:]
     for v in pos:
         np.add(target, v, out=target)

@@ -64,6 +64,36 @@ class Padder:
             self.left_cols = col_map[: self.c0]
             self.right_cols = col_map[self.c1 : self.width]
 
+    def inside(self, p0: int, count: int) -> bool:
+        """Whether padded rows ``p0 .. p0 + count - 1`` are all image rows."""
+        return self.top <= p0 and p0 + count <= self.top + self.plane.shape[0]
+
+    def rows(self, p0: int, count: int) -> NDArray[Any]:
+        """Image rows for padded rows inside the image: a view, in the image's dtype."""
+        return self.plane[p0 - self.top : p0 - self.top + count, self.src_c0 : self.src_c0 + (
+            self.c1 - self.c0)]
+
+    @property
+    def columns_from_interior(self) -> bool:
+        """Whether every border column repeats a column of the tile's interior.
+
+        Then a column-wise pass (a vertical 1-D filter) can run on the image's
+        own rows and have its border columns copied afterwards
+        (:meth:`extend_columns`), with no padded tile at all.
+        """
+        inner = np.arange(self.src_c0, self.src_c0 + self.c1 - self.c0)
+        return self.mode != "constant" and bool(
+            np.isin(self.left_cols, inner).all() and np.isin(self.right_cols, inner).all()
+        )
+
+    def extend_columns(self, buf: NDArray[Any]) -> None:
+        """Fill ``buf``'s border columns from its interior ones, as the border mode says."""
+        shift = self.c0 - self.src_c0
+        if self.c0:
+            buf[:, : self.c0] = buf[:, self.left_cols + shift]
+        if self.c1 < self.width:
+            buf[:, self.c1 : self.width] = buf[:, self.right_cols + shift]
+
     def fill(self, tile: NDArray[Any], p0: int, count: int) -> None:
         """Write padded rows ``p0 .. p0 + count - 1`` into ``tile[:count, :width]``."""
         h = self.plane.shape[0]
