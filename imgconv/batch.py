@@ -81,6 +81,7 @@ class Options:
     max_pixels: int = DEFAULT_MAX_PIXELS
     hash_inputs: bool = False
     debug: bool = False
+    threads: int | None = None  # core threads per process (None: IMGCONV_THREADS or all cores)
     protected: frozenset[str] = frozenset()  # resolved input paths: never written
 
 
@@ -313,7 +314,10 @@ def _sha256(path: str) -> str:
 
 def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     """Filter one input into its output. Never raises for a bad file: the Result says why."""
+    from imgconv.core.threads import set_threads
+
     start = time.perf_counter()
+    set_threads(options.threads)
     name = "<stdin>" if task.source.path == STDIO else task.source.path
     result = Result(name, task.target, "failed")
     try:
@@ -432,7 +436,8 @@ class ProcessExecutor:
 
 
 def _worker_init() -> None:
-    # each worker is one of --jobs processes: keep the core to one thread in it
+    # --jobs processes already fill the cores: one core thread each, unless the user says
+    # otherwise with IMGCONV_THREADS (or --threads, which Options carries)
     os.environ.setdefault("IMGCONV_THREADS", "1")
 
 

@@ -128,6 +128,10 @@ def apply_command(
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1, help="Files in parallel. [default: number of CPUs]",
         rich_help_panel=PANEL_RUN, show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="Core threads per file. [default: IMGCONV_THREADS, else all "
+        "cores with --jobs 1 and 1 per job otherwise]", rich_help_panel=PANEL_RUN,
+        show_default=False)] = None,
     recursive: Annotated[bool, typer.Option(
         "--recursive", "-r", help="Descend into sub-folders.", rich_help_panel=PANEL_RUN)] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -167,6 +171,13 @@ def apply_command(
                     f"--alpha must be one of {', '.join(batch.ALPHA_MODES)}, got {alpha!r}")
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
+            from imgconv.core.threads import get_threads, set_threads
+
+            try:
+                set_threads(threads)
+                get_threads()  # checks IMGCONV_THREADS
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
             sources = batch.expand_inputs(inputs, recursive=recursive)
@@ -185,6 +196,7 @@ def apply_command(
             pipeline=pipeline, gray=gray, alpha=alpha, quality=quality, depth=depth,
             overwrite=overwrite, skip_existing=skip_existing, verify=verify, tol=tol,
             max_pixels=max_pixels, hash_inputs=manifest is not None, debug=debug,
+            threads=threads,
             protected=frozenset(os.path.realpath(s.path) for s in sources
                                 if s.path != batch.STDIO),
         )

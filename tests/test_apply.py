@@ -536,3 +536,17 @@ def test_outputs_get_ordinary_permissions(tmp_path, gray_png):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+def test_threads_option_and_bad_environment(tmp_path, gray_png, monkeypatch):
+    out = tmp_path / "o.npy"
+    assert invoke("apply", gray_png, "-k", "gaussian:sigma=2", "--threads", "2",
+                  "-o", out).exit_code == 0
+    one = tmp_path / "one.npy"
+    assert invoke("apply", gray_png, "-k", "gaussian:sigma=2", "--threads", "1",
+                  "-o", one).exit_code == 0
+    np.testing.assert_array_equal(np.load(out), np.load(one))
+    monkeypatch.setenv("IMGCONV_THREADS", "many")
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "IMGCONV_THREADS must be a whole number" in result.stderr
