@@ -6,8 +6,9 @@ scipy.ndimage.correlate, of OpenCV's cv2.filter2D when ``opencv-python-headless`
 is installed (never a dependency), and of ``np.copyto`` (one read and one write
 of the image: the memory floor), with the ratios the goals are stated in. Every
 imgconv result is checked against scipy's (max abs error), and OpenCV's too, so
-a fast wrong answer shows. Times are medians over ``--repeats`` runs because a
-shared machine is noisy.
+a fast wrong answer shows. Times are medians over ``--repeats`` runs, with
+imgconv, np.copyto and OpenCV interleaved run by run, because a shared machine
+is noisy: the ratios compare runs made under the same load.
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ def median_ms(func: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def paired_ms(funcs: list[Callable[[], Any]], repeats: int) -> list[tuple[float, Any]]:
+    """Like :func:`median_ms` for several functions, interleaved run by run.
+
+    On a shared machine the load changes from second to second; alternating
+    the contenders makes each ratio compare runs made under the same load.
+    """
+    results = [f() for f in funcs]
+    times: list[list[float]] = [[] for _ in funcs]
+    for _ in range(repeats):
+        for i, f in enumerate(funcs):
+            start = time.perf_counter()
+            results[i] = f()
+            times[i].append((time.perf_counter() - start) * 1e3)
+    return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -100,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     print(machine())
     print(f"image {h}x{w} float32, pad_mode={args.mode}, median of {args.repeats} runs\n")
     out = np.empty_like(image)
-    floor, _ = median_ms(lambda: np.copyto(out, image), args.repeats)
 
     chosen = kernels()
     if args.kernels:
@@ -113,8 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for name, kernel in chosen.items():
         k32 = kernel.astype(np.float32)
-        ours, result = median_ms(lambda k=kernel: imgconv.correlate(image, k, pad_mode=args.mode),
-                                 args.repeats)
+        contenders = [lambda k=kernel: imgconv.correlate(image, k, pad_mode=args.mode),
+                      lambda: np.copyto(out, image)]
+        use_cv = cv2 is not None and args.mode == "reflect"
+        if use_cv:
+            # BORDER_REFLECT is scipy's reflect (fedcba|abcdef); anchor = k // 2 as scipy's
+            anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
+            contenders.append(lambda k=k32, a=anchor: cv2.filter2D(
+                image, -1, k, anchor=a, borderType=cv2.BORDER_REFLECT))
+        timed = paired_ms(contenders, args.repeats)
+        (ours, result), (floor, _) = timed[0], timed[1]
         if args.no_scipy:
             theirs = float("nan")
             expected = ndi.correlate(image, k32, mode=args.mode)
@@ -124,14 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         err = float(np.abs(result.astype(np.float64) - expected).max())
         cv_ms, cv_err = float("nan"), float("nan")
-        if cv2 is not None and args.mode == "reflect":
-            # BORDER_REFLECT is scipy's reflect (fedcba|abcdef); anchor = k // 2 as scipy's
-            anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
-            cv_ms, cv_out = median_ms(
-                lambda k=k32, a=anchor: cv2.filter2D(image, -1, k, anchor=a,
-                                                     borderType=cv2.BORDER_REFLECT),
-                args.repeats,
-            )
+        if use_cv:
+            cv_ms, cv_out = timed[2]
             cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
         geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
                                      k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
