@@ -199,8 +199,7 @@ def plan(
 def _choose_alpha(mode: str, pipeline: Pipeline) -> str:
     if mode != "auto":
         return mode
-    multichannel = any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
-    if pipeline.all_weights_nonnegative() and not multichannel:
+    if pipeline.all_weights_nonnegative() and not _has_multichannel_filter(pipeline):
         return "premultiply"
     return "copy"
 
@@ -253,6 +252,10 @@ def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -
     return depth
 
 
+def _has_multichannel_filter(pipeline: Pipeline) -> bool:
+    return any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
+
+
 def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any, Any, list[str]]:
     """Run the pipeline on a picture; returns (encodable array, alpha or None, notes)."""
     import numpy as np
@@ -261,46 +264,49 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     notes: list[str] = []
     alpha_mode = _choose_alpha(options.alpha, pipeline) if picture.alpha is not None else "drop"
     pixels = picture.pixels
+    multichannel = _has_multichannel_filter(pipeline)
+    channels = 1 if multichannel or pixels.ndim == 2 else pixels.shape[2]
+    raw = fmt == "npy" or _output_depth(options, fmt, picture, channels) == "float"
+    depth = "float" if raw else _output_depth(options, fmt, picture, channels)
+    out_max = 65535 if depth == "16" else 255
+    scale = out_max / picture.max_value
+    how = pipeline.output_mapping()
+
     out_alpha = None
     if alpha_mode == "premultiply":
-        if any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members()):
+        if multichannel:
             raise UsageError("--alpha premultiply cannot be used with a multi-channel filter")
         a = np.asarray(picture.alpha, dtype=np.float32) / np.float32(picture.max_value)
         weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
         filtered = pipeline.run(weighted)
         filtered_alpha = pipeline.run(a)
-        safe = np.where(filtered_alpha > 0, filtered_alpha, 1)
-        values = np.where(
-            (filtered_alpha > 0)[:, :, None] if filtered.ndim == 3 else filtered_alpha > 0,
-            filtered / (safe[:, :, None] if filtered.ndim == 3 else safe), 0,
-        ).astype(filtered.dtype)
+        covered = filtered_alpha > 0
+        divisor = np.where(covered, filtered_alpha, 1)
+        if filtered.ndim == 3:
+            covered, divisor = covered[:, :, None], divisor[:, :, None]
+        values = np.where(covered, filtered / divisor, 0).astype(filtered.dtype)
         out_alpha = filtered_alpha * np.float32(picture.max_value)
+        if raw:
+            return values.astype(np.float32), None, notes
+        mapped, clipped = map_output(values, how, scale=scale, out_max=out_max)
     else:
-        values = pipeline.run(pixels)
+        if raw:
+            return pipeline.run(pixels).astype(np.float32, copy=False), None, notes
+        mapped, clipped = pipeline.run_mapped(pixels, how, scale=scale, out_max=out_max)
         if alpha_mode == "copy":
             out_alpha = follow_geometry(picture.alpha, pipeline)
 
-    if fmt == "npy":
-        return values.astype(np.float32), None, notes
-    channels = 1 if values.ndim == 2 else values.shape[2]
-    depth = _output_depth(options, fmt, picture, channels)
-    if depth == "float":
-        return values.astype(np.float32), None, notes
-    if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
-        notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
-        out_alpha = None
-    out_max = 65535 if depth == "16" else 255
-    how = pipeline.output_mapping()
-    mapped, clipped = map_output(values, how, scale=out_max / picture.max_value, out_max=out_max)
     if clipped > CLIP_WARNING_FRACTION and how != "normalize":
         others = ", ".join(m for m in ("abs", "offset", "normalize") if m != how)
         notes.append(
             f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
             f"try --output-map {others}"
         )
+    if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
+        notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
+        out_alpha = None
     if out_alpha is not None:
-        out_alpha, _ = map_output(out_alpha, "clip", scale=out_max / picture.max_value,
-                                  out_max=out_max)
+        out_alpha, _ = map_output(out_alpha, "clip", scale=scale, out_max=out_max)
     return mapped, out_alpha, notes
 
 
@@ -343,22 +349,22 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
         result.output_shape = list(array.shape)
         if options.verify:
             result.max_error = _verify(picture, options, name)
+        icc_profile = picture.icc_profile
+        del picture  # the input's pixels are not needed while the output is encoded
+
+        def write(stream: Any) -> None:
+            encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
+                   quality=options.quality, icc_profile=icc_profile)
+
         if task.target == STDIO:
-            buffer = io.BytesIO()
-            encode(array, task.fmt, buffer, alpha=alpha, depth=_depth_of(array),
-                   quality=options.quality, icc_profile=picture.icc_profile)
-            sys.stdout.buffer.write(buffer.getvalue())
+            buffer = io.BytesIO()  # whole before anything reaches stdout
+            write(buffer)
+            sys.stdout.buffer.write(buffer.getbuffer())
             sys.stdout.buffer.flush()
         else:
             target = Path(task.target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(
-                target,
-                lambda stream: encode(array, task.fmt, stream, alpha=alpha,
-                                      depth=_depth_of(array), quality=options.quality,
-                                      icc_profile=picture.icc_profile),
-                overwrite=options.overwrite,
-            )
+            write_atomic(target, write, overwrite=options.overwrite)
         result.status = "written"
     except ImgconvError as exc:
         result.reason = str(exc)

@@ -134,7 +134,7 @@ def load(source: str | bytes, *, gray: bool = False,
             im.seek(0)
         icc = im.info.get("icc_profile")
         im.load()
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # a copy only when it must rotate
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: cannot decode the image ({exc})") from None
     mode = im.mode
@@ -159,26 +159,39 @@ def load(source: str | bytes, *, gray: bool = False,
         im = im.convert("LA" if im.mode == "RGBA" else "L")
 
     if im.mode in ("L", "LA", "RGB", "RGBA"):
-        arr = np.asarray(im)
         max_value, depth = 255.0, "8"
-    elif im.mode == "I;16":
-        arr = np.asarray(im).astype(np.uint16)
-        max_value, depth = 65535.0, "16"
-    elif im.mode == "I":
-        arr = np.asarray(im)
+    elif im.mode in ("I;16", "I"):
         max_value, depth = 65535.0, "16"
     elif im.mode == "F":
-        arr = np.asarray(im)
         max_value, depth = 255.0, "float"
     else:
         raise ImageError(f"{name}: image mode {im.mode} is not supported")
+    has_alpha, one_channel = im.mode in ("LA", "RGBA"), im.mode == "LA"
+    arr = _to_array(im)
+    im.close()
+    del im  # the decoded image goes before the caller allocates more
 
     alpha = None
-    if im.mode in ("LA", "RGBA"):
+    if has_alpha:
         arr, alpha = arr[:, :, :-1], arr[:, :, -1]
-        if im.mode == "LA":
+        if one_channel:
             arr = arr[:, :, 0]
     return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes)
+
+
+def _to_array(im: Any, band: int = 256) -> NDArray[Any]:
+    """Copy a Pillow image into a new array, a band of rows at a time.
+
+    ``np.asarray(im)`` goes through ``im.tobytes()``, which holds two more
+    copies of the whole image at its peak; bands keep the extra to one band.
+    """
+    width, height = im.size
+    first = np.asarray(im.crop((0, 0, width, min(band, height))))
+    out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    out[: first.shape[0]] = first
+    for top in range(band, height, band):
+        out[top : top + band] = np.asarray(im.crop((0, top, width, min(top + band, height))))
+    return out
 
 
 def _pil_image(array: NDArray[Any], alpha: NDArray[Any] | None, depth: str) -> Any:

@@ -258,6 +258,55 @@ class Pipeline:
             x = stage.run(x)
         return x
 
+    def run_mapped(
+        self, x: NDArray[Any], how: str, *, scale: float, out_max: int
+    ) -> tuple[NDArray[Any], float]:
+        """Run and map to integers in ``[0, out_max]``: the result and the clipped fraction.
+
+        One plain kernel, optionally followed by an activation, with a per-value
+        mapping (clip, abs, offset) runs fused: integer input is read, filtered
+        and mapped tile by tile straight into the integer output, so memory is
+        the input, the output and a few tiles. Anything else runs stage by stage
+        in floating point and is mapped at the end; both give the same values.
+        """
+        conv, *rest = self.stages
+        fusable = (
+            isinstance(conv, ConvStage)
+            and not hasattr(conv.kernel, "kernels")
+            and all(isinstance(s, ActivationStage) for s in rest)
+            and how in ("clip", "abs", "offset")
+        )
+        if not fusable:
+            return map_output(self.run(x), how, scale=scale, out_max=out_max)
+        assert isinstance(conv, ConvStage)
+        from imgconv.core.conv import correlate_into, output_shape
+
+        kernel = conv.kernel
+        padding = conv._padding_for(kernel)
+        shape = output_shape(x.shape, kernel.weights.shape, padding=padding,
+                             stride=conv.stride, dilation=conv.dilation)
+        out = np.empty(shape, dtype=_out_dtype(out_max))
+        clipped: list[int] = []  # appended from the core's threads (list.append is atomic)
+        activations = [s.kind for s in rest if isinstance(s, ActivationStage)]
+
+        def post(tile: NDArray[Any]) -> None:
+            if kernel.bias:
+                tile += kernel.bias
+            for kind in activations:
+                if kind == "relu":
+                    np.maximum(tile, 0, out=tile)
+                elif kind == "abs":
+                    np.abs(tile, out=tile)
+            clipped.append(map_tile(tile, how, scale=scale, out_max=out_max))
+
+        try:
+            correlate_into(x, kernel.weights, out, padding=padding, pad_mode=conv.pad_mode,
+                           cval=conv.cval, stride=conv.stride, dilation=conv.dilation,
+                           flip=conv.mode == "convolve", post=post)
+        except ValueError as exc:
+            raise ImageError(f"kernel {kernel.name}: {exc}") from None
+        return out, sum(clipped) / max(out.size, 1)
+
     def output_mapping(self) -> str:
         """The mapping to use: ``output``, or for ``auto`` the last kernel's preference."""
         if self.output != "auto":
@@ -446,6 +495,25 @@ def pool_stage(op: object, size: object, stride: object) -> PoolStage:
     )
 
 
+def map_tile(v: NDArray[Any], how: str, *, scale: float, out_max: int) -> int:
+    """Map float values in place to whole numbers in ``[0, out_max]`` (``clip``/``abs``/``offset``).
+
+    Returns how many values fell outside the range and were clipped. Works on a
+    whole image or on one tile of it: the mapping of a value does not depend on
+    the others (``normalize`` does, so it is not here).
+    """
+    if scale != 1.0:
+        v *= scale
+    if how == "abs":
+        np.abs(v, out=v)
+    elif how == "offset":
+        v += (out_max + 1) / 2
+    np.rint(v, out=v)
+    clipped = int(np.count_nonzero(v < 0)) + int(np.count_nonzero(v > out_max))
+    np.clip(v, 0, out_max, out=v)
+    return clipped
+
+
 def map_output(
     values: NDArray[Any], how: str, *, scale: float, out_max: int
 ) -> tuple[NDArray[Any], float]:
@@ -463,18 +531,17 @@ def map_output(
     """
     _choice(how, OUTPUT_MAPPINGS[1:], "--output-map")
     v = np.multiply(values, scale, dtype=np.float64 if values.dtype == np.float64 else np.float32)
-    if how == "abs":
-        np.abs(v, out=v)
-    elif how == "offset":
-        v += (out_max + 1) / 2
-    elif how == "normalize":
+    if how == "normalize":
         lo, hi = float(v.min()), float(v.max())
         if hi > lo:
             v -= lo
             v *= out_max / (hi - lo)
         else:
             v[...] = 0
-    np.rint(v, out=v)
-    clipped = float(np.count_nonzero((v < 0) | (v > out_max))) / max(v.size, 1)
-    np.clip(v, 0, out_max, out=v)
-    return v.astype(np.uint8 if out_max <= 255 else np.uint16), clipped
+        how = "clip"
+    clipped = map_tile(v, how, scale=1.0, out_max=out_max)
+    return v.astype(_out_dtype(out_max)), clipped / max(v.size, 1)
+
+
+def _out_dtype(out_max: int) -> type[np.unsignedinteger[Any]]:
+    return np.uint8 if out_max <= 255 else np.uint16

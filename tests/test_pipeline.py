@@ -1,0 +1,49 @@
+"""Pipeline: the fused integer path equals running in float and mapping at the end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgconv.pipeline import Pipeline, map_output
+
+
+@pytest.mark.parametrize("kernels", [["sobel-x"], ["box-blur"], ["1 2 4; 8 16 -32"],
+                                     ["gaussian:sigma=1"], ["sobel"], ["box-blur", "sobel-x"]])
+@pytest.mark.parametrize("how", ["clip", "abs", "offset", "normalize"])
+@pytest.mark.parametrize("activation", ["none", "relu", "abs"])
+@pytest.mark.parametrize("geometry", [{}, {"stride": "2", "padding": "valid"},
+                                      {"mode": "convolve", "dilation": "2", "pad_mode": "wrap"}],
+                         ids=["same", "valid-s2", "convolve-d2"])
+def test_run_mapped_equals_run_then_map(kernels, how, activation, geometry):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(21, 17, 3)).astype(np.uint8)
+    pipeline = Pipeline.from_options(kernels, activation=activation, **geometry)
+    fused, clipped = pipeline.run_mapped(pixels, how, scale=1.0, out_max=255)
+    expected, expected_clipped = map_output(pipeline.run(pixels), how, scale=1.0, out_max=255)
+    assert fused.dtype == np.uint8
+    np.testing.assert_array_equal(fused, expected)
+    assert clipped == pytest.approx(expected_clipped)
+
+
+def test_run_mapped_16bit_with_scale():
+    pixels = np.random.default_rng(4).integers(0, 256, size=(9, 11)).astype(np.uint8)
+    pipeline = Pipeline.from_options(["sharpen"])
+    fused, _ = pipeline.run_mapped(pixels, "clip", scale=257.0, out_max=65535)
+    expected, _ = map_output(pipeline.run(pixels), "clip", scale=257.0, out_max=65535)
+    assert fused.dtype == np.uint16
+    np.testing.assert_array_equal(fused, expected)
+
+
+def test_anchor_and_bias_in_fused_path(tmp_path):
+    spec = tmp_path / "k.yaml"
+    spec.write_text("name: shifted\nmatrix: [[1, 2], [3, 4]]\nanchor: [0, 0]\nbias: 10\n")
+    pixels = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    for mode in ("correlate", "convolve"):
+        pipeline = Pipeline.from_options([str(spec)], mode=mode)
+        fused, _ = pipeline.run_mapped(pixels, "clip", scale=1.0, out_max=255)
+        expected, _ = map_output(pipeline.run(pixels), "clip", scale=1.0, out_max=255)
+        np.testing.assert_array_equal(fused, expected)
+    # anchor (0, 0): the kernel's top-left tap sits on the output pixel
+    values = Pipeline.from_options([str(spec)], pad_mode="constant").run(pixels)
+    assert values[0, 0] == 1 * 0 + 2 * 1 + 3 * 6 + 4 * 7 + 10
