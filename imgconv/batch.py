@@ -120,11 +120,25 @@ def expand_inputs(args: Sequence[str], *, recursive: bool = False) -> list[Sourc
         elif not path.exists() and any(c in arg for c in GLOB_CHARS):
             base = arg[: min(arg.index(c) for c in GLOB_CHARS if c in arg)]
             base_dir = os.path.dirname(base) or "."
-            matches = sorted(glob.glob(arg, recursive=True))
-            sources.extend(Source(m, base_dir) for m in matches if _is_image_file(Path(m)))
+            matches = [m for m in sorted(glob.glob(arg, recursive=True)) if _is_image_file(Path(m))]
+            if not matches:
+                raise UsageError(f"{arg}: the pattern matches no image files")
+            sources.extend(Source(m, base_dir) for m in matches)
         else:
             sources.append(Source(arg))
-    return sources
+    unique: dict[str, Source] = {}
+    for source in sources:  # the same file named twice is filtered once
+        key = source.path if source.path == STDIO else os.path.realpath(source.path)
+        unique.setdefault(key, source)
+    return list(unique.values())
+
+
+def skipped_subfolders(args: Sequence[str]) -> int:
+    """How many sub-folders the folders in ``args`` have (not read without --recursive)."""
+    return sum(
+        1 for arg in args if arg != STDIO and Path(arg).is_dir()
+        for p in Path(arg).iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
 
 
 def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) -> Path:
@@ -159,8 +173,28 @@ def plan(
     out_dir: str | None,
     name: str | None,
     fmt: str | None,
+    depth: str | None = None,
 ) -> list[Task]:
     """Decide each input's output path and format; raises UsageError for impossible requests."""
+    tasks = _plan(sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt)
+    for task in tasks:
+        if depth == "16" and task.fmt not in SIXTEEN_BIT:
+            raise UsageError(f"--depth 16 needs png or tiff output, not {task.fmt} "
+                             f"({task.target})")
+        if depth == "float" and task.fmt != "tiff":
+            raise UsageError(f"--depth float needs tiff output, not {task.fmt} ({task.target})")
+    return tasks
+
+
+def _plan(
+    sources: Sequence[Source],
+    pipeline: Pipeline,
+    *,
+    output: str | None,
+    out_dir: str | None,
+    name: str | None,
+    fmt: str | None,
+) -> list[Task]:
     if (output is None) == (out_dir is None):
         raise UsageError("give exactly one of -o/--output FILE and --out-dir DIR")
     if not sources:
@@ -174,6 +208,8 @@ def plan(
             raise UsageError("--name goes with --out-dir, not -o")
         if output == STDIO and fmt is None:
             raise UsageError("-o - (standard output) needs --format")
+        if Path(output).is_dir():
+            raise UsageError(f"-o {output}: is a folder; use --out-dir {output}")
         return [Task(sources[0], output, format_for(output, fmt) if output != STDIO
                      else format_for("", fmt))]
     assert out_dir is not None
@@ -280,7 +316,9 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
         weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
         filtered = pipeline.run(weighted)
         filtered_alpha = pipeline.run(a)
-        covered = filtered_alpha > 0
+        # float rounding leaves ~1e-7 where the blurred alpha is really 0; dividing by it
+        # would blow colour up, so alpha under half an output level counts as transparent
+        covered = filtered_alpha > 0.5 / out_max
         divisor = np.where(covered, filtered_alpha, 1)
         if filtered.ndim == 3:
             covered, divisor = covered[:, :, None], divisor[:, :, None]
@@ -437,14 +475,26 @@ class ProcessExecutor:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     yield from (f.result() for f in done)
             except BaseException:
+                # Ctrl-C or an error: stop the workers now rather than after their current
+                # and queued files. SIGTERM makes each raise KeyboardInterrupt, so its
+                # write_atomic removes its temporary file before the process exits.
+                for process in getattr(pool, "_processes", {}).values():
+                    process.terminate()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_init() -> None:
+    import signal
+
     # --jobs processes already fill the cores: one core thread each, unless the user says
     # otherwise with IMGCONV_THREADS (or --threads, which Options carries)
     os.environ.setdefault("IMGCONV_THREADS", "1")
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def make_executor(jobs: int, tasks: int) -> Executor:
@@ -457,9 +507,17 @@ class _Job:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.parent = os.getpid()
 
     def __call__(self, task: Task) -> Result:
-        return process(task, self.options)
+        try:
+            return process(task, self.options)
+        except KeyboardInterrupt:
+            # in a worker process: the temporary file is already gone (write_atomic's
+            # finally ran); exit instead of taking the next queued file
+            if os.getpid() != self.parent:
+                os._exit(130)
+            raise
 
 
 def run(

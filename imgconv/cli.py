@@ -50,9 +50,20 @@ app.command("check")(cli_apply.check_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors are one ``error:`` line too, exit code 2."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            stdout.print(ctx.get_help(), markup=False, highlight=False)
+            code = 0
+        else:
+            command = ctx.command_path if ctx is not None else "imgconv"
+            stderr.print(f"[red]error:[/red] {exc.format_message()} (see '{command} --help')",
+                         soft_wrap=True, highlight=False)
+            code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         stderr.print("interrupted")
-        sys.exit(130)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

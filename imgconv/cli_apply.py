@@ -16,50 +16,149 @@ PANEL_CONV = "Convolution"
 PANEL_OUT = "Output"
 PANEL_RUN = "Running"
 
-Inputs = Annotated[list[str], typer.Argument(
-    help="Image files, folders, glob patterns, or - for standard input.", show_default=False)]
-Kernels = Annotated[list[str] | None, typer.Option(
-    "-k", "--kernel", help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
-    "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.", rich_help_panel=PANEL_CONV,
-    show_default=False)]
-PipelineFile = Annotated[Path | None, typer.Option(
-    "--pipeline", help="A pipeline YAML file (instead of -k and the layer options).",
-    rich_help_panel=PANEL_CONV, show_default=False)]
-Mode = Annotated[str, typer.Option(
-    "--mode", help="correlate (the kernel as written, as CNNs do) or convolve (flipped).",
-    rich_help_panel=PANEL_CONV)]
-PaddingOpt = Annotated[str, typer.Option(
-    "--padding", help="same, valid, full, N, N,M or T,B,L,R.", rich_help_panel=PANEL_CONV)]
-PadMode = Annotated[str, typer.Option(
-    "--pad-mode", help="Border: reflect, mirror, nearest, wrap or constant.",
-    rich_help_panel=PANEL_CONV)]
-Cval = Annotated[float, typer.Option(
-    "--cval", help="Fill value for --pad-mode constant.", rich_help_panel=PANEL_CONV)]
-Stride = Annotated[str, typer.Option("--stride", help="N or N,M.", rich_help_panel=PANEL_CONV)]
-Dilation = Annotated[str, typer.Option(
-    "--dilation", help="N or N,M.", rich_help_panel=PANEL_CONV)]
-Activation = Annotated[str, typer.Option(
-    "--activation", help="After the last kernel: none, relu or abs.", rich_help_panel=PANEL_CONV)]
-PoolOp = Annotated[str | None, typer.Option(
-    "--pool", help="Pooling after the activation: max or avg.", rich_help_panel=PANEL_CONV,
-    show_default=False)]
-PoolSize = Annotated[str | None, typer.Option(
-    "--pool-size", help="Pooling window, N or N,M.", rich_help_panel=PANEL_CONV,
-    show_default=False)]
-PoolStride = Annotated[str | None, typer.Option(
-    "--pool-stride", help="Pooling step, N or N,M (default: the size).",
-    rich_help_panel=PANEL_CONV, show_default=False)]
-Gray = Annotated[bool, typer.Option(
-    "--gray", help="Convert to luminance first (ITU-R 601-2, as Pillow's L).",
-    rich_help_panel=PANEL_CONV)]
-MaxPixels = Annotated[int, typer.Option(
-    "--max-pixels", help="Refuse larger images (decompression bombs) without decoding them.",
-    rich_help_panel=PANEL_RUN)]
-Debug = Annotated[bool, typer.Option(
-    "--debug", help="Show tracebacks.", rich_help_panel=PANEL_RUN)]
-Tol = Annotated[float | None, typer.Option(
-    "--tol", help="Largest allowed |imgconv - scipy| (default 1e-4 x max(1, max |result|)).",
-    rich_help_panel=PANEL_RUN, show_default=False)]
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="INPUT",
+        help="Image files, folders, glob patterns, or - for standard input.",
+        show_default=False,
+    ),
+]
+Kernels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-k",
+        "--kernel",
+        metavar="KERNEL",
+        help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
+        "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+PipelineFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--pipeline",
+        metavar="FILE",
+        help="A pipeline YAML file (instead of -k and the layer options).",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+Mode = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        metavar="MODE",
+        help="correlate (the kernel as written, as CNNs do) or convolve (flipped).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PaddingOpt = Annotated[
+    str,
+    typer.Option(
+        "--padding",
+        metavar="PADDING",
+        help="same, valid, full, N, N,M or T,B,L,R.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PadMode = Annotated[
+    str,
+    typer.Option(
+        "--pad-mode",
+        metavar="MODE",
+        help="Border: reflect, mirror, nearest, wrap or constant.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+Cval = Annotated[
+    float,
+    typer.Option(
+        "--cval",
+        metavar="V",
+        help="Fill value for --pad-mode constant.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+Stride = Annotated[
+    str, typer.Option("--stride", metavar="N[,M]", help="N or N,M.", rich_help_panel=PANEL_CONV)
+]
+Dilation = Annotated[
+    str, typer.Option("--dilation", metavar="N[,M]", help="N or N,M.", rich_help_panel=PANEL_CONV)
+]
+Activation = Annotated[
+    str,
+    typer.Option(
+        "--activation",
+        metavar="NAME",
+        help="After the last kernel: none, relu or abs.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolOp = Annotated[
+    str | None,
+    typer.Option(
+        "--pool",
+        metavar="OP",
+        help="Pooling after the activation: max or avg.",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+PoolSize = Annotated[
+    str | None,
+    typer.Option(
+        "--pool-size",
+        metavar="N[,M]",
+        help="Pooling window, N or N,M.",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+PoolStride = Annotated[
+    str | None,
+    typer.Option(
+        "--pool-stride",
+        metavar="N[,M]",
+        help="Pooling step, N or N,M (default: the size).",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+Gray = Annotated[
+    bool,
+    typer.Option(
+        "--gray",
+        metavar="",
+        help="Convert to luminance first (ITU-R 601-2, as Pillow's L).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        metavar="N",
+        min=1,
+        help="Refuse larger images (decompression bombs) without decoding them.",
+        rich_help_panel=PANEL_RUN,
+    ),
+]
+Debug = Annotated[
+    bool, typer.Option("--debug", metavar="", help="Show tracebacks.", rich_help_panel=PANEL_RUN)
+]
+Tol = Annotated[
+    float | None,
+    typer.Option(
+        "--tol",
+        metavar="T",
+        help="Largest allowed |imgconv - scipy| (default 1e-4 x max(1, max |result|)).",
+        rich_help_panel=PANEL_RUN,
+        show_default=False,
+    ),
+]
 
 
 def _build_pipeline(
@@ -67,9 +166,18 @@ def _build_pipeline(
 ) -> Any:
     from imgconv.pipeline import Pipeline
 
-    defaults = {"mode": "correlate", "padding": "same", "pad_mode": "reflect", "cval": 0.0,
-                "stride": "1", "dilation": "1", "activation": "none", "pool": None,
-                "pool_size": None, "pool_stride": None}
+    defaults = {
+        "mode": "correlate",
+        "padding": "same",
+        "pad_mode": "reflect",
+        "cval": 0.0,
+        "stride": "1",
+        "dilation": "1",
+        "activation": "none",
+        "pool": None,
+        "pool_size": None,
+        "pool_stride": None,
+    }
     if pipeline_file is not None:
         changed = sorted("--" + k.replace("_", "-") for k, v in layer.items() if v != defaults[k])
         if kernels or changed:
@@ -81,8 +189,9 @@ def _build_pipeline(
 
             from imgconv.pipeline import OUTPUT_MAPPINGS, _choice
 
-            pipeline = replace(pipeline, output=_choice(output_map, OUTPUT_MAPPINGS,
-                                                        "--output-map"))
+            pipeline = replace(
+                pipeline, output=_choice(output_map, OUTPUT_MAPPINGS, "--output-map")
+            )
         return pipeline
     return Pipeline.from_options(kernels or [], output=output_map, **layer)
 
@@ -91,15 +200,38 @@ def apply_command(
     inputs: Inputs,
     kernel: Kernels = None,
     pipeline_file: PipelineFile = None,
-    output: Annotated[str | None, typer.Option(
-        "-o", "--output", help="Output file for one input, or - for standard output.",
-        rich_help_panel=PANEL_OUT, show_default=False)] = None,
-    out_dir: Annotated[str | None, typer.Option(
-        "--out-dir", help="Output folder (created if missing); keeps the inputs' sub-folders.",
-        rich_help_panel=PANEL_OUT, show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
-        "[default: {stem}{ext}]", rich_help_panel=PANEL_OUT, show_default=False)] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Output file for one input, or - for standard output.",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--out-dir",
+            metavar="DIR",
+            help="Output folder (created if missing); keeps the inputs' sub-folders.",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            metavar="TEMPLATE",
+            help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
+            "[default: {stem}{ext}]",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
     mode: Mode = "correlate",
     padding: PaddingOpt = "same",
     pad_mode: PadMode = "reflect",
@@ -111,47 +243,144 @@ def apply_command(
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
     gray: Gray = False,
-    alpha: Annotated[str, typer.Option(
-        "--alpha", help="auto, premultiply, copy or drop.", rich_help_panel=PANEL_OUT)] = "auto",
-    output_map: Annotated[str, typer.Option(
-        "--output-map", help="auto, clip, abs, offset or normalize.",
-        rich_help_panel=PANEL_OUT)] = "auto",
-    fmt: Annotated[str | None, typer.Option(
-        "--format", help="png, jpg, tiff, webp, bmp or npy (default: from the extension).",
-        rich_help_panel=PANEL_OUT, show_default=False)] = None,
-    quality: Annotated[int | None, typer.Option(
-        "--quality", min=1, max=100, help="JPEG/WebP quality 1-100.", rich_help_panel=PANEL_OUT,
-        show_default=False)] = None,
-    depth: Annotated[str | None, typer.Option(
-        "--depth", help="8, 16 (png/tiff, one channel) or float (tiff). [default: the input's]",
-        rich_help_panel=PANEL_OUT, show_default=False)] = None,
-    jobs: Annotated[int | None, typer.Option(
-        "--jobs", "-j", min=1, help="Files in parallel. [default: number of CPUs]",
-        rich_help_panel=PANEL_RUN, show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(
-        "--threads", min=1, help="Core threads per file. [default: IMGCONV_THREADS, else all "
-        "cores with --jobs 1 and 1 per job otherwise]", rich_help_panel=PANEL_RUN,
-        show_default=False)] = None,
-    recursive: Annotated[bool, typer.Option(
-        "--recursive", "-r", help="Descend into sub-folders.", rich_help_panel=PANEL_RUN)] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace existing outputs (never an input).",
-        rich_help_panel=PANEL_RUN)] = False,
-    skip_existing: Annotated[bool, typer.Option(
-        "--skip-existing", help="Skip inputs whose output exists (resume a batch).",
-        rich_help_panel=PANEL_RUN)] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan; write nothing.", rich_help_panel=PANEL_RUN)] = False,
-    verify: Annotated[bool, typer.Option(
-        "--verify", help="Check each result against scipy.ndimage.",
-        rich_help_panel=PANEL_RUN)] = False,
+    alpha: Annotated[
+        str,
+        typer.Option(
+            "--alpha",
+            metavar="MODE",
+            help="auto, premultiply, copy or drop.",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = "auto",
+    output_map: Annotated[
+        str,
+        typer.Option(
+            "--output-map",
+            metavar="MAP",
+            help="auto, clip, abs, offset or normalize.",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = "auto",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="png, jpg, tiff, webp, bmp or npy (default: from the extension).",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    quality: Annotated[
+        int | None,
+        typer.Option(
+            "--quality",
+            metavar="Q",
+            min=1,
+            max=100,
+            help="JPEG/WebP quality 1-100.",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    depth: Annotated[
+        str | None,
+        typer.Option(
+            "--depth",
+            metavar="DEPTH",
+            help="8, 16 (png/tiff, one channel) or float (tiff). [default: the input's]",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            metavar="N",
+            min=1,
+            help="Files in parallel. [default: number of CPUs]",
+            rich_help_panel=PANEL_RUN,
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            metavar="N",
+            min=1,
+            help="Core threads per file. [default: IMGCONV_THREADS, else all "
+            "cores with --jobs 1 and 1 per job otherwise]",
+            rich_help_panel=PANEL_RUN,
+            show_default=False,
+        ),
+    ] = None,
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive",
+            "-r",
+            metavar="",
+            help="Descend into sub-folders.",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            metavar="",
+            help="Replace existing outputs (never an input).",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            metavar="",
+            help="Skip inputs whose output exists (resume a batch).",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            metavar="",
+            help="Print the plan; write nothing.",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            metavar="",
+            help="Check each result against scipy.ndimage.",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = False,
     tol: Tol = None,
-    manifest: Annotated[str | None, typer.Option(
-        "--manifest", help="Write a JSON record of the run.", rich_help_panel=PANEL_RUN,
-        show_default=False)] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest",
+            metavar="FILE",
+            help="Write a JSON record of the run.",
+            rich_help_panel=PANEL_RUN,
+            show_default=False,
+        ),
+    ] = None,
     max_pixels: MaxPixels = 100_000_000,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Print errors only.", rich_help_panel=PANEL_RUN)] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", metavar="", help="Print errors only.", rich_help_panel=PANEL_RUN
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
@@ -161,14 +390,26 @@ def apply_command(
     with report_errors(debug):
         try:
             pipeline = _build_pipeline(
-                kernel, pipeline_file, output_map, mode=mode, padding=padding,
-                pad_mode=pad_mode, cval=cval, stride=stride, dilation=dilation,
-                activation=activation, pool=pool, pool_size=pool_size, pool_stride=pool_stride)
+                kernel,
+                pipeline_file,
+                output_map,
+                mode=mode,
+                padding=padding,
+                pad_mode=pad_mode,
+                cval=cval,
+                stride=stride,
+                dilation=dilation,
+                activation=activation,
+                pool=pool,
+                pool_size=pool_size,
+                pool_stride=pool_stride,
+            )
             if overwrite and skip_existing:
                 raise UsageError("--overwrite and --skip-existing contradict each other")
             if alpha not in batch.ALPHA_MODES:
                 raise UsageError(
-                    f"--alpha must be one of {', '.join(batch.ALPHA_MODES)}, got {alpha!r}")
+                    f"--alpha must be one of {', '.join(batch.ALPHA_MODES)}, got {alpha!r}"
+                )
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
             from imgconv.core.threads import get_threads, set_threads
@@ -181,24 +422,40 @@ def apply_command(
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
             sources = batch.expand_inputs(inputs, recursive=recursive)
-            tasks = batch.plan(sources, pipeline, output=output, out_dir=out_dir, name=name,
-                               fmt=fmt)
+            tasks = batch.plan(
+                sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt, depth=depth
+            )
             if manifest and Path(manifest).exists() and not overwrite and not dry_run:
-                raise UsageError(f"--manifest {manifest}: already exists "
-                                 "(use --overwrite to replace it)")
+                raise UsageError(
+                    f"--manifest {manifest}: already exists (use --overwrite to replace it)"
+                )
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
+        subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
+        if subfolders and not quiet:
+            stderr.print(
+                f"note: {subfolders} sub-folder(s) not read; add --recursive to include them",
+                soft_wrap=True,
+            )
         if dry_run:
             _print_plan(tasks, pipeline, stdin, max_pixels)
             return
         options = batch.Options(
-            pipeline=pipeline, gray=gray, alpha=alpha, quality=quality, depth=depth,
-            overwrite=overwrite, skip_existing=skip_existing, verify=verify, tol=tol,
-            max_pixels=max_pixels, hash_inputs=manifest is not None, debug=debug,
+            pipeline=pipeline,
+            gray=gray,
+            alpha=alpha,
+            quality=quality,
+            depth=depth,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            verify=verify,
+            tol=tol,
+            max_pixels=max_pixels,
+            hash_inputs=manifest is not None,
+            debug=debug,
             threads=threads,
-            protected=frozenset(os.path.realpath(s.path) for s in sources
-                                if s.path != batch.STDIO),
+            protected=frozenset(os.path.realpath(s.path) for s in sources if s.path != batch.STDIO),
         )
         executor = batch.make_executor(jobs or os.cpu_count() or 1, len(tasks))
         try:
@@ -209,27 +466,30 @@ def apply_command(
         if manifest:
             from imgconv import __version__
 
-            batch.write_manifest(manifest, options, results, overwrite=True,
-                                 version=__version__)
+            batch.write_manifest(manifest, options, results, overwrite=True, version=__version__)
         failed = [r for r in results if r.status == "failed"]
+        for r in failed:
+            stderr.print(f"[red]error:[/red] {_with_file(r)}", soft_wrap=True)
         if not quiet:
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
             stderr.print(f"written {written}, skipped {skipped}, failed {len(failed)}")
-        for r in failed:
-            stderr.print(f"[red]error:[/red] {_with_file(r)}", soft_wrap=True)
         if failed:
             raise typer.Exit(1)
 
 
 def _with_file(result: Any) -> str:
     reason: str = result.reason
-    return reason if reason.startswith((result.input, result.output)) else (
-        f"{result.input}: {reason}")
+    return (
+        reason
+        if reason.startswith((result.input, result.output))
+        else (f"{result.input}: {reason}")
+    )
 
 
-def _run_with_progress(batch: Any, tasks: list[Any], options: Any, executor: Any,
-                       stdin: bytes | None, quiet: bool) -> list[Any]:
+def _run_with_progress(
+    batch: Any, tasks: list[Any], options: Any, executor: Any, stdin: bytes | None, quiet: bool
+) -> list[Any]:
     def note(result: Any) -> None:
         for line in result.notes:
             stderr.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
@@ -237,12 +497,14 @@ def _run_with_progress(batch: Any, tasks: list[Any], options: Any, executor: Any
     if quiet:
         return list(batch.run(tasks, options, executor=executor, stdin=stdin))
     if not stderr.is_terminal or len(tasks) == 1:
+
         def plain(result: Any) -> None:
             note(result)
             if result.status == "written" and result.output != batch.STDIO:
                 stderr.print(f"{result.input} -> {result.output}", soft_wrap=True)
             elif result.status == "skipped":
                 stderr.print(f"skipped {result.input}: {result.output} exists", soft_wrap=True)
+
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=plain))
 
     from rich.progress import (
@@ -254,9 +516,16 @@ def _run_with_progress(batch: Any, tasks: list[Any], options: Any, executor: Any
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=stderr, transient=False) as progress:
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=False,
+    ) as progress:
         bar = progress.add_task("filtering", total=len(tasks), rate="")
 
         def tick(result: Any) -> None:
@@ -302,12 +571,20 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
             (sy, sx), (dy, dx) = stage.stride, stage.dilation
             ey, ex = dy * (kh - 1) + 1, dx * (kw - 1) + 1
             oh, ow = stage.out_shape(shape)
-            kind = (f"bank: {stage.kernel.combine} of {len(stage.members())} kernels"
-                    if hasattr(stage.kernel, "kernels") else "kernel")
-            say(f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
-                f"{stage.parameter_count()} parameters)")
-            say(f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
-                f"right {right} ({stage.pad_mode}); stride {sy}x{sx}; dilation {dy}x{dx}")
+            kind = (
+                f"bank: {stage.kernel.combine} of {len(stage.members())} kernels"
+                if hasattr(stage.kernel, "kernels")
+                else "kernel"
+            )
+            say(
+                f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
+                f"{stage.parameter_count()} parameters)"
+            )
+            border = f" ({stage.pad_mode})" if top + bottom + left + right else ""
+            say(
+                f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
+                f"right {right}{border}; stride {sy}x{sx}; dilation {dy}x{dx}"
+            )
             say(f"    rows    floor(({shape[0]}+{top}+{bottom}-{ey})/{sy})+1 = {oh}")
             say(f"    columns floor(({shape[1]}+{left}+{right}-{ex})/{sx})+1 = {ow}")
             shape = (oh, ow)
@@ -322,12 +599,17 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
             shape = (oh, ow)
         say(f"    values {_fmt_range(lo, hi)}")
     how = pipeline.output_mapping()
-    span = {"clip": (lo, hi), "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)),
-                                      max(abs(lo), abs(hi))),
-            "offset": (lo + 128, hi + 128), "normalize": (0.0, 255.0)}[how]
+    span = {
+        "clip": (lo, hi),
+        "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
+        "offset": (lo + 128, hi + 128),
+        "normalize": (0.0, 255.0),
+    }[how]
     clips = span[0] < 0 or span[1] > 255
-    say(f"output: --output-map {how}: {_fmt_range(*span)} "
-        + ("will clip to 0 .. 255" if clips else "fits 0 .. 255"))
+    say(
+        f"output: --output-map {how}: {_fmt_range(*span)} "
+        + ("will clip to 0 .. 255" if clips else "fits 0 .. 255")
+    )
     say("files:")
     for t, in_size in zip(tasks, sizes, strict=True):
         if isinstance(in_size, str):
@@ -338,8 +620,10 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
             if not isinstance(s, ActivationStage):
                 out = s.out_shape(out)
         exists = " (exists)" if t.target != "-" and Path(t.target).exists() else ""
-        say(f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target} "
-            f"({out[0]}x{out[1]}){exists}")
+        say(
+            f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target} "
+            f"({out[0]}x{out[1]}){exists}"
+        )
 
 
 def check_command(
@@ -358,8 +642,9 @@ def check_command(
     pool_stride: PoolStride = None,
     gray: Gray = False,
     tol: Tol = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r",
-                                            help="Descend into sub-folders.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")
+    ] = False,
     max_pixels: MaxPixels = 100_000_000,
     debug: Debug = False,
 ) -> None:
@@ -373,9 +658,20 @@ def check_command(
 
     with report_errors(debug):
         pipeline = _build_pipeline(
-            kernel, pipeline_file, "auto", mode=mode, padding=padding, pad_mode=pad_mode,
-            cval=cval, stride=stride, dilation=dilation, activation=activation, pool=pool,
-            pool_size=pool_size, pool_stride=pool_stride)
+            kernel,
+            pipeline_file,
+            "auto",
+            mode=mode,
+            padding=padding,
+            pad_mode=pad_mode,
+            cval=cval,
+            stride=stride,
+            dilation=dilation,
+            activation=activation,
+            pool=pool,
+            pool_size=pool_size,
+            pool_stride=pool_stride,
+        )
         sources = batch.expand_inputs(inputs, recursive=recursive)
         if not sources:
             raise UsageError("no input images found")
@@ -387,8 +683,11 @@ def check_command(
         errors: list[str] = []
         for source in sources:
             try:
-                picture = load(stdin if source.path == batch.STDIO and stdin is not None
-                               else source.path, gray=gray, max_pixels=max_pixels)
+                picture = load(
+                    stdin if source.path == batch.STDIO and stdin is not None else source.path,
+                    gray=gray,
+                    max_pixels=max_pixels,
+                )
                 ours = pipeline.run(picture.pixels)
                 result = compare(ours, reference(pipeline, picture.pixels), tol)
             except ImgconvError as exc:
@@ -397,8 +696,14 @@ def check_command(
             for c, (mx, mean) in enumerate(zip(result.max_abs, result.mean_abs, strict=True)):
                 ok = mx <= result.tolerance
                 failed += not ok
-                table.add_row(source.path, str(c), f"{mx:.3g}", f"{mean:.3g}",
-                              f"{result.tolerance:.3g}", "[green]ok" if ok else "[red]FAIL")
+                table.add_row(
+                    source.path,
+                    str(c),
+                    f"{mx:.3g}",
+                    f"{mean:.3g}",
+                    f"{result.tolerance:.3g}",
+                    "[green]ok" if ok else "[red]FAIL",
+                )
         stdout.print(table)
         for line in errors:
             stderr.print(f"[red]error:[/red] {line}", soft_wrap=True)

@@ -93,7 +93,9 @@ def _open(source: str | bytes, max_pixels: int) -> Any:
     except IsADirectoryError:
         raise ImageError(f"{name}: is a folder, not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name}: not a readable image ({exc})") from None
+        reason = "empty input" if source == b"" else (
+            "not a known image format" if isinstance(source, bytes) else str(exc))
+        raise ImageError(f"{name}: not a readable image ({reason})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size

@@ -397,12 +397,15 @@ class Pipeline:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not a pipeline YAML file (not UTF-8 text)") from None
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
-            line = f" line {where.line + 1}" if where is not None else ""
-            raise UsageError(f"{path}:{line} not valid YAML") from None
+            line = f" line {where.line + 1}:" if where is not None else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise UsageError(f"{path}:{line} not valid YAML ({problem})") from None
         try:
             return cls.from_dict(doc)
         except UsageError as exc:
@@ -477,7 +480,8 @@ def conv_stage(
     try:
         canonical, fill = normalize_pad_mode(pad_mode, cval)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"--pad-mode/--cval: {exc}") from None
+        raise UsageError(str(exc).replace("pad_mode", "--pad-mode").replace("cval", "--cval")
+                         ) from None
     if pad_mode not in PAD_MODES and pad_mode not in PAD_MODE_ALIASES:
         raise UsageError(f"--pad-mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
     kernel = resolve(spec)

@@ -425,7 +425,7 @@ def test_max_pixels(tmp_path, gray_png):
     (["-k", "nosuchkernel"], "nosuchkernel"),
     (["-k", "box-blur", "--stride", "0"], "stride must be >= 1"),
     (["-k", "box-blur", "--padding", "wide"], "--padding must be one of same, valid, full"),
-    (["-k", "box-blur", "--pad-mode", "bogus"], "pad_mode must be one of"),
+    (["-k", "box-blur", "--pad-mode", "bogus"], "--pad-mode must be one of"),
     (["-k", "box-blur", "--mode", "flip"], "--mode must be one of correlate, convolve"),
     (["-k", "box-blur", "--pool-size", "2"], "--pool-size and --pool-stride need --pool"),
     (["-k", "box-blur", "--pool", "median", "--pool-size", "2"], "--pool must be one of max"),
@@ -550,3 +550,81 @@ def test_threads_option_and_bad_environment(tmp_path, gray_png, monkeypatch):
     result = invoke("apply", gray_png, "-k", "box-blur", "-o", tmp_path / "x.png")
     assert result.exit_code == 2
     assert "IMGCONV_THREADS must be a whole number" in result.stderr
+
+
+def test_pipeline_file_not_text(tmp_path, gray_png):
+    result = invoke("apply", gray_png, "--pipeline", gray_png, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "not a pipeline YAML file (not UTF-8 text)" in result.stderr
+
+
+def test_premultiply_leaves_transparent_pixels_clean(tmp_path):
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = (200, 100, 50, 255)
+    src = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    out = tmp_path / "b.npy"
+    result = invoke("apply", src, "-k", "gaussian:sigma=2", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "clipped" not in result.stderr
+    values = np.load(out)
+    assert values.min() >= -1e-3 and values.max() <= 200 + 1e-3
+
+
+def test_stdin_not_an_image():
+    result = invoke("apply", "-", "-k", "box-blur", "-o", "-", "--format", "png", input=b"")
+    assert result.exit_code == 1
+    assert "<stdin>: not a readable image (empty input)" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-o", "{tmp}/o.jpg", "--depth", "16"], "--depth 16 needs png or tiff output, not jpg"),
+    (["-o", "{tmp}/o.png", "--depth", "float"], "--depth float needs tiff output, not png"),
+    (["-o", "{tmp}"], "is a folder; use --out-dir"),
+    (["-o", "{tmp}/o.png", "--max-pixels", "0"], "--max-pixels"),
+])
+def test_more_usage_errors(tmp_path, gray_png, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(tmp_path.iterdir())
+    result = invoke("apply", gray_png, "-k", "box-blur", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_glob_without_matches_names_the_pattern(tmp_path):
+    result = invoke("apply", str(tmp_path / "*.png"), "-k", "box-blur", "--out-dir", tmp_path)
+    assert result.exit_code == 2
+    assert "*.png: the pattern matches no image files" in result.stderr
+
+
+def test_same_input_twice_is_filtered_once(tmp_path, gray_png):
+    result = invoke("apply", gray_png, gray_png, "-k", "box-blur", "--out-dir", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "written 1, skipped 0, failed 0" in result.stderr
+
+
+def test_subfolders_without_recursive_are_mentioned(tmp_path, gray_png):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(gray_png, folder / "a.png")
+    shutil.copy(gray_png, folder / "sub" / "b.png")
+    result = invoke("apply", folder, "-k", "box-blur", "--out-dir", tmp_path / "out")
+    assert result.exit_code == 0
+    assert "1 sub-folder(s) not read; add --recursive" in result.stderr
+    assert not (tmp_path / "out" / "sub").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["apply", "x.png", "-k", "sobel", "--activaton", "relu", "-o", "y.png"],
+     "error: No such option: --activaton"),
+    (["apply", "x.png", "-k", "sobel", "--quality", "0", "-o", "y.png"],
+     "error: Invalid value for '--quality'"),
+    (["show"], "error: Missing argument"),
+    (["bogus"], "error: No such command 'bogus'"),
+])
+def test_real_process_usage_errors_are_one_line(imgconv_script, args, message):
+    done = subprocess.run([imgconv_script, *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message)
+    assert done.stderr.count("\n") == 1
