@@ -181,7 +181,7 @@ def load(source: str | bytes, *, gray: bool = False,
     return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes)
 
 
-def _to_array(im: Any, band: int = 256) -> NDArray[Any]:
+def _to_array(im: Any, band: int = 64) -> NDArray[Any]:
     """Copy a Pillow image into a new array, a band of rows at a time.
 
     ``np.asarray(im)`` goes through ``im.tobytes()``, which holds two more
