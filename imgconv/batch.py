@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -146,10 +147,20 @@ def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) ->
     fields = {
         "stem": relative.stem,
         "ext": FORMATS[fmt][1] if fmt else relative.suffix,
-        "kernel": pipeline.name.replace("/", "_").replace(":", "_").replace(" ", "_"),
+        "kernel": _file_safe(pipeline.name),
         "name": relative.name,
     }
     return relative.parent / template.format(**fields)
+
+
+def _file_safe(text: str, limit: int = 60) -> str:
+    """A kernel spec as part of a file name: ``gaussian:sigma=2`` -> ``gaussian_sigma=2``.
+
+    >>> _file_safe("0 1 0; 1 -4 1; 0 1 0")
+    '0_1_0_1_-4_1_0_1_0'
+    """
+    safe = re.sub(r"[^A-Za-z0-9.=+-]+", "_", Path(text).name if "/" in text else text)
+    return safe.strip("_.")[:limit] or "kernel"
 
 
 def check_name_template(template: str) -> None:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 def _json(value: object) -> str:
     """Indented JSON with each list of numbers on one line, so a matrix reads as rows."""
     text = json.dumps(value, indent=2, ensure_ascii=False)
-    return re.sub(r"\[\n\s*([^\[\]{}]*?)\n\s*\]",
-                  lambda m: "[" + re.sub(r",\n\s*", ", ", m[1]) + "]", text)
+    return re.sub(
+        r"\[\n\s*([^\[\]{}]*?)\n\s*\]", lambda m: "[" + re.sub(r",\n\s*", ", ", m[1]) + "]", text
+    )
 
 
 def _shape(shape: list[int] | tuple[int, ...] | None) -> str:
@@ -114,11 +115,14 @@ def show_command(
     spec: Annotated[
         str,
         typer.Argument(
+            metavar="SPEC",
             help="A kernel name, family (gaussian:sigma=2), inline matrix "
-            "('0 1 0; 1 -4 1; 0 1 0'), file.yaml or file.yaml:name."
+            "('0 1 0; 1 -4 1; 0 1 0'), file.yaml or file.yaml:name.",
         ),
     ],
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print one JSON object.")
+    ] = False,
 ) -> None:
     """Show a kernel: its matrix and weights (colour-coded), sum, anchor, separability."""
     with report_errors():
@@ -161,14 +165,17 @@ def _list_table(rows: list[CatalogEntry]) -> Table:
         size = _shape(row.shape)
         if row.members:
             size = f"{len(row.members)} × {size}"
-        table.add_row(Text(row.name, style="bold"), size, row.kind, Text(source),
-                      Text(row.description))
+        table.add_row(
+            Text(row.name, style="bold"), size, row.kind, Text(source), Text(row.description)
+        )
     return table
 
 
 def list_command(
-    tag: Annotated[str | None, typer.Option("--tag", help="Only kernels with this tag.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+    tag: Annotated[
+        str | None, typer.Option("--tag", metavar="TAG", help="Only kernels with this tag.")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", metavar="", help="Print a JSON array.")] = False,
 ) -> None:
     """List the kernels, banks and families on the search path."""
     with report_errors():
