@@ -545,21 +545,25 @@ def _fmt_range(lo: float, hi: float) -> str:
 def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int) -> None:
     """The --dry-run report: each stage's geometry and value range, then each input's output."""
     from imgconv.errors import ImgconvError
-    from imgconv.imageio import read_size
+    from imgconv.imageio import read_header
     from imgconv.pipeline import ActivationStage, ConvStage
 
     def say(text: str) -> None:
         stdout.print(text, markup=False, soft_wrap=True, highlight=False)
 
     sizes: list[tuple[int, int] | str] = []
+    full = 255.0
     for t in tasks:
         try:
             source = stdin if t.source.path == "-" and stdin is not None else t.source.path
-            sizes.append(read_size(source, max_pixels))
+            h, w, top_value = read_header(source, max_pixels)
+            if not any(isinstance(s, tuple) for s in sizes):
+                full = top_value  # the plan's value ranges are for the first readable input
+            sizes.append((h, w))
         except ImgconvError as exc:
             sizes.append(str(exc))
     shape = next((s for s in sizes if isinstance(s, tuple)), (0, 0))
-    lo, hi = 0.0, 255.0
+    lo, hi = 0.0, full
     say("dry run: nothing is written")
     say(f"input {shape[0]}x{shape[1]} (rows x columns), values {_fmt_range(lo, hi)}")
     for n, stage in enumerate(pipeline.stages, 1):
@@ -602,13 +606,13 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
     span = {
         "clip": (lo, hi),
         "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
-        "offset": (lo + 128, hi + 128),
-        "normalize": (0.0, 255.0),
+        "offset": (lo + (full + 1) / 2, hi + (full + 1) / 2),
+        "normalize": (0.0, full),
     }[how]
-    clips = span[0] < 0 or span[1] > 255
+    clips = span[0] < 0 or span[1] > full
     say(
         f"output: --output-map {how}: {_fmt_range(*span)} "
-        + ("will clip to 0 .. 255" if clips else "fits 0 .. 255")
+        + (f"will clip to 0 .. {full:g}" if clips else f"fits 0 .. {full:g}")
     )
     say("files:")
     for t, in_size in zip(tasks, sizes, strict=True):

@@ -107,12 +107,19 @@ def _open(source: str | bytes, max_pixels: int) -> Any:
     return im
 
 
-def read_size(source: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) from the header, without decoding, orientation applied."""
+def read_header(
+    source: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int, float]:
+    """(height, width, full-intensity value) from the header, without decoding.
+
+    The EXIF orientation is applied to the size; the value is 65535 for 16-bit
+    images and 255 otherwise, as :func:`load` will give.
+    """
     im = _open(source, max_pixels)
     w, h = im.size
     orientation = im.getexif().get(0x0112, 1)
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    max_value = 65535.0 if im.mode.startswith("I") else 255.0
+    return (w, h, max_value) if orientation in (5, 6, 7, 8) else (h, w, max_value)
 
 
 def load(source: str | bytes, *, gray: bool = False,

@@ -628,3 +628,33 @@ def test_real_process_usage_errors_are_one_line(imgconv_script, args, message):
     assert done.returncode == 2
     assert done.stderr.startswith(message)
     assert done.stderr.count("\n") == 1
+
+
+def test_dry_run_value_range_follows_16bit_input(tmp_path):
+    src = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(src)
+    result = invoke("apply", src, "-k", "box-blur", "-o", tmp_path / "o.png", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "values 0 .. 65535" in result.stdout
+    assert "fits 0 .. 65535" in result.stdout
+
+
+def test_icc_profile_is_kept(tmp_path, rgb_png):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "tagged.png"
+    Image.open(rgb_png).save(src, icc_profile=icc)
+    for out in (tmp_path / "o.png", tmp_path / "o.jpg", tmp_path / "o.tiff"):
+        assert invoke("apply", src, "-k", "box-blur", "-o", out).exit_code == 0
+        assert Image.open(out).info.get("icc_profile") == icc
+
+
+def test_glob_output_paths_are_relative_to_the_pattern_base(tmp_path, gray_png):
+    folder = tmp_path / "shots" / "day1"
+    folder.mkdir(parents=True)
+    shutil.copy(gray_png, folder / "a.png")
+    out = tmp_path / "out"
+    result = invoke("apply", f"{tmp_path}/shots/**/*.png", "-k", "box-blur", "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "day1" / "a.png").exists()
