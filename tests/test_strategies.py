@@ -59,6 +59,7 @@ def small_tiles(monkeypatch):
     """Tiles of a few rows, so that small images cross many tile boundaries."""
     monkeypatch.setattr(strategies, "TILE_BYTES", 64)
     monkeypatch.setattr(strategies, "FFT_TILE_ROWS", 8)
+    monkeypatch.setattr(strategies, "FFT_TILE_COLS", 8)
 
 
 @pytest.fixture
@@ -75,8 +76,16 @@ def restore_threads():
     ids=str,
 )
 @pytest.mark.parametrize("mode", MODES)
-def test_geometry_matches_loop(strategy, padding, stride, dilation, mode):
+@pytest.mark.parametrize("tall", [False, True], ids=["one-tile", "inner-tiles"])
+def test_geometry_matches_loop(monkeypatch, strategy, padding, stride, dilation, mode, tall):
     image = make_image((13, 11), np.float64)
+    if tall:
+        # many tiles, some of rows that are all image rows: those read the
+        # image in place, with only the border columns padded
+        image = make_image((40, 23), np.float64)
+        monkeypatch.setattr(strategies, "TILE_BYTES", 64)
+        monkeypatch.setattr(strategies, "FFT_TILE_ROWS", 8)
+        monkeypatch.setattr(strategies, "FFT_TILE_COLS", 8)
     kernel = dense_kernel(3, 4)
     pads = resolve_padding(padding, (3, 4), conv.normalize_pair(dilation, "d"))
     actual = worker(image, kernel, strategy, padding=padding, stride=stride, dilation=dilation,
@@ -284,3 +293,4 @@ def test_importing_the_core_does_not_import_scipy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+

@@ -13,7 +13,7 @@ strategy       how                                                         cost 
 =============  ==========================================================  ==================
 ``direct``     shift-and-accumulate of the 2-D kernel over row tiles        ~ non-zero taps
 ``separable``  ``r`` pairs of 1-D passes, vertical then horizontal          ~ r·(kh + kw)
-``fft``        overlap-save over row tiles with scipy.fft                   ~ log of tile size
+``fft``        overlap-save over 2-D blocks with scipy.fft                  ~ log of block size
 =============  ==========================================================  ==================
 
 All three work on row tiles that fit the CPU cache, skip zero taps and
@@ -27,6 +27,7 @@ and the tests run every registered strategy against scipy.ndimage.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,9 +41,13 @@ from imgconv.core.tiles import Padder, Post, run_bands, store, tile_grid
 #: must stay in a core's L2 cache between the passes of one tile.
 TILE_BYTES = 384 * 1024
 
-#: Padded input rows of one FFT tile (before rounding up to a fast FFT length):
-#: larger tiles waste fewer overlapping rows but leave the cache.
-FFT_TILE_ROWS = 256
+#: Padded input rows and columns of one FFT block (before rounding up to a
+#: fast FFT length): larger blocks waste fewer overlapping rows and columns,
+#: but the block and its spectrum must stay in a core's L2 cache through both
+#: transforms (about 13 ns per output pixel at 384x512 on the benchmark
+#: machine, against 26 ns for full-width 256-row tiles).
+FFT_TILE_ROWS = 384
+FFT_TILE_COLS = 512
 
 #: The cost model's weights, in element passes per output pixel, measured on
 #: a 12 MP float32 image (benchmarks/bench_core.py): one FFT tile costs about
@@ -100,24 +105,55 @@ def direct(
     dtype = kernel.dtype
     result = _output(out, geom, dtype)
     oh, ow = geom.out_shape
-    (sy, sx), ey = geom.stride, geom.extent[0]
+    (sy, sx), (ey, ex) = geom.stride, geom.extent
     padder = Padder(plane, geom, mode, cval)
     program = program_2d(kernel, geom.dilation)
     n = tile_rows(padder.width, dtype.itemsize, sy)
+    # Output columns [cl, cr) read only image columns. In tiles whose rows are
+    # all image rows, the taps of those columns are views of the image itself
+    # (no padded copy: a whole pass saved); only the few border columns on
+    # either side go through a narrow padded strip.
+    left, w = geom.pads[2], plane.shape[1]
+    cl = min(ow, -(-left // sx))
+    cr = max(cl, min(ow, (left + w - ex) // sx + 1))
+    in_place = plane.dtype == dtype and cr > cl and 2 * (cr - cl) >= ow
+    # the strip: padded columns [0, lw) for outputs [0, cl), then from cr * sx
+    # to the end for outputs [cr, ow); outputs between the two are discarded
+    lo = -(-max(0, (cl - 1) * sx + ex) // sx) if cl else 0
+    lw = lo * sx
+    strip_cols = lw + padder.width - cr * sx
+    strip_out = lo + ow - cr
 
-    def band(tiles: list[tuple[int, int]]) -> None:
-        tile = np.empty(((n - 1) * sy + ey, padder.width), dtype)
+    def band(tiles: Iterable[tuple[int, int]]) -> None:
+        tile = np.empty(((n - 1) * sy + ey, max(padder.width, strip_cols)), dtype)
         acc_buf = np.empty((n, ow), dtype)
-        scratch = np.empty((n, ow), dtype) if program.needs_scratch() else None
+        scratch = (np.empty((n, max(ow, strip_out)), dtype) if program.needs_scratch()
+                   else None)
+        edge = np.empty((n, strip_out), dtype) if in_place else None
         for r0, r1 in tiles:
             m = r1 - r0
             rows_in = (m - 1) * sy + ey
-            padder.fill(tile, r0 * sy, rows_in)
+            dst, acc = result[r0:r1], acc_buf[:m]
+            if edge is not None and padder.inside(r0 * sy, rows_in):
+                p0 = r0 * sy
+                image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
+                                     cl * sx - left :]
+                program.run([image], (m, cr - cl), (sy, sx), acc[:, cl:cr],
+                            None if scratch is None else scratch[:m, cl:cr])
+                if strip_out:
+                    padder.fill_columns(tile, p0, rows_in, 0, lw)
+                    padder.fill_columns(tile[:, lw:], p0, rows_in, cr * sx, padder.width)
+                    part = edge[:m]
+                    program.run([tile[:rows_in, :strip_cols]], (m, strip_out), (sy, sx), part,
+                                None if scratch is None else scratch[:m, :strip_out])
+                    acc[:, :cl] = part[:, :cl]
+                    acc[:, cr:] = part[:, lo:]
+            else:
+                padder.fill(tile, r0 * sy, rows_in)
+                program.run([tile[:rows_in]], (m, ow), (sy, sx), acc,
+                            None if scratch is None else scratch[:m, :ow])
             # Accumulate in a cache-resident buffer and copy once: numpy's
             # stores into cold output memory cost about twice np.copyto's.
-            dst, acc = result[r0:r1], acc_buf[:m]
-            program.run([tile[:rows_in]], (m, ow), (sy, sx), acc,
-                        None if scratch is None else scratch[:m])
             store(acc, dst, post)
 
     run_bands(tile_grid(oh, n), band, oh * ow)
@@ -167,7 +203,7 @@ def separable(
     from_image = padder.columns_from_interior
     c0, c1 = padder.c0, padder.c1
 
-    def band(tiles: list[tuple[int, int]]) -> None:
+    def band(tiles: Iterable[tuple[int, int]]) -> None:
         tile = np.empty(((n - 1) * sy + ey, width), dtype)
         partial = [np.empty((n, width), dtype) for _ in col_programs]
         col_scratch = (np.empty((n, width), dtype)
@@ -230,11 +266,17 @@ def fast_len(n: int) -> int:
     return best
 
 
-def _fft_tile_shape(geom: Geometry) -> tuple[int, int, int]:
-    """``(fy, fx, n)`` for the stride-1 geometry: FFT size and stride-1 output rows per tile."""
+def _fft_tile_shape(geom: Geometry) -> tuple[int, int, int, int]:
+    """``(fy, fx, n, m)`` at stride 1: the FFT block size and the output block it yields."""
     (oh, ow), (ey, ex) = geom.out_shape, geom.extent
     fy = fast_len(min(oh - 1 + ey, max(FFT_TILE_ROWS, 4 * ey)))
-    return fy, fast_len(ow - 1 + ex), fy - ey + 1
+    fx = fast_len(min(ow - 1 + ex, max(FFT_TILE_COLS, 4 * ex)))
+    return fy, fx, fy - ey + 1, fx - ex + 1
+
+
+def _kept(t0: int, t1: int, step: int, count: int) -> tuple[int, int]:
+    """Strided outputs ``[k0, k1)`` whose stride-1 index ``k * step`` lies in ``[t0, t1)``."""
+    return -(-t0 // step), min(count, -(-t1 // step))
 
 
 def fft(
@@ -247,22 +289,25 @@ def fft(
     out: NDArray[Any] | None = None,
     post: Post | None = None,
 ) -> NDArray[Any]:
-    """Overlap-save FFT correlation over full-width row tiles (scipy.fft as the primitive).
+    """Overlap-save FFT correlation over 2-D blocks (scipy.fft as the primitive).
 
-    Each tile of padded rows is transformed, multiplied by the kernel's
-    spectrum (computed once) and transformed back; the rows a tile shares with
-    the next are its only overhead, and memory stays at a few tiles per thread.
-    The cost per pixel hardly grows with the kernel, so large dense kernels go
-    here. Dilation is exact (the dilated kernel is the kernel with zeros between
-    its taps). A stride is not saved: tiles are those of the stride-1 result,
-    which is subsampled, so that ``stride=s`` gives exactly ``[::s, ::s]`` of
-    the stride-1 output, as for every strategy.
+    Each row tile of padded rows is filled once; each block of it (a few
+    hundred rows and columns, so that the real block and its spectrum stay in
+    the core's L2 cache during both transforms) is transformed, multiplied by
+    the kernel's spectrum (computed once for the whole call) and transformed
+    back. The rows and columns a block shares with its neighbours are its only
+    overhead, and memory stays at a few tiles per thread. The cost per pixel
+    hardly grows with the kernel, so large dense kernels go here. Dilation is
+    exact (the dilated kernel is the kernel with zeros between its taps). A
+    stride is not saved: blocks are those of the stride-1 result, which is
+    subsampled, so that ``stride=s`` gives exactly ``[::s, ::s]`` of the
+    stride-1 output, as for every strategy.
 
     Notes
     -----
-    Rounding differs from the direct sum (errors spread over a tile rather than
-    staying local), within float32 or float64 precision of the tile's largest
-    values. A NaN or infinity in the image spreads over its whole tile.
+    Rounding differs from the direct sum (errors spread over a block rather
+    than staying local), within float32 or float64 precision of the block's
+    largest values. A NaN or infinity in the image spreads over its whole block.
     """
     from scipy import fft as sfft
 
@@ -273,37 +318,45 @@ def fft(
     dy, dx = geom.dilation
     unit = _unit_stride(geom)
     padder = Padder(plane, unit, mode, cval)
-    fy, fx, n1 = _fft_tile_shape(unit)
+    fy, fx, n1, m1 = _fft_tile_shape(unit)
     dilated = np.zeros((ey, ex), dtype)
     dilated[::dy, ::dx] = kernel
-    # correlation is convolution with the flipped kernel; rows ey-1.. of the
-    # circular result are free of wrap-around (overlap-save)
+    # correlation is convolution with the flipped kernel; rows ey-1.. and
+    # columns ex-1.. of the circular result are free of wrap-around (overlap-save)
     spectrum = sfft.rfft2(dilated[::-1, ::-1], s=(fy, fx), workers=1)
-    oh1 = unit.out_shape[0]
-    # each stride-1 tile with the kept output rows it holds
+    oh1, ow1 = unit.out_shape
+    # each stride-1 row tile with the kept output rows it holds
     tiles = []
     for t0, t1 in tile_grid(oh1, n1):
-        r0, r1 = -(-t0 // sy), min(oh, -(-t1 // sy))
+        r0, r1 = _kept(t0, t1, sy, oh)
         if r0 < r1:
             tiles.append((t0, t1, r0, r1))
+    blocks = []
+    for u0, u1 in tile_grid(ow1, m1):
+        c0, c1 = _kept(u0, u1, sx, ow)
+        if c0 < c1:
+            blocks.append((u0, c0, c1))
+    band_width = max(padder.width, blocks[-1][0] + fx)
 
-    def band(group: list[tuple[int, int, int, int]]) -> None:
+    def band(group: Iterable[tuple[int, int, int, int]]) -> None:
         # zeros, not empty: places past a tile's rows and columns enter the
         # transform, so they must be finite and, for results that do not depend
         # on which thread ran which tile before, always zero
-        tile = np.zeros((fy, fx), dtype)
+        rows = np.zeros((fy, band_width), dtype)
         for t0, t1, r0, r1 in group:
             rows_in = t1 - t0 + ey - 1
-            padder.fill(tile, t0, rows_in)
+            padder.fill(rows, t0, rows_in)
             if rows_in < fy:
-                tile[rows_in:] = 0
-            freq = sfft.rfft2(tile, workers=1)
-            freq *= spectrum
-            full = sfft.irfft2(freq, s=(fy, fx), workers=1, overwrite_x=True)
+                rows[rows_in:] = 0
             first = ey - 1 + r0 * sy - t0
-            kept = full[first : first + sy * (r1 - r0 - 1) + 1 : sy,
-                        ex - 1 : ex + sx * (ow - 1) : sx]
-            store(kept, result[r0:r1], post)
+            for u0, c0, c1 in blocks:
+                freq = sfft.rfft2(rows[:, u0 : u0 + fx], workers=1)
+                freq *= spectrum
+                full = sfft.irfft2(freq, s=(fy, fx), workers=1, overwrite_x=True)
+                left = ex - 1 + c0 * sx - u0
+                kept = full[first : first + sy * (r1 - r0 - 1) + 1 : sy,
+                            left : left + sx * (c1 - c0 - 1) + 1 : sx]
+                store(kept, result[r0:r1, c0:c1], post)
 
     run_bands(tiles, band, oh * ow)
     return result
@@ -345,10 +398,10 @@ def costs(kernel: NDArray[Any], geom: Geometry) -> dict[str, float]:
 
     # the FFT computes every stride-1 output and subsamples
     unit = _unit_stride(geom)
-    fy, fx, n1 = _fft_tile_shape(unit)
-    rows_out = min(n1, unit.out_shape[0])
+    fy, fx, n1, m1 = _fft_tile_shape(unit)
+    kept = min(n1, unit.out_shape[0]) * min(m1, unit.out_shape[1])
     per_tile = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
-    found["fft"] = per_tile / (rows_out * unit.out_shape[1]) * sy * sx
+    found["fft"] = per_tile / kept * sy * sx
     return found
 
 

@@ -5,13 +5,15 @@ the strategy asks a :class:`Padder` for the padded input rows it reads, already
 converted to the working dtype (so a uint8 image is never converted as a
 whole), computes the tile in buffers that stay in the CPU cache, and writes it
 to the output. Bands of consecutive tiles run on the thread pool; the tile grid
-depends only on the geometry, never on the thread count, so results are
-identical whatever the number of threads.
+depends only on the geometry, never on the thread count, and every tile is
+computed the same way whichever thread takes it, so results are identical
+whatever the number of threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,6 +65,14 @@ class Padder:
             col_map = source_indices(w, left, max(0, self.width - left - w), mode)
             self.left_cols = col_map[: self.c0]
             self.right_cols = col_map[self.c1 : self.width]
+        #: image column of each padded column (-1: the constant value)
+        self.col_index = np.arange(self.width) - left
+        if mode == "constant":
+            self.col_index[: self.c0] = -1
+            self.col_index[self.c1 :] = -1
+        else:
+            self.col_index[: self.c0] = self.left_cols
+            self.col_index[self.c1 :] = self.right_cols
 
     def inside(self, p0: int, count: int) -> bool:
         """Whether padded rows ``p0 .. p0 + count - 1`` are all image rows."""
@@ -93,6 +103,23 @@ class Padder:
             buf[:, : self.c0] = buf[:, self.left_cols + shift]
         if self.c1 < self.width:
             buf[:, self.c1 : self.width] = buf[:, self.right_cols + shift]
+
+    def fill_columns(
+        self, tile: NDArray[Any], p0: int, count: int, q0: int, q1: int
+    ) -> None:
+        """Write padded rows ``p0 ..`` and columns ``q0 .. q1 - 1`` into ``tile``.
+
+        The rows must all be image rows (:meth:`inside`).
+        """
+        index = self.col_index[q0:q1]
+        rows = self.plane[p0 - self.top : p0 - self.top + count]
+        dst = tile[:count, : q1 - q0]
+        if self.mode == "constant":
+            valid = index >= 0
+            dst[:, ~valid] = self.cval
+            dst[:, valid] = rows[:, index[valid]]
+        else:
+            dst[...] = rows[:, index]
 
     def fill(self, tile: NDArray[Any], p0: int, count: int) -> None:
         """Write padded rows ``p0 .. p0 + count - 1`` into ``tile[:count, :width]``."""
@@ -138,27 +165,39 @@ def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
     return [(r, min(r + tile_rows, rows)) for r in range(0, rows, tile_rows)]
 
 
+class _Queue(Iterator[TileT]):
+    """A thread-safe iterator over tiles: each worker takes the next tile when it is free."""
+
+    def __init__(self, tiles: list[TileT]) -> None:
+        self._tiles = iter(tiles)
+        self._lock = threading.Lock()
+
+    def __next__(self) -> TileT:
+        with self._lock:
+            return next(self._tiles)
+
+
 def run_bands(
     tiles: list[TileT],
-    band: Callable[[list[TileT]], None],
+    band: Callable[[Iterable[TileT]], None],
     pixels: int,
     threads: int | None = None,
 ) -> None:
-    """Run ``band`` over consecutive groups of ``tiles``, on the thread pool when worth it.
+    """Run ``band`` over ``tiles``, on the thread pool when worth it.
 
     Each call of ``band`` allocates its own scratch buffers once and reuses them
-    for every tile of its group, so threads share nothing but the output.
+    for every tile it takes, so threads share nothing but the output. With
+    several threads, every worker runs ``band`` on one shared queue of tiles
+    and takes the next tile whenever it finishes one, so a thread slowed by
+    other work on the machine, or by costlier tiles, does not hold up the
+    whole image.
     """
     count = get_threads() if threads is None else threads
     if count <= 1 or pixels < PARALLEL_MIN_PIXELS or len(tiles) <= 1:
         band(tiles)
         return
-    # Two bands per thread: a thread slowed by other work on the machine does
-    # not hold up the whole image.
-    nbands = min(len(tiles), 2 * count)
-    bounds = np.linspace(0, len(tiles), nbands + 1).round().astype(int)
-    groups = [tiles[bounds[i] : bounds[i + 1]] for i in range(nbands)]
-    run_parallel(band, [g for g in groups if g], count)
+    queue = _Queue(tiles)
+    run_parallel(lambda _: band(queue), range(min(count, len(tiles))), count)
 
 
 def store(acc: NDArray[Any], dst: NDArray[Any], post: Post | None) -> None:
