@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Formatter
@@ -105,11 +106,23 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in INPUT_EXTENSIONS and not hidden
 
 
-def expand_inputs(args: Sequence[str], *, recursive: bool = False) -> list[Source]:
+def expand_inputs(
+    args: Sequence[str], *, recursive: bool = False, exclude: str | None = None
+) -> list[Source]:
     """Files as given; folders' image files (descending with ``recursive``); glob patterns.
 
-    A path that does not exist is kept, so that it is reported as a failed input.
+    Files found in folders or by patterns under ``exclude`` (the output folder)
+    are left out, so a run whose --out-dir sits inside its input folder does not
+    read its own outputs. A path that does not exist is kept, so that it is
+    reported as a failed input.
     """
+    skip = os.path.realpath(exclude) + os.sep if exclude else None
+
+    def wanted(p: Path, base: str) -> bool:
+        # an --out-dir equal to the folder given is not excluded: its files are inputs
+        inside = skip is not None and os.path.realpath(p).startswith(skip)
+        return _is_image_file(p) and not (inside and os.path.realpath(base) + os.sep != skip)
+
     sources: list[Source] = []
     for arg in args:
         path = Path(arg)
@@ -117,11 +130,12 @@ def expand_inputs(args: Sequence[str], *, recursive: bool = False) -> list[Sourc
             sources.append(Source(STDIO))
         elif path.is_dir():
             found = path.rglob("*") if recursive else path.iterdir()
-            sources.extend(Source(str(p), arg) for p in sorted(found) if _is_image_file(p))
+            sources.extend(Source(str(p), arg) for p in sorted(found) if wanted(p, arg))
         elif not path.exists() and any(c in arg for c in GLOB_CHARS):
             base = arg[: min(arg.index(c) for c in GLOB_CHARS if c in arg)]
             base_dir = os.path.dirname(base) or "."
-            matches = [m for m in sorted(glob.glob(arg, recursive=True)) if _is_image_file(Path(m))]
+            matches = [m for m in sorted(glob.glob(arg, recursive=True))
+                       if wanted(Path(m), base_dir)]
             if not matches:
                 raise UsageError(f"{arg}: the pattern matches no image files")
             sources.extend(Source(m, base_dir) for m in matches)
@@ -164,7 +178,13 @@ def _file_safe(text: str, limit: int = 60) -> str:
 
 
 def check_name_template(template: str) -> None:
-    for _, name, _, _ in Formatter().parse(template):
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"--name {template!r}: {exc}") from None
+    for _, name, spec, conversion in parts:
+        if name is not None and (spec or conversion):
+            raise UsageError(f"--name {template!r}: fields take no format spec or conversion")
         if name is not None and name not in NAME_FIELDS:
             raise UsageError(
                 f"--name: unknown field {{{name}}}; use "
@@ -243,10 +263,37 @@ def _plan(
 
 # --- one file -------------------------------------------------------------------------------
 
+def _premultiply_problem(pipeline: Pipeline) -> str | None:
+    """Why premultiplied alpha would give wrong colours with this pipeline, or None.
+
+    Colour and alpha go through the same stages in premultiplied form, so a
+    kernel bias or a constant border fill (both in colour units) would be
+    applied to alpha too, and a multi-channel filter has no per-channel alpha.
+    """
+    if _has_multichannel_filter(pipeline):
+        return "a multi-channel filter"
+    for stage in pipeline.conv_stages:
+        if any(k.bias for k in stage.members()):
+            return f"kernel {stage.spec}, which has a bias"
+        if stage.pad_mode == "constant" and stage.cval != 0:
+            return "--pad-mode constant with a non-zero --cval"
+    return None
+
+
+def check_alpha_mode(mode: str, pipeline: Pipeline) -> None:
+    """Refuse --alpha premultiply where it would give wrong colours (see below)."""
+    if mode not in ALPHA_MODES:
+        raise UsageError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {mode!r}")
+    _choose_alpha(mode, pipeline)
+
+
 def _choose_alpha(mode: str, pipeline: Pipeline) -> str:
+    problem = _premultiply_problem(pipeline)
+    if mode == "premultiply" and problem is not None:
+        raise UsageError(f"--alpha premultiply cannot be used with {problem}; use --alpha copy")
     if mode != "auto":
         return mode
-    if pipeline.all_weights_nonnegative() and not _has_multichannel_filter(pipeline):
+    if pipeline.all_weights_nonnegative() and problem is None:
         return "premultiply"
     return "copy"
 
@@ -313,16 +360,14 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     pixels = picture.pixels
     multichannel = _has_multichannel_filter(pipeline)
     channels = 1 if multichannel or pixels.ndim == 2 else pixels.shape[2]
-    raw = fmt == "npy" or _output_depth(options, fmt, picture, channels) == "float"
-    depth = "float" if raw else _output_depth(options, fmt, picture, channels)
+    depth = "float" if fmt == "npy" else _output_depth(options, fmt, picture, channels)
+    raw = depth == "float"
     out_max = 65535 if depth == "16" else 255
     scale = out_max / picture.max_value
     how = pipeline.output_mapping()
 
     out_alpha = None
     if alpha_mode == "premultiply":
-        if multichannel:
-            raise UsageError("--alpha premultiply cannot be used with a multi-channel filter")
         a = np.asarray(picture.alpha, dtype=np.float32) / np.float32(picture.max_value)
         weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
         filtered = pipeline.run(weighted)
@@ -453,46 +498,77 @@ R = TypeVar("R")
 
 
 class Executor(Protocol):
-    """Runs a function over items and yields results as they complete (in any order)."""
+    """Runs a function over items and yields results as they complete (in any order).
 
-    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]: ...
+    ``lost(item, reason)`` makes the result for an item whose run was lost (a
+    worker process died); an executor calls it instead of raising.
+    """
+
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Sequence[T], lost: Callable[[T, str], R]
+    ) -> Iterator[R]: ...
 
 
 class SerialExecutor:
     """In this process, one at a time."""
 
-    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Sequence[T], lost: Callable[[T, str], R]
+    ) -> Iterator[R]:
         for item in items:
             yield fn(item)
 
 
+WORKER_DIED = "a worker process died while filtering it (killed, out of memory, or crashed)"
+
+
 class ProcessExecutor:
-    """A pool of worker processes; at most ``jobs * 2`` tasks are in flight."""
+    """A pool of worker processes; at most ``jobs * 2`` tasks are in flight.
+
+    If a worker dies, the files in flight are reported lost and a new pool
+    takes the rest: one crashing file does not stop the batch.
+    """
 
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
 
-    def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
-        pending: set[Future[R]] = set()
-        queue = iter(items)
-        with ProcessPoolExecutor(max_workers=self.jobs, initializer=_worker_init) as pool:
-            try:
-                for item in queue:
-                    pending.add(pool.submit(fn, item))
-                    if len(pending) >= self.jobs * 2:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        yield from (f.result() for f in done)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            except BaseException:
-                # Ctrl-C or an error: stop the workers now rather than after their current
-                # and queued files. SIGTERM makes each raise KeyboardInterrupt, so its
-                # write_atomic removes its temporary file before the process exits.
-                for process in getattr(pool, "_processes", {}).values():
-                    process.terminate()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Sequence[T], lost: Callable[[T, str], R]
+    ) -> Iterator[R]:
+        queue = list(reversed(items))
+        while queue:
+            with ProcessPoolExecutor(max_workers=self.jobs, initializer=_worker_init) as pool:
+                yield from self._drain(pool, fn, queue, lost)
+
+    def _drain(
+        self, pool: ProcessPoolExecutor, fn: Callable[[T], R], queue: list[T],
+        lost: Callable[[T, str], R],
+    ) -> Iterator[R]:
+        pending: dict[Future[R], T] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.jobs * 2:
+                    item = queue.pop()
+                    pending[pool.submit(fn, item)] = item
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        # every file in flight went with the pool; the caller starts another
+                        yield lost(item, WORKER_DIED)
+                        yield from (lost(other, WORKER_DIED) for other in pending.values())
+                        return
+                    yield result
+        except BaseException:
+            # Ctrl-C or an error: stop the workers now rather than after their current
+            # and queued files. SIGTERM makes each raise KeyboardInterrupt, so its
+            # write_atomic removes its temporary file before the process exits.
+            for process in getattr(pool, "_processes", {}).values():
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -558,12 +634,30 @@ def run(
         outcomes: Iterable[Result] = (process(t, options, stdin if t.source.path == STDIO
                                               else None) for t in runnable)
     else:
-        outcomes = (executor or SerialExecutor()).map_unordered(_Job(options), runnable)
+        outcomes = (executor or SerialExecutor()).map_unordered(_Job(options), runnable, _lost)
     for result in outcomes:
         results.append(result)
         if on_result:
             on_result(result)
     return results
+
+
+def check_manifest_path(path: str, tasks: Sequence[Task], *, overwrite: bool) -> None:
+    """Refuse a manifest that would replace an input, an output or an existing file."""
+    target = os.path.realpath(path)
+    if Path(path).is_dir():
+        raise UsageError(f"--manifest {path}: is a folder; give a file name such as run.json")
+    for task in tasks:
+        if task.source.path != STDIO and os.path.realpath(task.source.path) == target:
+            raise UsageError(f"--manifest {path}: is an input image; refusing to replace it")
+        if task.target != STDIO and os.path.realpath(task.target) == target:
+            raise UsageError(f"--manifest {path}: is also the output of {task.source.path}")
+    if Path(path).exists() and not overwrite:
+        raise UsageError(f"--manifest {path}: already exists (use --overwrite to replace it)")
+
+
+def _lost(task: Task, reason: str) -> Result:
+    return Result(task.source.path, task.target, "failed", f"{task.source.path}: {reason}")
 
 
 def write_manifest(path: str, options: Options, results: Sequence[Result], *, overwrite: bool,
@@ -576,5 +670,8 @@ def write_manifest(path: str, options: Options, results: Sequence[Result], *, ov
     }
     data = json.dumps(doc, indent=2).encode()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, lambda stream: stream.write(data), overwrite=overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, lambda stream: stream.write(data), overwrite=overwrite)
+    except OSError as exc:
+        raise ImageError(f"--manifest {path}: cannot write it ({exc.strerror or exc})") from None

@@ -60,10 +60,23 @@ def main() -> None:
             code = 0
         else:
             command = ctx.command_path if ctx is not None else "imgconv"
-            stderr.print(f"[red]error:[/red] {exc.format_message()} (see '{command} --help')",
-                         soft_wrap=True, highlight=False)
+            stderr.print(
+                f"[red]error:[/red] {exc.format_message()} (see '{command} --help')",
+                soft_wrap=True,
+                highlight=False,
+            )
             code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         stderr.print("interrupted")
         code = 130
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if "--debug" in sys.argv:
+            raise
+        stderr.print(
+            f"[red]error:[/red] internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)

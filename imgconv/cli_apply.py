@@ -406,10 +406,7 @@ def apply_command(
             )
             if overwrite and skip_existing:
                 raise UsageError("--overwrite and --skip-existing contradict each other")
-            if alpha not in batch.ALPHA_MODES:
-                raise UsageError(
-                    f"--alpha must be one of {', '.join(batch.ALPHA_MODES)}, got {alpha!r}"
-                )
+            batch.check_alpha_mode(alpha, pipeline)
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
             from imgconv.core.threads import get_threads, set_threads
@@ -421,14 +418,14 @@ def apply_command(
                 raise UsageError(str(exc)) from None
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
-            sources = batch.expand_inputs(inputs, recursive=recursive)
+            sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir)
             tasks = batch.plan(
                 sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt, depth=depth
             )
-            if manifest and Path(manifest).exists() and not overwrite and not dry_run:
-                raise UsageError(
-                    f"--manifest {manifest}: already exists (use --overwrite to replace it)"
-                )
+            if manifest and not dry_run:
+                batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
+            if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
+                stderr.print(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
@@ -466,7 +463,9 @@ def apply_command(
         if manifest:
             from imgconv import __version__
 
-            batch.write_manifest(manifest, options, results, overwrite=True, version=__version__)
+            batch.write_manifest(
+                manifest, options, results, overwrite=overwrite, version=__version__
+            )
         failed = [r for r in results if r.status == "failed"]
         for r in failed:
             stderr.print(f"[red]error:[/red] {_with_file(r)}", soft_wrap=True)
@@ -619,10 +618,15 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
         if isinstance(in_size, str):
             say(f"  {t.source.path} -> {t.target} (cannot read: {in_size})")
             continue
-        out: tuple[int, int] = in_size
-        for s in pipeline.stages:
-            if not isinstance(s, ActivationStage):
-                out = s.out_shape(out)
+        shapes = pipeline.shapes(in_size)
+        empty = next((n for n, s in enumerate(shapes, 1) if min(s) < 1), None)
+        if empty is not None:
+            say(
+                f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target}: would fail, "
+                f"stage {empty} leaves nothing (the image is smaller than the window)"
+            )
+            continue
+        out = shapes[-1]
         exists = " (exists)" if t.target != "-" and Path(t.target).exists() else ""
         say(
             f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target} "
@@ -695,7 +699,10 @@ def check_command(
                 ours = pipeline.run(picture.pixels)
                 result = compare(ours, reference(pipeline, picture.pixels), tol)
             except ImgconvError as exc:
-                errors.append(str(exc))
+                message = str(exc)
+                errors.append(
+                    message if message.startswith(source.path) else f"{source.path}: {message}"
+                )
                 continue
             for c, (mx, mean) in enumerate(zip(result.max_abs, result.mean_abs, strict=True)):
                 ok = mx <= result.tolerance

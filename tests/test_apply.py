@@ -658,3 +658,90 @@ def test_glob_output_paths_are_relative_to_the_pattern_base(tmp_path, gray_png):
     result = invoke("apply", f"{tmp_path}/shots/**/*.png", "-k", "box-blur", "--out-dir", out)
     assert result.exit_code == 0, result.output
     assert (out / "day1" / "a.png").exists()
+
+
+def _crash_on_three(n: int) -> int:
+    import os
+
+    if n == 3:
+        os._exit(9)  # as if the OOM killer took this worker
+    return n
+
+
+def test_process_executor_survives_a_dead_worker():
+    from imgconv.batch import ProcessExecutor
+
+    results = list(ProcessExecutor(2).map_unordered(
+        _crash_on_three, list(range(10)), lambda item, reason: ("lost", item)))
+    items = sorted(r[1] if isinstance(r, tuple) else r for r in results)
+    assert items == list(range(10))  # every item accounted for exactly once
+    assert ("lost", 3) in results
+    assert any(not isinstance(r, tuple) for r in results)  # the batch went on
+
+
+def test_premultiply_refuses_bias_and_auto_falls_back_to_copy(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (200, 100, 50, 255)
+    src = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    spec = tmp_path / "biasblur.yaml"
+    spec.write_text("name: biasblur\nmatrix: [[1, 1, 1], [1, 1, 1], [1, 1, 1]]\n"
+                    "scale: 1/9\nbias: 20\n")
+    result = invoke("apply", src, "-k", spec, "--alpha", "premultiply", "-o", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "has a bias; use --alpha copy" in result.stderr
+    out = tmp_path / "o.png"
+    assert invoke("apply", src, "-k", spec, "-o", out).exit_code == 0  # auto -> copy
+    got = np.asarray(Image.open(out))
+    np.testing.assert_array_equal(got[0, 0], [220, 120, 70, 255])
+    assert got[0, 7, 3] == 0
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("input", "is an input image; refusing to replace it"),
+    ("output", "is also the output of"),
+    ("folder", "is a folder"),
+])
+def test_manifest_never_replaces_inputs_or_outputs(tmp_path, gray_png, where, message):
+    out = tmp_path / "o.png"
+    target = {"input": gray_png, "output": out, "folder": tmp_path}[where]
+    before = gray_png.read_bytes()
+    result = invoke("apply", gray_png, "-k", "box-blur", "-o", out, "--overwrite",
+                    "--manifest", target)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert gray_png.read_bytes() == before and not out.exists()
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{stem", "--name '{stem'"),
+    ("{stem:>50}{ext}", "fields take no format spec or conversion"),
+    ("{stem!r}{ext}", "fields take no format spec or conversion"),
+])
+def test_bad_name_templates(tmp_path, gray_png, template, message):
+    result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", tmp_path / "o",
+                    "--name", template)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_out_dir_inside_the_input_folder_is_not_read_back(tmp_path, gray_png):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(gray_png, folder / "a.png")
+    first = invoke("apply", folder, "-r", "-k", "box-blur", "--out-dir", folder / "out")
+    assert first.exit_code == 0, first.output
+    again = invoke("apply", folder, "-r", "-k", "box-blur", "--out-dir", folder / "out",
+                   "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert "written 0, skipped 1, failed 0" in again.stderr
+    assert not (folder / "out" / "out").exists()
+
+
+def test_dry_run_says_when_the_output_would_be_empty(tmp_path):
+    src = tmp_path / "tiny.png"
+    Image.new("L", (4, 4)).save(src)
+    result = invoke("apply", src, "-k", "box:7", "--padding", "valid", "-o", tmp_path / "o.png",
+                    "--dry-run")
+    assert result.exit_code == 0
+    assert "would fail, stage 1 leaves nothing" in result.stdout
