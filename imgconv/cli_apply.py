@@ -537,101 +537,42 @@ def _run_with_progress(
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=tick))
 
 
-def _fmt_range(lo: float, hi: float) -> str:
-    return f"{lo:.6g} .. {hi:.6g}"
-
-
 def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int) -> None:
-    """The --dry-run report: each stage's geometry and value range, then each input's output."""
+    """The --dry-run report: the pipeline's plan for the first input, then each input's output."""
     from imgconv.errors import ImgconvError
     from imgconv.imageio import read_header
-    from imgconv.pipeline import ActivationStage, ConvStage
 
     def say(text: str) -> None:
         stdout.print(text, markup=False, soft_wrap=True, highlight=False)
 
-    sizes: list[tuple[int, int] | str] = []
-    full = 255.0
+    headers: list[tuple[int, int, float] | str] = []
     for t in tasks:
         try:
             source = stdin if t.source.path == "-" and stdin is not None else t.source.path
-            h, w, top_value = read_header(source, max_pixels)
-            if not any(isinstance(s, tuple) for s in sizes):
-                full = top_value  # the plan's value ranges are for the first readable input
-            sizes.append((h, w))
+            headers.append(read_header(source, max_pixels))
         except ImgconvError as exc:
-            sizes.append(str(exc))
-    shape = next((s for s in sizes if isinstance(s, tuple)), (0, 0))
-    lo, hi = 0.0, full
+            headers.append(str(exc))
+    h, w, full = next((x for x in headers if isinstance(x, tuple)), (0, 0, 255.0))
     say("dry run: nothing is written")
-    say(f"input {shape[0]}x{shape[1]} (rows x columns), values {_fmt_range(lo, hi)}")
-    for n, stage in enumerate(pipeline.stages, 1):
-        lo, hi = stage.value_range(lo, hi)
-        if isinstance(stage, ConvStage):
-            k = stage.members()[0]
-            kh, kw = k.matrix.shape[:2]
-            top, bottom, left, right = stage.pads(k)
-            (sy, sx), (dy, dx) = stage.stride, stage.dilation
-            ey, ex = dy * (kh - 1) + 1, dx * (kw - 1) + 1
-            oh, ow = stage.out_shape(shape)
-            kind = (
-                f"bank: {stage.kernel.combine} of {len(stage.members())} kernels"
-                if hasattr(stage.kernel, "kernels")
-                else "kernel"
-            )
-            say(
-                f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
-                f"{stage.parameter_count()} parameters)"
-            )
-            border = f" ({stage.pad_mode})" if top + bottom + left + right else ""
-            say(
-                f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
-                f"right {right}{border}; stride {sy}x{sx}; dilation {dy}x{dx}"
-            )
-            say(f"    rows    floor(({shape[0]}+{top}+{bottom}-{ey})/{sy})+1 = {oh}")
-            say(f"    columns floor(({shape[1]}+{left}+{right}-{ex})/{sx})+1 = {ow}")
-            shape = (oh, ow)
-        elif isinstance(stage, ActivationStage):
-            say(f"stage {n}: activation {stage.kind}")
-        else:
-            (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
-            oh, ow = stage.out_shape(shape)
-            say(f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding")
-            say(f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}")
-            say(f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}")
-            shape = (oh, ow)
-        say(f"    values {_fmt_range(lo, hi)}")
-    how = pipeline.output_mapping()
-    span = {
-        "clip": (lo, hi),
-        "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
-        "offset": (lo + (full + 1) / 2, hi + (full + 1) / 2),
-        "normalize": (0.0, full),
-    }[how]
-    clips = span[0] < 0 or span[1] > full
-    say(
-        f"output: --output-map {how}: {_fmt_range(*span)} "
-        + (f"will clip to 0 .. {full:g}" if clips else f"fits 0 .. {full:g}")
-    )
+    for line in pipeline.plan((h, w), full):
+        say(line)
     say("files:")
-    for t, in_size in zip(tasks, sizes, strict=True):
-        if isinstance(in_size, str):
-            say(f"  {t.source.path} -> {t.target} (cannot read: {in_size})")
+    for t, header in zip(tasks, headers, strict=True):
+        if isinstance(header, str):
+            say(f"  {t.source.path} -> {t.target} (cannot read: {header})")
             continue
-        shapes = pipeline.shapes(in_size)
+        size = header[:2]
+        shapes = pipeline.shapes(size)
         empty = next((n for n, s in enumerate(shapes, 1) if min(s) < 1), None)
         if empty is not None:
             say(
-                f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target}: would fail, "
+                f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target}: would fail, "
                 f"stage {empty} leaves nothing (the image is smaller than the window)"
             )
             continue
         out = shapes[-1]
         exists = " (exists)" if t.target != "-" and Path(t.target).exists() else ""
-        say(
-            f"  {t.source.path} ({in_size[0]}x{in_size[1]}) -> {t.target} "
-            f"({out[0]}x{out[1]}){exists}"
-        )
+        say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
 
 
 def check_command(

@@ -335,6 +335,60 @@ class Pipeline:
             out.append(shape)
         return out
 
+    def plan(self, shape: tuple[int, int], full: float = 255.0) -> list[str]:
+        """The --dry-run report for an input of ``shape`` with values in ``0 .. full``.
+
+        For each stage: what it applies, its padding, stride and dilation, the
+        output size worked out by the formula, and bounds on the values; then
+        whether the output mapping will clip.
+        """
+        lo, hi = 0.0, full
+        lines = [f"input {shape[0]}x{shape[1]} (rows x columns), values {_span(lo, hi)}"]
+        for n, stage in enumerate(self.stages, 1):
+            lo, hi = stage.value_range(lo, hi)
+            if isinstance(stage, ConvStage):
+                k = stage.members()[0]
+                kh, kw = k.matrix.shape[:2]
+                top, bottom, left, right = stage.pads(k)
+                (sy, sx), (dy, dx) = stage.stride, stage.dilation
+                ey, ex = dy * (kh - 1) + 1, dx * (kw - 1) + 1
+                oh, ow = stage.out_shape(shape)
+                kind = (f"bank: {stage.kernel.combine} of {len(stage.members())} kernels"
+                        if hasattr(stage.kernel, "kernels") else "kernel")
+                border = f" ({stage.pad_mode})" if top + bottom + left + right else ""
+                lines += [
+                    f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
+                    f"{stage.parameter_count()} parameters)",
+                    f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
+                    f"right {right}{border}; stride {sy}x{sx}; dilation {dy}x{dx}",
+                    f"    rows    floor(({shape[0]}+{top}+{bottom}-{ey})/{sy})+1 = {oh}",
+                    f"    columns floor(({shape[1]}+{left}+{right}-{ex})/{sx})+1 = {ow}",
+                ]
+                shape = (oh, ow)
+            elif isinstance(stage, ActivationStage):
+                lines.append(f"stage {n}: activation {stage.kind}")
+            else:
+                (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
+                oh, ow = stage.out_shape(shape)
+                lines += [
+                    f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding",
+                    f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}",
+                    f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}",
+                ]
+                shape = (oh, ow)
+            lines.append(f"    values {_span(lo, hi)}")
+        how = self.output_mapping()
+        out = {
+            "clip": (lo, hi),
+            "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
+            "offset": (lo + (full + 1) / 2, hi + (full + 1) / 2),
+            "normalize": (0.0, full),
+        }[how]
+        fits = out[0] >= 0 and out[1] <= full
+        lines.append(f"output: --output-map {how}: {_span(*out)} "
+                     + (f"fits 0 .. {full:g}" if fits else f"will clip to 0 .. {full:g}"))
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         """A plain description (for manifests and --dry-run), as a pipeline YAML would say it."""
         stages: list[dict[str, Any]] = []
@@ -448,6 +502,10 @@ class Pipeline:
                 raise UsageError(f"{where}: {exc}") from None
         output = doc.get("output", "auto")
         return cls(tuple(stages), _choice(output, OUTPUT_MAPPINGS, "output"))
+
+
+def _span(lo: float, hi: float) -> str:
+    return f"{lo:.6g} .. {hi:.6g}"
 
 
 CONV_KEYS = ("mode", "padding", "pad_mode", "pad-mode", "cval", "stride", "dilation")
