@@ -294,3 +294,18 @@ def test_importing_the_core_does_not_import_scipy():
                             check=True)
     assert result.stdout.strip() == "False"
 
+
+
+@pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - {"fft"}))
+@pytest.mark.parametrize("name", ["sobel_x", "gaussian5", "box3"])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_pixels_stay_local(small_tiles, strategy, name):
+    # matrix products also multiply the zeros of a band matrix: a tile with an
+    # inf or a NaN falls back to the tap-by-tap passes, which skip zero taps
+    # (rank-1 kernels: r > 1 pairs can meet inf - inf, with or without products)
+    image = make_image((40, 37), np.float64)
+    image[20, 10], image[5, 30] = np.inf, np.nan
+    actual = worker(image, NAMED[name], strategy)
+    expected = ndi.correlate(image, NAMED[name], mode="reflect")
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-9 * 255)

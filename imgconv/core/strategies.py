@@ -12,7 +12,7 @@ stored (see :func:`imgconv.core.conv.correlate_into`).
 strategy       how                                                         cost per pixel
 =============  ==========================================================  ==================
 ``direct``     shift-and-accumulate of the 2-D kernel over row tiles        ~ non-zero taps
-``separable``  ``r`` pairs of 1-D passes, vertical then horizontal          ~ r·(kh + kw)
+``separable``  ``r`` pairs of 1-D passes or band-matrix products            ~ r·(kh + kw)
 ``fft``        overlap-save over 2-D blocks with scipy.fft                  ~ log of block size
 =============  ==========================================================  ==================
 
@@ -184,6 +184,14 @@ def separable(
     first, on tile rows only (never on the rows a tall kernel overlaps), and the
     horizontal pass takes the column stride. Any kernel works: a full-rank one
     simply has ``r = min(kh, kw)`` pairs, which the cost model avoids.
+
+    For a rank-1 kernel whose 1-D filters cost several passes (gaussian 5x5,
+    box 15x15), a pass is replaced by BLAS matrix products with band matrices
+    (:data:`GEMM_ROWS` output rows, :data:`GEMM_COLS`-column blocks), which
+    read each input once. Zeros of the band multiply every input, so a tile
+    whose result is not finite is recomputed pass by pass; a column stride
+    takes every ``sx``-th column of the products, so results stay exactly the
+    stride-1 ones.
     """
     dtype = kernel.dtype
     result = _output(out, geom, dtype)
@@ -196,50 +204,191 @@ def separable(
     col_programs = [column_program(u, dy) for u, _ in pairs]
     row = row_program([v for _, v in pairs], dx)
     n = tile_rows(width, dtype.itemsize, sy)
+    bands = _column_matrices(pairs, dy, sy) if _column_gemm(col_programs) else None
+    blocks = _row_matrices(pairs, dx) if _row_gemm(row, len(pairs), geom.extent[1]) else None
+    # with a column stride the products still give every column, which is
+    # subsampled: the same numbers as the stride-1 call, exactly
+    ow1 = (ow - 1) * sx + 1
+    nb = -(-ow1 // GEMM_COLS)
+    # the row products read GEMM_COLS columns past the last block: zeros
+    padded_width = max(width, (nb + 1) * GEMM_COLS)
 
     # Tiles inside the image skip the padded tile: the vertical passes read the
     # image rows in place (converting as they read) and the border columns are
     # copied afterwards, which saves a whole pass over the image.
-    from_image = padder.columns_from_interior
+    from_image = padder.columns_from_interior and (bands is None or plane.dtype == dtype)
     c0, c1 = padder.c0, padder.c1
 
     def band(tiles: Iterable[tuple[int, int]]) -> None:
         tile = np.empty(((n - 1) * sy + ey, width), dtype)
-        partial = [np.empty((n, width), dtype) for _ in col_programs]
+        partial = np.zeros((len(pairs), n, padded_width), dtype)
         col_scratch = (np.empty((n, width), dtype)
                        if any(p.needs_scratch() for p in col_programs) else None)
-        acc_buf = np.empty((n, ow), dtype)
-        row_scratch = np.empty((n, ow), dtype) if row.needs_scratch() else None
+        acc_buf = np.empty((n, max(ow, nb * GEMM_COLS)), dtype)
+        row_scratch = (np.empty((n, max(ow, nb * GEMM_COLS)), dtype)
+                       if row.needs_scratch() or blocks is not None else None)
+
+        def vertical(source: NDArray[Any], m: int, cols: slice) -> bool:
+            """The vertical passes; whether the partial sums are known to be finite."""
+            if bands is not None and _gemm_columns(bands, source, m, sy, ey,
+                                                   partial[:, :, cols]):
+                return True
+            for program, buf in zip(col_programs, partial, strict=True):
+                program.run([source], (m, buf[:, cols].shape[1]), (sy, 1), buf[:m, cols],
+                            None if col_scratch is None else col_scratch[:m, cols])
+            return False
+
         for r0, r1 in tiles:
             m = r1 - r0
             rows_in = (m - 1) * sy + ey
             sources = []
+            finite = False
             if from_image and padder.inside(r0 * sy, rows_in):
-                image_rows = padder.rows(r0 * sy, rows_in)
-                for program, buf in zip(col_programs, partial, strict=True):
-                    program.run([image_rows], (m, c1 - c0), (sy, 1), buf[:m, c0:c1],
-                                None if col_scratch is None else col_scratch[:m, c0:c1])
+                finite = vertical(padder.rows(r0 * sy, rows_in), m, slice(c0, c1))
+                for buf in partial:
                     padder.extend_columns(buf[:m])
                     sources.append(buf[:m])
             else:
                 padder.fill(tile, r0 * sy, rows_in)
-                for program, buf in zip(col_programs, partial, strict=True):
-                    if _is_identity(program):  # u is a single 1: the tile rows are the pass
+                if bands is None and all(_is_identity(p) for p in col_programs):
+                    # each u is a single 1: the tile rows are the pass
+                    for program in col_programs:
                         d = program.groups[0].plus[0][1]
                         sources.append(tile[d : d + sy * (m - 1) + 1 : sy])
-                        continue
-                    program.run([tile[:rows_in]], (m, width), (sy, 1), buf[:m],
-                                None if col_scratch is None else col_scratch[:m])
-                    sources.append(buf[:m])
+                else:
+                    finite = vertical(tile[:rows_in], m, slice(0, width))
+                    sources = [buf[:m] for buf in partial]
             # Accumulate in a cache-resident buffer and copy once: numpy's
             # stores into cold output memory cost about twice np.copyto's.
-            dst, acc = result[r0:r1], acc_buf[:m]
-            row.run(sources, (m, ow), (1, sx), acc,
-                    None if row_scratch is None else row_scratch[:m])
+            dst, acc = result[r0:r1], acc_buf[:m, :ow]
+            if blocks is not None and row_scratch is not None and (
+                    finite or bool(np.isfinite(partial[:, :m, :width].sum()))):
+                _gemm_rows(blocks, partial[:, :m], acc_buf[:m, : nb * GEMM_COLS],
+                           row_scratch[:m, : nb * GEMM_COLS])
+                acc = acc_buf[:m, : ow1 : sx]
+            else:
+                row.run(sources, (m, ow), (1, sx), acc,
+                        None if row_scratch is None else row_scratch[:m, :ow])
             store(acc, dst, post)
 
     run_bands(tile_grid(oh, n), band, oh * ow)
     return result
+
+
+#: Output rows per matrix product of the vertical passes: the band matrix is
+#: ``GEMM_ROWS x (GEMM_ROWS - 1) * sy + ey``, so the multiply-adds per output
+#: pixel grow with it; 8 was fastest on the benchmark machine.
+GEMM_ROWS = 8
+
+
+#: Output columns per block of the horizontal matrix products (stride 1 only):
+#: each block is ``GEMM_COLS`` columns of partial sums times a
+#: ``GEMM_COLS x GEMM_COLS`` band matrix, plus the next block's first
+#: ``ex - 1`` columns times a small matrix.
+GEMM_COLS = 16
+
+
+def _row_matrices(
+    pairs: tuple[tuple[NDArray[Any], NDArray[Any]], ...], dx: int
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """``(H0, H1)``, shapes ``(r, B, B)`` and ``(r, ex - 1, B)``, for ``B = GEMM_COLS``.
+
+    Output column ``c`` of a block is ``sum_j v[j] * p[c + j * dx]``: the taps
+    inside the block are ``H0``, those in the next block's first columns ``H1``.
+    """
+    kw = len(pairs[0][1])
+    ex = (kw - 1) * dx + 1
+    h0 = np.zeros((len(pairs), GEMM_COLS, GEMM_COLS), pairs[0][1].dtype)
+    h1 = np.zeros((len(pairs), max(1, ex - 1), GEMM_COLS), pairs[0][1].dtype)
+    for k, (_, v) in enumerate(pairs):
+        for c in range(GEMM_COLS):
+            for j, weight in enumerate(v):
+                at = c + j * dx
+                if at < GEMM_COLS:
+                    h0[k, at, c] = weight
+                else:
+                    h1[k, at - GEMM_COLS, c] = weight
+    return h0, h1
+
+
+def _gemm_rows(
+    blocks: tuple[NDArray[Any], NDArray[Any]],
+    partial: NDArray[Any],
+    acc: NDArray[Any],
+    scratch: NDArray[Any],
+) -> None:
+    """``acc = sum_k v_k`` applied along the rows of ``partial[k]``, by matrix products.
+
+    ``acc`` and ``scratch`` have a whole number of blocks of columns; the
+    partial sums have one block more (zeros past the padded width), which the
+    last block's taps reach into.
+    """
+    h0, h1 = blocks
+    m, width = acc.shape
+    nb, b, spill = width // GEMM_COLS, GEMM_COLS, h1.shape[1]
+    out = acc.reshape(m, nb, b)
+    tmp = scratch.reshape(m, nb, b)
+    for k in range(len(h0)):
+        inner = partial[k, :, : nb * b].reshape(m, nb, b)
+        after = partial[k, :, b : nb * b + b].reshape(m, nb, b)[:, :, :spill]
+        np.matmul(inner, h0[k], out=out if k == 0 else tmp)
+        if k:
+            np.add(out, tmp, out=out)
+        np.matmul(after, h1[k], out=tmp)
+        np.add(out, tmp, out=out)
+
+
+#: Passes a 1-D filter must cost before a matrix product replaces them, and
+#: what the products cost in the same units (measured on benchmarks/bench_core.py:
+#: the 5-tap gaussian's vertical passes 26 ms -> 8 ms, its horizontal ones
+#: 31 ms -> 19 ms; 3-tap filters are faster as passes).
+GEMM_MIN_PASSES = 4
+GEMM_COLUMN_COST = 2.0
+GEMM_ROW_COST = 4.0
+
+
+def _column_gemm(col_programs: list[Program]) -> bool:
+    """Whether the vertical passes run as matrix products (rank 1: where they were measured)."""
+    return len(col_programs) == 1 and col_programs[0].cost() >= GEMM_MIN_PASSES
+
+
+def _row_gemm(row: Program, pairs: int, ex: int) -> bool:
+    """Whether the horizontal passes run as matrix products (rank 1, a short enough kernel)."""
+    return pairs == 1 and ex - 1 <= GEMM_COLS and row.cost() >= GEMM_MIN_PASSES
+
+
+def _column_matrices(
+    pairs: tuple[tuple[NDArray[Any], NDArray[Any]], ...], dy: int, sy: int
+) -> NDArray[Any]:
+    """The vertical 1-D filters as band matrices ``(r, GEMM_ROWS, input rows)``.
+
+    Row ``i`` of matrix ``k`` holds ``u_k`` at columns ``i * sy + j * dy``: one
+    product gives ``GEMM_ROWS`` output rows of every pair at once.
+    """
+    kh = len(pairs[0][0])
+    ey = (kh - 1) * dy + 1
+    mats = np.zeros((len(pairs), GEMM_ROWS, (GEMM_ROWS - 1) * sy + ey), pairs[0][0].dtype)
+    for k, (u, _) in enumerate(pairs):
+        for i in range(GEMM_ROWS):
+            mats[k, i, i * sy : i * sy + ey : dy] = u
+    return mats
+
+
+def _gemm_columns(
+    mats: NDArray[Any], source: NDArray[Any], m: int, sy: int, ey: int, out: NDArray[Any]
+) -> bool:
+    """``out[k, :m] = u_k`` applied down ``source``'s columns, by BLAS matrix products.
+
+    Returns False, leaving the tile to the pass-by-pass programs, when the
+    result is not finite: a product also multiplies the band's zeros, and
+    ``0 * inf`` would spread a NaN that skipping zero taps never makes.
+    """
+    for j0 in range(0, m, GEMM_ROWS):
+        g = min(GEMM_ROWS, m - j0)
+        rows = (g - 1) * sy + ey
+        np.matmul(mats[:, :g, :rows], source[j0 * sy : j0 * sy + rows],
+                  out=out[:, j0 : j0 + g])
+    return bool(np.isfinite(out[:, :m].sum()))
 
 
 def _unit_stride(geom: Geometry) -> Geometry:
@@ -392,9 +541,12 @@ def costs(kernel: NDArray[Any], geom: Geometry) -> dict[str, float]:
 
     pairs = factors(kernel)
     col = [column_program(u, geom.dilation[0]) for u, _ in pairs]
-    col_cost = sum(0 if _is_identity(p) else p.cost() for p in col)
+    col_cost = (GEMM_COLUMN_COST if _column_gemm(col)
+                else sum(0 if _is_identity(p) else p.cost() for p in col))
     row = row_program([v for _, v in pairs], geom.dilation[1])
-    found["separable"] = copy + col_cost * width / ow + row.cost()
+    row_cost = (GEMM_ROW_COST if _row_gemm(row, len(pairs), geom.extent[1])
+                else row.cost())
+    found["separable"] = copy + col_cost * width / ow + row_cost
 
     # the FFT computes every stride-1 output and subsamples
     unit = _unit_stride(geom)
