@@ -16,12 +16,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Formatter
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from imgconv.errors import ImageError, ImgconvError, UsageError
 from imgconv.imageio import (
@@ -37,6 +36,9 @@ from imgconv.imageio import (
     write_atomic,
 )
 from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 ALPHA_MODES = ("auto", "premultiply", "copy", "drop")
 NAME_FIELDS = ("stem", "ext", "kernel", "name")
@@ -535,6 +537,9 @@ class ProcessExecutor:
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], lost: Callable[[T, str], R]
     ) -> Iterator[R]:
+        # multiprocessing costs ~30 ms to import: only runs with several jobs pay it
+        from concurrent.futures import ProcessPoolExecutor
+
         queue = list(reversed(items))
         while queue:
             with ProcessPoolExecutor(max_workers=self.jobs, initializer=_worker_init) as pool:
@@ -544,6 +549,8 @@ class ProcessExecutor:
         self, pool: ProcessPoolExecutor, fn: Callable[[T], R], queue: list[T],
         lost: Callable[[T, str], R],
     ) -> Iterator[R]:
+        from concurrent.futures.process import BrokenProcessPool
+
         pending: dict[Future[R], T] = {}
         try:
             while queue or pending:
