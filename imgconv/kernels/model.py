@@ -31,7 +31,7 @@ def suggest(word: str, choices: Iterable[str]) -> str:
         return difflib.SequenceMatcher(None, word, choice).ratio()
 
     # The best first; ties in alphabetical order, so messages are stable.
-    close = sorted(difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5),
+    close = sorted(difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6),
                    key=lambda c: (-score(c), c))
     if not close:
         return ""
