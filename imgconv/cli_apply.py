@@ -626,8 +626,9 @@ def check_command(
             raise UsageError("no input images found")
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
         table = Table(title=f"imgconv vs scipy.ndimage: {pipeline.name}", title_justify="left")
-        for col in ("input", "channel", "max |error|", "mean |error|", "tolerance", ""):
-            table.add_column(col)
+        table.add_column("input", overflow="fold")  # a path is never cut short
+        for col in ("channel", "max |error|", "mean |error|", "tolerance", ""):
+            table.add_column(col, no_wrap=True)
         failed = 0
         errors: list[str] = []
         for source in sources:
