@@ -486,6 +486,11 @@ def _with_file(result: Any) -> str:
     )
 
 
+def _dims(shape: list[int] | None) -> str:
+    """``[512, 512, 3]`` -> ``(512x512x3)``."""
+    return "" if not shape else "(" + "x".join(str(n) for n in shape) + ")"
+
+
 def _run_with_progress(
     batch: Any, tasks: list[Any], options: Any, executor: Any, stdin: bytes | None, quiet: bool
 ) -> list[Any]:
@@ -500,7 +505,10 @@ def _run_with_progress(
         def plain(result: Any) -> None:
             note(result)
             if result.status == "written" and result.output != batch.STDIO:
-                stderr.print(f"{result.input} -> {result.output}", soft_wrap=True)
+                stderr.print(
+                    f"{result.input} {_dims(result.input_shape)} -> {result.output} "
+                    f"{_dims(result.output_shape)}", soft_wrap=True, markup=False,
+                )
             elif result.status == "skipped":
                 stderr.print(f"skipped {result.input}: {result.output} exists", soft_wrap=True)
 

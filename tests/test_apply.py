@@ -745,3 +745,10 @@ def test_dry_run_says_when_the_output_would_be_empty(tmp_path):
                     "--dry-run")
     assert result.exit_code == 0
     assert "would fail, stage 1 leaves nothing" in result.stdout
+
+
+def test_per_file_line_shows_the_shapes(tmp_path, rgb_png):
+    result = invoke("apply", rgb_png, "-k", "sobel-x", "--stride", "2", "--pool", "max",
+                    "--pool-size", "2", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.output
+    assert f"{rgb_png} (48x48x3) -> {tmp_path / 'o.png'} (12x12x3)" in result.stderr
