@@ -149,12 +149,32 @@ class ConvStage:
         return out
 
     def run(self, x: NDArray[Any]) -> NDArray[Any]:
-        from imgconv.kernels import combine
-
-        responses = [self.apply_kernel(x, k) for k in self.members()]
-        if len(responses) == 1 and not hasattr(self.kernel, "kernels"):
-            return responses[0]
-        return np.asarray(combine(responses, self.kernel.combine), dtype=responses[0].dtype)
+        if not hasattr(self.kernel, "kernels"):
+            return self.apply_kernel(x, self.kernel)
+        # A bank folds each member's response into one accumulator as it comes, so two
+        # planes are alive rather than one per member; the arithmetic and its order are
+        # imgconv.kernels.combine's.
+        how, members = self.kernel.combine, self.members()
+        acc = self.apply_kernel(x, members[0])
+        if how == "magnitude":
+            np.multiply(acc, acc, out=acc)
+        for kernel in members[1:]:
+            response = self.apply_kernel(x, kernel)
+            if how == "magnitude":
+                np.multiply(response, response, out=response)
+                acc += response
+            elif how in ("sum", "mean"):
+                acc += response
+            elif how == "max":
+                np.maximum(acc, response, out=acc)
+            else:
+                np.minimum(acc, response, out=acc)
+            del response
+        if how == "magnitude":
+            np.sqrt(acc, out=acc)
+        elif how == "mean":
+            acc /= len(members)
+        return acc
 
     def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         kernel = self.members()[0]
@@ -277,7 +297,7 @@ class Pipeline:
             and how in ("clip", "abs", "offset")
         )
         if not fusable:
-            return map_output(self.run(x), how, scale=scale, out_max=out_max)
+            return self._run_mapped_by_channel(x, how, scale=scale, out_max=out_max)
         assert isinstance(conv, ConvStage)
         from imgconv.core.conv import correlate_into, output_shape
 
@@ -306,6 +326,32 @@ class Pipeline:
         except ValueError as exc:
             raise ImageError(f"kernel {kernel.name}: {exc}") from None
         return out, sum(clipped) / max(out.size, 1)
+
+    def _run_mapped_by_channel(
+        self, x: NDArray[Any], how: str, *, scale: float, out_max: int
+    ) -> tuple[NDArray[Any], float]:
+        """Run stage by stage, one colour channel at a time where channels are independent.
+
+        Without a multi-channel filter every stage treats channels separately, so
+        a bank's float responses exist for one channel at a time (a third of the
+        memory for RGB). ``normalize`` needs every channel's range first, so it
+        maps the whole result at once.
+        """
+        multichannel = any(k.matrix.ndim == 3 for s in self.conv_stages for k in s.members())
+        if x.ndim == 2 or multichannel or how == "normalize":
+            return map_output(self.run(x), how, scale=scale, out_max=out_max)
+        out: NDArray[Any] | None = None
+        clipped = 0
+        for c in range(x.shape[2]):
+            values = self.run(x[:, :, c])
+            if values.dtype != np.float64:
+                values = values.astype(np.float32, copy=False)
+            clipped += map_tile(values, how, scale=scale, out_max=out_max)
+            if out is None:
+                out = np.empty((*values.shape, x.shape[2]), dtype=_out_dtype(out_max))
+            out[:, :, c] = values
+        assert out is not None
+        return out, clipped / max(out.size, 1)
 
     def output_mapping(self) -> str:
         """The mapping to use: ``output``, or for ``auto`` the last kernel's preference."""

@@ -47,3 +47,18 @@ def test_anchor_and_bias_in_fused_path(tmp_path):
     # anchor (0, 0): the kernel's top-left tap sits on the output pixel
     values = Pipeline.from_options([str(spec)], pad_mode="constant").run(pixels)
     assert values[0, 0] == 1 * 0 + 2 * 1 + 3 * 6 + 4 * 7 + 10
+
+
+@pytest.mark.parametrize("bank", ["sobel", "kirsch", "diagonal", "prewitt"])
+@pytest.mark.parametrize("how", ["magnitude", "max", "min", "sum", "mean"])
+def test_bank_fold_equals_combine(tmp_path, bank, how):
+    from imgconv.kernels import combine, resolve
+
+    spec = tmp_path / "bank.yaml"
+    inline = ['"' + "; ".join(" ".join(repr(float(v)) for v in row) for row in k.weights) + '"'
+              for k in resolve(bank).kernels[:3]]
+    spec.write_text(f"name: b\nkernels: [{', '.join(inline)}]\ncombine: {how}\n")
+    x = np.random.default_rng(5).random((13, 11)) * 255
+    stage = Pipeline.from_options([str(spec)]).stages[0]
+    expected = combine([stage.apply_kernel(x, k) for k in stage.members()], how)
+    np.testing.assert_array_equal(stage.run(x), expected)
