@@ -243,6 +243,13 @@ def _plan(
             raise UsageError("-o - (standard output) needs --format")
         if Path(output).is_dir():
             raise UsageError(f"-o {output}: is a folder; use --out-dir {output}")
+        ext = Path(output).suffix.lower()
+        named = EXTENSIONS.get(ext) if output != STDIO else None
+        if fmt is not None and named is not None and named != format_for("", fmt):
+            raise UsageError(
+                f"-o {output}: the extension says {named} but --format says "
+                f"{format_for('', fmt)}; make them agree"
+            )
         return [Task(sources[0], output, format_for(output, fmt) if output != STDIO
                      else format_for("", fmt))]
     assert out_dir is not None
@@ -459,7 +466,12 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
             sys.stdout.buffer.flush()
         else:
             target = Path(task.target)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ImageError(
+                    f"{target}: cannot create the folder {target.parent}: a file is in the way"
+                ) from None
             write_atomic(target, write, overwrite=options.overwrite)
         result.status = "written"
     except ImgconvError as exc:
@@ -527,12 +539,14 @@ WORKER_DIED = "a worker process died while filtering it (killed, out of memory, 
 class ProcessExecutor:
     """A pool of worker processes; at most ``jobs * 2`` tasks are in flight.
 
-    If a worker dies, the files in flight are reported lost and a new pool
-    takes the rest: one crashing file does not stop the batch.
+    If a worker dies, the pool cannot say which file it had, so every file in
+    flight is run again in a new pool; a file in flight at two deaths is
+    reported lost. A crashing file thus fails alone, and the batch goes on.
     """
 
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
+        self.worker_died = False
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], lost: Callable[[T, str], R]
@@ -540,34 +554,40 @@ class ProcessExecutor:
         # multiprocessing costs ~30 ms to import: only runs with several jobs pay it
         from concurrent.futures import ProcessPoolExecutor
 
-        queue = list(reversed(items))
+        queue = list(reversed(range(len(items))))
+        deaths = [0] * len(items)
         while queue:
             with ProcessPoolExecutor(max_workers=self.jobs, initializer=_worker_init) as pool:
-                yield from self._drain(pool, fn, queue, lost)
+                yield from self._drain(pool, fn, items, queue, deaths, lost)
 
     def _drain(
-        self, pool: ProcessPoolExecutor, fn: Callable[[T], R], queue: list[T],
-        lost: Callable[[T, str], R],
+        self, pool: ProcessPoolExecutor, fn: Callable[[T], R], items: Sequence[T],
+        queue: list[int], deaths: list[int], lost: Callable[[T, str], R],
     ) -> Iterator[R]:
         from concurrent.futures.process import BrokenProcessPool
 
-        pending: dict[Future[R], T] = {}
+        pending: dict[Future[R], int] = {}
         try:
             while queue or pending:
                 while queue and len(pending) < self.jobs * 2:
-                    item = queue.pop()
-                    pending[pool.submit(fn, item)] = item
+                    index = queue.pop()
+                    pending[pool.submit(fn, items[index])] = index
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                    self.worker_died = True
+                    for future, index in pending.items():
+                        if future.done() and future.exception() is None:
+                            yield future.result()
+                            continue
+                        deaths[index] += 1
+                        if deaths[index] >= 2:
+                            yield lost(items[index], WORKER_DIED)
+                        else:
+                            queue.append(index)  # again, first, in the next pool
+                    return
                 for future in done:
-                    item = pending.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        # every file in flight went with the pool; the caller starts another
-                        yield lost(item, WORKER_DIED)
-                        yield from (lost(other, WORKER_DIED) for other in pending.values())
-                        return
-                    yield result
+                    pending.pop(future)
+                    yield future.result()
         except BaseException:
             # Ctrl-C or an error: stop the workers now rather than after their current
             # and queued files. SIGTERM makes each raise KeyboardInterrupt, so its
@@ -646,7 +666,27 @@ def run(
         results.append(result)
         if on_result:
             on_result(result)
+    if getattr(executor, "worker_died", False):
+        remove_temporary_files(runnable)
     return results
+
+
+def remove_temporary_files(tasks: Sequence[Task]) -> None:
+    """Delete what a killed worker left of write_atomic: ``.NAME.*.part`` beside each target."""
+    names: dict[Path, set[str]] = {}
+    for task in tasks:
+        if task.target != STDIO:
+            target = Path(task.target)
+            names.setdefault(target.parent, set()).add(target.name)
+    for folder, wanted in names.items():
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            base = entry.name[1:].rsplit(".", 2)[0] if entry.name.endswith(".part") else None
+            if entry.name.startswith(".") and base in wanted:
+                entry.unlink(missing_ok=True)
 
 
 def check_manifest_path(path: str, tasks: Sequence[Task], *, overwrite: bool) -> None:
@@ -673,6 +713,7 @@ def write_manifest(path: str, options: Options, results: Sequence[Result], *, ov
     doc = {
         "imgconv": version,
         "pipeline": options.pipeline.to_dict(),
+        "output_map": options.pipeline.output_mapping(),  # what "auto" resolved to
         "inputs": [asdict(r) for r in results],
     }
     data = json.dumps(doc, indent=2).encode()

@@ -153,6 +153,7 @@ Tol = Annotated[
     float | None,
     typer.Option(
         "--tol",
+        min=0.0,
         metavar="T",
         help="Largest allowed |imgconv - scipy| (default 1e-4 x max(1, max |result|)).",
         rich_help_panel=PANEL_RUN,

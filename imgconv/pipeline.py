@@ -303,8 +303,11 @@ class Pipeline:
 
         kernel = conv.kernel
         padding = conv._padding_for(kernel)
-        shape = output_shape(x.shape, kernel.weights.shape, padding=padding,
-                             stride=conv.stride, dilation=conv.dilation)
+        try:
+            shape = output_shape(x.shape, kernel.weights.shape, padding=padding,
+                                 stride=conv.stride, dilation=conv.dilation)
+        except ValueError as exc:
+            raise ImageError(f"kernel {kernel.name}: {exc}") from None
         out = np.empty(shape, dtype=_out_dtype(out_max))
         clipped: list[int] = []  # appended from the core's threads (list.append is atomic)
         activations = [s.kind for s in rest if isinstance(s, ActivationStage)]

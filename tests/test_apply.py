@@ -752,3 +752,50 @@ def test_per_file_line_shows_the_shapes(tmp_path, rgb_png):
                     "--pool-size", "2", "-o", tmp_path / "o.png")
     assert result.exit_code == 0, result.output
     assert f"{rgb_png} (48x48x3) -> {tmp_path / 'o.png'} (12x12x3)" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["-k", "box:60", "--padding", "valid", "-o", "{tmp}/o.png"], 1,
+     "kernel box:size=60: output would be empty"),
+    (["-k", "box-blur", "-o", "{tmp}/afile/x.png"], 1, "a file is in the way"),
+    (["-k", "box-blur", "-o", "{tmp}/o.png", "--format", "jpg"], 2,
+     "the extension says png but --format says jpg"),
+    (["-k", "box-blur", "-o", "{tmp}/o.png", "--verify", "--tol", "-1"], 2, "--tol"),
+])
+def test_more_errors_read_well(tmp_path, gray_png, args, code, message):
+    (tmp_path / "afile").write_text("not a folder")
+    result = invoke("apply", gray_png, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def _crash_once(item: tuple[str, int]) -> int:
+    import os
+
+    marker, n = item
+    if n == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)  # killed once, e.g. by the OOM killer; fine when retried
+    return n
+
+
+def test_process_executor_retries_files_in_flight_when_a_worker_dies(tmp_path):
+    from imgconv.batch import ProcessExecutor
+
+    executor = ProcessExecutor(2)
+    marker = str(tmp_path / "crashed")
+    results = list(executor.map_unordered(
+        _crash_once, [(marker, n) for n in range(10)], lambda item, reason: ("lost", item)))
+    assert sorted(results) == list(range(10))  # nothing lost: every file retried once
+    assert executor.worker_died
+
+
+def test_remove_temporary_files_left_by_a_killed_worker(tmp_path):
+    from imgconv.batch import Source, Task, remove_temporary_files
+
+    (tmp_path / ".a.png.k3j_x9q2.part").write_bytes(b"half")
+    (tmp_path / ".other.png.zz.part").write_bytes(b"not ours")
+    (tmp_path / "a.png").write_bytes(b"done")
+    remove_temporary_files([Task(Source("in/a.png"), str(tmp_path / "a.png"), "png")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.zz.part", "a.png"]
