@@ -569,11 +569,25 @@ class ProcessExecutor:
         pending: dict[Future[R], int] = {}
         try:
             while queue or pending:
+                broken = False
                 while queue and len(pending) < self.jobs * 2:
                     index = queue.pop()
-                    pending[pool.submit(fn, items[index])] = index
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                    try:
+                        pending[pool.submit(fn, items[index])] = index
+                    except BrokenProcessPool:  # a worker died since the last wait
+                        # counted as a death too, so a pool that cannot start ends
+                        deaths[index] += 1
+                        if deaths[index] >= 2:
+                            yield lost(items[index], WORKER_DIED)
+                        else:
+                            queue.append(index)
+                        broken = True
+                        break
+                done: set[Future[R]] = set()
+                if not broken:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+                if broken:
                     self.worker_died = True
                     for future, index in pending.items():
                         if future.done() and future.exception() is None:

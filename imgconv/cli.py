@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from imgconv import __version__, cli_apply, cli_kernels
-from imgconv.cli_common import stderr, stdout
+from imgconv.cli_common import print_error, stderr, stdout
 
 app = typer.Typer(
     name="imgconv",
@@ -60,11 +60,7 @@ def main() -> None:
             code = 0
         else:
             command = ctx.command_path if ctx is not None else "imgconv"
-            stderr.print(
-                f"[red]error:[/red] {exc.format_message()} (see '{command} --help')",
-                soft_wrap=True,
-                highlight=False,
-            )
+            print_error(f"{exc.format_message()} (see '{command} --help')")
             code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         stderr.print("interrupted")
@@ -72,11 +68,8 @@ def main() -> None:
     except Exception as exc:  # a bug: one line, the traceback only with --debug
         if "--debug" in sys.argv:
             raise
-        stderr.print(
-            f"[red]error:[/red] internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback)",
-            soft_wrap=True,
-            highlight=False,
+        print_error(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
         )
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgconv.cli_common import report_errors, stderr, stdout
+from imgconv.cli_common import print_error, print_warning, report_errors, stderr, stdout
 from imgconv.errors import UsageError
 
 PANEL_CONV = "Convolution"
@@ -426,7 +426,10 @@ def apply_command(
             if manifest and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
-                stderr.print(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
+                stderr.print(
+                    f"note: --cval is used only with --pad-mode constant, not {pad_mode}",
+                    markup=False,
+                )
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
@@ -469,7 +472,7 @@ def apply_command(
             )
         failed = [r for r in results if r.status == "failed"]
         for r in failed:
-            stderr.print(f"[red]error:[/red] {_with_file(r)}", soft_wrap=True)
+            print_error(_with_file(r))
         if not quiet:
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
@@ -497,7 +500,7 @@ def _run_with_progress(
 ) -> list[Any]:
     def note(result: Any) -> None:
         for line in result.notes:
-            stderr.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+            print_warning(line)
 
     if quiet:
         return list(batch.run(tasks, options, executor=executor, stdin=stdin))
@@ -508,10 +511,14 @@ def _run_with_progress(
             if result.status == "written" and result.output != batch.STDIO:
                 stderr.print(
                     f"{result.input} {_dims(result.input_shape)} -> {result.output} "
-                    f"{_dims(result.output_shape)}", soft_wrap=True, markup=False,
+                    f"{_dims(result.output_shape)}",
+                    soft_wrap=True,
+                    markup=False,
                 )
             elif result.status == "skipped":
-                stderr.print(f"skipped {result.input}: {result.output} exists", soft_wrap=True)
+                stderr.print(
+                    f"skipped {result.input}: {result.output} exists", soft_wrap=True, markup=False
+                )
 
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=plain))
 
@@ -608,6 +615,7 @@ def check_command(
 ) -> None:
     """Run the pipeline with imgconv's core and with scipy.ndimage; compare per channel."""
     from rich.table import Table
+    from rich.text import Text
 
     from imgconv import batch
     from imgconv.check import compare, reference
@@ -659,7 +667,7 @@ def check_command(
                 ok = mx <= result.tolerance
                 failed += not ok
                 table.add_row(
-                    source.path,
+                    Text(source.path),  # a path is text, not markup
                     str(c),
                     f"{mx:.3g}",
                     f"{mean:.3g}",
@@ -668,6 +676,6 @@ def check_command(
                 )
         stdout.print(table)
         for line in errors:
-            stderr.print(f"[red]error:[/red] {line}", soft_wrap=True)
+            print_error(line)
         if failed or errors:
             raise typer.Exit(1)

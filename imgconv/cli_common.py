@@ -7,11 +7,22 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from imgconv.errors import ImgconvError
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr; the message is text, never Rich markup."""
+    stderr.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    """``warning: <message>`` on stderr, as text."""
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
 
 
 @contextmanager
@@ -25,5 +36,5 @@ def report_errors(debug: bool = False) -> Iterator[None]:
     except ImgconvError as exc:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+        print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None

@@ -799,3 +799,16 @@ def test_remove_temporary_files_left_by_a_killed_worker(tmp_path):
     (tmp_path / "a.png").write_bytes(b"done")
     remove_temporary_files([Task(Source("in/a.png"), str(tmp_path / "a.png"), "png")])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.zz.part", "a.png"]
+
+
+def test_brackets_in_paths_and_specs_are_text_not_markup(tmp_path, gray_png):
+    folder = tmp_path / "a[red]b"
+    folder.mkdir()
+    src = folder / "c[b].png"
+    shutil.copy(gray_png, src)
+    result = invoke("apply", src, "-k", "box-blur", "-o", folder / "o[b].png")
+    assert result.exit_code == 0, result.output
+    assert f"{src} (48x48) -> {folder / 'o[b].png'} (48x48)" in result.stderr
+    result = invoke("show", "foo[/bar]")
+    assert result.exit_code == 2
+    assert "unknown kernel 'foo[/bar]'" in result.stderr
