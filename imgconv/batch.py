@@ -198,6 +198,16 @@ def check_name_template(template: str) -> None:
         raise UsageError(f"--name {template!r}: must stay inside --out-dir (no '..' or '/')")
 
 
+def check_depth(tasks: Sequence[Task], depth: str | None) -> None:
+    """Refuse a --depth that an output's format cannot hold, before any file is touched."""
+    for task in tasks:
+        if depth == "16" and task.fmt not in SIXTEEN_BIT:
+            raise UsageError(f"--depth 16 needs png or tiff output, not {task.fmt} "
+                             f"({task.target})")
+        if depth == "float" and task.fmt != "tiff":
+            raise UsageError(f"--depth float needs tiff output, not {task.fmt} ({task.target})")
+
+
 def plan(
     sources: Sequence[Source],
     pipeline: Pipeline,
@@ -206,28 +216,8 @@ def plan(
     out_dir: str | None,
     name: str | None,
     fmt: str | None,
-    depth: str | None = None,
 ) -> list[Task]:
     """Decide each input's output path and format; raises UsageError for impossible requests."""
-    tasks = _plan(sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt)
-    for task in tasks:
-        if depth == "16" and task.fmt not in SIXTEEN_BIT:
-            raise UsageError(f"--depth 16 needs png or tiff output, not {task.fmt} "
-                             f"({task.target})")
-        if depth == "float" and task.fmt != "tiff":
-            raise UsageError(f"--depth float needs tiff output, not {task.fmt} ({task.target})")
-    return tasks
-
-
-def _plan(
-    sources: Sequence[Source],
-    pipeline: Pipeline,
-    *,
-    output: str | None,
-    out_dir: str | None,
-    name: str | None,
-    fmt: str | None,
-) -> list[Task]:
     if (output is None) == (out_dir is None):
         raise UsageError("give exactly one of -o/--output FILE and --out-dir DIR")
     if not sources:

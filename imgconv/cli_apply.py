@@ -421,8 +421,9 @@ def apply_command(
                 raise UsageError("standard input (-) can be read only once")
             sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir)
             tasks = batch.plan(
-                sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt, depth=depth
+                sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt
             )
+            batch.check_depth(tasks, depth)
             if manifest and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
