@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 from reference import correlate_loop, distinct_kernel
 from scipy import ndimage as ndi
 from test_conv import assert_matches, make_image
@@ -309,3 +311,92 @@ def test_non_finite_pixels_stay_local(small_tiles, strategy, name):
     expected = ndi.correlate(image, NAMED[name], mode="reflect")
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
     np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-9 * 255)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize(
+    ("kernel", "stride"),
+    [(NAMED["diagonal"], 4), (NAMED["diagonal"], 5), (np.array([[2.5]]), (2, 3))],
+    ids=["3x3-s4", "3x3-s5", "1x1-s2x3"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_column_stride_wider_than_kernel(small_tiles, strategy, kernel, stride, dtype):
+    # the last output column's taps end before the next stride step: the
+    # border strip of the in-place path has no right-hand part (it crashed)
+    image = make_image((30, 40), dtype)
+    actual = worker(image, kernel, strategy, stride=stride)
+    s = conv.normalize_pair(stride, "s")
+    pads = resolve_padding("same", kernel.shape, (1, 1))
+    expected = correlate_loop(image, kernel, pads, s, (1, 1), "reflect")
+    assert actual.shape == expected.shape
+    assert_matches(actual, expected, working(dtype), kernel, image)
+
+
+def test_column_stride_wider_than_kernel_public_api():
+    image = np.random.default_rng(0).random((600, 800)).astype(np.float32)
+    kernel = [[-1, -1, 2], [-1, 2, -1], [2, -1, -1]]
+    full = imgconv.correlate(image, kernel)
+    for stride in (4, 5):
+        np.testing.assert_array_equal(imgconv.correlate(image, kernel, stride=stride),
+                                      full[::stride, ::stride])
+
+
+def working(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+@st.composite
+def geometries(draw):
+    """A random image, kernel, padding, stride, dilation and border mode with output >= 1."""
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    tall = draw(st.booleans())
+    h = draw(st.integers(1, 40 if tall else 8))
+    w = draw(st.integers(1, 8 if tall else 48))
+    if draw(st.booleans()):
+        pads = tuple(draw(st.integers(0, 6)) for _ in range(4))
+        padding: object = pads
+    else:
+        padding = draw(st.sampled_from(["same", "valid", "full"]))
+        pads = resolve_padding(padding, (kh, kw), dilation)
+    ey, ex = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+    assume(h + pads[0] + pads[1] >= ey and w + pads[2] + pads[3] >= ex)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["dense", "rank1", "sparse"]))
+    if kind == "rank1":
+        kernel = np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    else:
+        kernel = rng.standard_normal((kh, kw))
+        if kind == "sparse":
+            kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
+    return {"shape": (h, w), "kernel": kernel, "padding": padding, "pads": pads,
+            "stride": stride, "dilation": dilation, "mode": draw(st.sampled_from(MODES)),
+            "small": draw(st.booleans()), "seed": int(rng.integers(1000))}
+
+
+@given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8]))
+@example(  # the shrunk crash of the direct strategy's right-hand border strip
+    case={"shape": (1, 4), "kernel": np.array([[0.125, -0.132]]), "padding": "same",
+          "pads": (0, 0, 1, 0), "stride": (1, 3), "dilation": (1, 1), "mode": "reflect",
+          "small": False, "seed": 307},
+    dtype=np.float32,
+)
+def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
+    image = make_image(case["shape"], dtype, seed=case["seed"])
+    kernel = case["kernel"]
+    expected = correlate_loop(image, kernel, case["pads"], case["stride"], case["dilation"],
+                              case["mode"], 3.25)
+    with pytest.MonkeyPatch.context() as mp:
+        if case["small"]:
+            # tiles of one or a few rows: most tiles are inside the image
+            mp.setattr(strategies, "TILE_BYTES", 64)
+            mp.setattr(strategies, "FFT_TILE_ROWS", 8)
+            mp.setattr(strategies, "FFT_TILE_COLS", 8)
+        for strategy in sorted(STRATEGIES):
+            actual = worker(image, kernel, strategy, padding=case["padding"],
+                            stride=case["stride"], dilation=case["dilation"],
+                            pad_mode=case["mode"], cval=3.25)
+            assert actual.shape == expected.shape, strategy
+            assert actual.dtype == working(dtype), strategy
+            assert_matches(actual, expected, working(dtype), kernel, image)

@@ -118,10 +118,13 @@ def direct(
     cr = max(cl, min(ow, (left + w - ex) // sx + 1))
     in_place = plane.dtype == dtype and cr > cl and 2 * (cr - cl) >= ow
     # the strip: padded columns [0, lw) for outputs [0, cl), then from cr * sx
-    # to the end for outputs [cr, ow); outputs between the two are discarded
+    # to the end for outputs [cr, ow); outputs between the two are discarded.
+    # With cr == ow and a column stride wider than the kernel, cr * sx is past
+    # the padded width: the right-hand part is then empty.
     lo = -(-max(0, (cl - 1) * sx + ex) // sx) if cl else 0
     lw = lo * sx
-    strip_cols = lw + padder.width - cr * sx
+    right = min(cr * sx, padder.width)
+    strip_cols = lw + padder.width - right
     strip_out = lo + ow - cr
 
     def band(tiles: Iterable[tuple[int, int]]) -> None:
@@ -142,7 +145,7 @@ def direct(
                             None if scratch is None else scratch[:m, cl:cr])
                 if strip_out:
                     padder.fill_columns(tile, p0, rows_in, 0, lw)
-                    padder.fill_columns(tile[:, lw:], p0, rows_in, cr * sx, padder.width)
+                    padder.fill_columns(tile[:, lw:], p0, rows_in, right, padder.width)
                     part = edge[:m]
                     program.run([tile[:rows_in, :strip_cols]], (m, strip_out), (sy, sx), part,
                                 None if scratch is None else scratch[:m, :strip_out])
