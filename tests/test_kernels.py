@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgconv
@@ -167,7 +167,54 @@ def test_motion_family():
     np.testing.assert_allclose(vertical, horizontal.weights.T)
     rising = resolve("motion:length=3,angle=45").weights
     np.testing.assert_allclose(rising, np.fliplr(np.eye(3)) / 3)
-    assert resolve("motion:length=4").shape == (5, 5)
+    np.testing.assert_allclose(resolve("motion:length=7,angle=135").weights, np.eye(7) / 7)
+    np.testing.assert_allclose(resolve("motion:length=7,angle=-45").weights, np.eye(7) / 7)
+
+
+@pytest.mark.parametrize(("spec", "taps"), [
+    # Even lengths: the half-pixel offset goes to the right / down.
+    ("motion:length=4", [(2, 1), (2, 2), (2, 3), (2, 4)]),
+    ("motion:length=4,angle=90", [(1, 2), (2, 2), (3, 2), (4, 2)]),
+    ("motion:length=2,angle=45", [(1, 2), (2, 1)]),
+    ("motion:length=1,angle=30", [(0, 0)]),
+    ("motion:length=9,angle=30", [(6, 0), (6, 1), (5, 2), (5, 3), (4, 4), (3, 5), (3, 6),
+                                  (2, 7), (2, 8)]),
+])
+def test_motion_taps_exact(spec, taps):
+    kernel = resolve(spec)
+    assert sorted(zip(*np.nonzero(kernel.weights), strict=True)) == sorted(taps)
+    assert np.all(kernel.weights[kernel.weights != 0] == 1 / len(taps))
+
+
+@given(st.integers(1, 80), st.floats(-720, 720, allow_nan=False))
+@settings(max_examples=150, deadline=None)
+def test_motion_has_length_taps_on_the_line(length, angle):
+    w = resolve(f"motion:length={length},angle={angle!r}").weights
+    rows, cols = np.nonzero(w)
+    assert len(rows) == length
+    assert w.sum() == pytest.approx(1) and w.shape[0] == w.shape[1] and w.shape[0] % 2 == 1
+    assert w.shape[0] // 2 == max(np.abs(rows - w.shape[0] // 2).max(),
+                                  np.abs(cols - w.shape[1] // 2).max())
+    # Every tap lies within a pixel of the line through the centre at that angle.
+    c = w.shape[0] // 2
+    a = np.radians(angle)
+    distance = np.abs((cols - c) * np.sin(a) + (rows - c) * np.cos(a))
+    assert distance.max() <= 0.71
+    # and the taps form one 8-connected run, at most one per step of the major axis.
+    major = cols if abs(np.cos(a)) >= abs(np.sin(a)) - 1e-9 else rows
+    assert len(set(major.tolist())) == length or length == 1
+
+
+@given(st.integers(1, 60), st.integers(-720, 720))
+@settings(max_examples=100, deadline=None)
+def test_motion_is_the_same_turned_by_180(length, angle):
+    w = resolve(f"motion:length={length},angle={angle}").weights
+    np.testing.assert_array_equal(w, resolve(f"motion:length={length},angle={angle + 180}").weights)
+    if length % 2:
+        # An odd line is centred: point-symmetric, and mirroring it negates the angle.
+        np.testing.assert_array_equal(w, w[::-1, ::-1])
+        mirrored = resolve(f"motion:length={length},angle={-angle}").weights
+        np.testing.assert_array_equal(mirrored, w[::-1])
 
 
 def test_log_family():

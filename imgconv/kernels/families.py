@@ -132,16 +132,29 @@ def _log(p: Params) -> tuple[NDArray[np.float64], float]:
 
 
 def _motion(p: Params) -> tuple[NDArray[np.float64], float]:
-    length, angle = p["length"], math.radians(p["angle"])
-    size = length if length % 2 else length + 1
-    c = size // 2
-    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 8 * length + 1)
-    # Angles go anticlockwise on screen, where rows grow downwards.
-    rows = np.rint(c - t * math.sin(angle)).astype(int)
-    cols = np.rint(c + t * math.cos(angle)).astype(int)
-    matrix = np.zeros((size, size))
-    matrix[rows, cols] = 1.0
-    return matrix, 1.0 / matrix.sum()
+    """Exactly ``length`` taps of ``1/length`` on a line through the centre (a DDA).
+
+    The taps are the points ``-(n-1)/2, ..., (n-1)/2`` one pixel apart along the
+    major axis (x when the line is within 45° of horizontal, else y), each rounded
+    to the nearest pixel (halves towards the bottom right). The angle is taken
+    modulo 180°, so ``angle`` and ``angle + 180`` give the same kernel. The kernel
+    is the smallest odd square holding every tap, centred on the centre pixel.
+    """
+    length, angle = p["length"], math.radians(p["angle"] % 180.0)
+    dx, dy = math.cos(angle), math.sin(angle)
+    steps = np.arange(length, dtype=np.float64) - (length - 1) / 2
+    # Rounded so that 45° gives a slope of exactly 1 (tan(pi/4) is 0.9999999999999999).
+    if abs(dy) <= abs(dx):
+        x, y = steps, steps * round(dy / dx, 12)
+    else:
+        x, y = steps * round(dx / dy, 12), steps
+    # Screen coordinates: rows grow downwards, so y up is a decreasing row.
+    rows = np.floor(-y + 0.5).astype(int)
+    cols = np.floor(x + 0.5).astype(int)
+    half = int(max(np.abs(rows).max(), np.abs(cols).max()))
+    matrix = np.zeros((2 * half + 1, 2 * half + 1))
+    matrix[rows + half, cols + half] = 1.0
+    return matrix, 1.0 / length
 
 
 def _angle(value: object, _: Params) -> float:
