@@ -30,6 +30,7 @@ import imgconv
 from imgconv.core import conv, set_threads
 from imgconv.core.strategies import STRATEGIES, choose_strategy
 from imgconv.core.threads import get_threads
+from imgconv.kernels import resolve
 
 try:
     import cv2
@@ -38,13 +39,15 @@ except ImportError:  # optional
 
 
 def kernels(seed: int = 0) -> dict[str, np.ndarray]:
-    """The kernels of issue 5."""
+    """The kernels of issue 5, and a gaussian of sigma 1 (7x7) as the kernel library makes it."""
     g1 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
     return {
         "box 3x3": np.ones((3, 3)) / 9,
         "sobel-x 3x3": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
         "diagonal 3x3": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
         "gaussian 5x5": np.outer(g1, g1),
+        # real float weights (not dyadic): rank 1 only to the working dtype's precision
+        "gaussian s=1": np.asarray(resolve("gaussian:sigma=1").weights, dtype=np.float64),
         "box 15x15": np.ones((15, 15)) / 225,
         "random 31x31": np.random.default_rng(seed).standard_normal((31, 31)) / 31,
     }

@@ -24,6 +24,7 @@ from imgconv.core import conv, strategies, threads
 from imgconv.core.geometry import Geometry, resolve_padding
 from imgconv.core.strategies import STRATEGIES, choose_strategy, costs
 from imgconv.core.taps import build_program, low_rank, program_2d
+from imgconv.kernels import resolve
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 NAMED = {
@@ -400,3 +401,35 @@ def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
             assert actual.shape == expected.shape, strategy
             assert actual.dtype == working(dtype), strategy
             assert_matches(actual, expected, working(dtype), kernel, image)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gaussian_is_separable_in_the_working_dtype(dtype):
+    # float64 weights rounded to float32 leave a residual of ~1e-8 after one
+    # pair: exact to float32 work, which must not fall back to 4 pairs or FFT
+    kernel = resolve("gaussian:sigma=1").weights.astype(dtype)
+    assert len(low_rank(kernel)) == 1
+    assert choose_strategy(kernel, geometry((3000, 4000), kernel)) == "separable"
+
+
+def test_gaussian_float32_separable_is_accurate():
+    weights = resolve("gaussian:sigma=1").weights
+    image = make_image((40, 37), np.float32)
+    expected = ndi.correlate(image.astype(np.float64), weights, mode="reflect")
+    assert_matches(worker(image, weights, "separable"), expected, np.float32, weights, image)
+
+
+@pytest.mark.parametrize("strategy", [None, "direct", "separable"])  # FFT rounds at ~1e-9
+def test_float64_near_separable_kernel_is_not_approximated(strategy):
+    # rank 2 by 5e-13: one pair would drop 5e-13 * 1e6 = 5e-7 from every pixel
+    kernel = np.ones((3, 3))
+    kernel[2, 2] += 5e-13
+    image = 1e6 + make_image((12, 11), np.uint8).astype(np.float64)
+    actual = worker(image, kernel, strategy, pad_mode="nearest")
+    pads = resolve_padding("same", (3, 3), (1, 1))
+    # the ones part is a sum of integers (exact); the perturbation is added apart
+    ones = correlate_loop(image, np.ones((3, 3)), pads, mode="nearest")
+    extra = correlate_loop(image, kernel - 1.0, pads, mode="nearest")
+    np.testing.assert_allclose(actual - ones, extra, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(actual, ones + extra, rtol=1e-15, atol=0)
+    assert len(low_rank(kernel)) == 2

@@ -204,20 +204,41 @@ def row_program(vs: Sequence[NDArray[Any]], dx: int) -> Program:
     )
 
 
-def low_rank(kernel: NDArray[Any], rtol: float = 1e-12) -> list[tuple[NDArray[Any], NDArray[Any]]]:
+def exact_rtol(dtype: np.dtype[Any]) -> float:
+    """The residual, relative to the largest weight, below which a split counts as exact.
+
+    Ten units of rounding of the dtype the correlation computes in: float32
+    work cannot tell a residual of 1e-8 (a float64 gaussian rounded to
+    float32) from zero, and float64 work must not drop one of 5e-13.
+
+    >>> exact_rtol(np.dtype(np.float32)) > 1e-6 > 1e-14 > exact_rtol(np.dtype(np.float64))
+    True
+    """
+    work = dtype if dtype.kind == "f" and dtype.itemsize <= 4 else np.dtype(np.float64)
+    return 10 * float(np.finfo(work).eps)
+
+
+def low_rank(
+    kernel: NDArray[Any], rtol: float | None = None
+) -> list[tuple[NDArray[Any], NDArray[Any]]]:
     """Split ``kernel`` into pairs ``(u, v)`` with ``kernel == sum(outer(u, v))``.
 
     Cross approximation with complete pivoting: each step takes the largest
     remaining entry as pivot, so integer kernels keep small rational factors
     (sobel-x is exactly ``[1, 2, 1] x [-1, 0, 1]`` up to sign) rather than the
-    irrational ones an SVD gives, and ±1 taps stay ±1. It stops when the
-    residual is below ``rtol`` of the largest entry, which for a full-rank
-    kernel happens after ``min(kh, kw)`` steps, when the residual is zero.
+    irrational ones an SVD gives, and ±1 taps stay ±1. The steps run in
+    float64 whatever the kernel's dtype. They stop when the residual is below
+    ``rtol`` of the largest entry (default :func:`exact_rtol` of the kernel's
+    dtype: exact to the precision the correlation computes in), which for a
+    full-rank kernel happens after ``min(kh, kw)`` steps, when the residual is
+    zero.
 
     >>> sobel_x = np.array([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]])
     >>> [(u.tolist(), v.tolist()) for u, v in low_rank(sobel_x)]
     [([-1.0, -2.0, -1.0], [1.0, -0.0, -1.0])]
     """
+    if rtol is None:
+        rtol = exact_rtol(np.asarray(kernel).dtype)
     k = np.array(kernel, dtype=np.float64)
     scale = float(np.abs(k).max(initial=0.0))
     residual = k.copy()
