@@ -116,6 +116,7 @@ SPEC_ERRORS = [
     ("1 2; 3", "ragged rows"),
     ("1 nan", "finite"),
     ("missing.yaml", "kernel file 'missing.yaml' not found"),
+    ("x.yml:a:b", "'x.yml:a:b' has too many ':' parts"),
 ]
 
 
@@ -146,6 +147,14 @@ def test_a_broken_user_file_fails_list_cleanly(tmp_path):
     folder.mkdir(parents=True)
     (folder / "broken.yaml").write_text("matrx: [[1]]\n")
     assert_clean_error(run("list"), "unknown key 'matrx' (did you mean matrix?)")
+
+
+def test_a_self_referring_user_bank_fails_list_cleanly(tmp_path):
+    folder = tmp_path / "config" / "imgconv" / "kernels"
+    folder.mkdir(parents=True)
+    (folder / "loop.yaml").write_text(f"kernels: [{folder / 'loop.yaml'}]\ncombine: max\n")
+    assert_clean_error(run("list"), "a bank that refers to itself")
+    assert_clean_error(run("show", "loop"), "a bank that refers to itself")
 
 
 def test_real_process_errors(imgconv_script, tmp_path):

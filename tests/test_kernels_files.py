@@ -70,7 +70,16 @@ BAD_FILES = [
     ("matrix: [[1]]\nmatrix: [[2]]\n", r"bad\.yaml: line 2: key 'matrix' appears twice"),
     ("name: 3x3\nmatrix: [[1]]\n", r"name must start with a letter"),
     ("family: gausian\n", r"family must be one of box, gaussian, motion, log; got 'gausian'"),
-    ("family: gaussian\nparams: {sigma: -1}\n", r"sigma must be > 0"),
+    ("family: gaussian\nparams: {sigma: -1}\n",
+     r"bad\.yaml:2: kernel 'bad': bad parameters 'sigma=-1' for gaussian: sigma must be > 0"),
+    ("name: g\nfamily: box\nparams: 0\n", r"bad\.yaml:3: kernel 'g': bad parameters '0' for box"),
+    ("name: b\nkernels: [bad.yaml]\ncombine: max\n",
+     r"bad\.yaml:2: kernel 'b': bank member 'bad\.yaml': "
+     r"a bank that refers to itself: bad\.yaml:b -> bad\.yaml:b$"),
+    ("name: b\nkernels: [sobel-x, ./bad.yaml:b]\ncombine: max\n",
+     r"a bank that refers to itself: bad\.yaml:b -> bad\.yaml:b"),
+    ("name: b\nkernels: [other.yml:a:b]\ncombine: max\n",
+     r"bank member 'other\.yml:a:b': 'other\.yml:a:b' has too many ':' parts .*FILE\.yaml:NAME"),
     ("matrix: [[[1, 2]], [[1]]]\n", r"channel 2 has shape 1×1 but channel 1 has 1×2"),
     ("- name: a\n  matrix: [[1]]\n- matrix: [[2]]\n", r"a kernel needs a name"),
     ("", r"bad\.yaml: holds no kernels"),
@@ -164,6 +173,34 @@ def test_bad_files(tmp_path, text, message):
     write(tmp_path, "bad.yaml", text)
     with pytest.raises(KernelError, match=message):
         resolve("bad.yaml")
+
+
+def test_bank_cycles_through_files(tmp_path):
+    write(tmp_path, "a.yaml", "name: a\nkernels: [b.yaml]\ncombine: max\n")
+    write(tmp_path, "b.yaml", f"name: b\nkernels: [{tmp_path / 'a.yaml'}:a]\ncombine: max\n")
+    with pytest.raises(KernelError, match=(
+        r"^a\.yaml:2: kernel 'a': bank member 'b\.yaml': b\.yaml:2: "
+        r".*a bank that refers to itself: a\.yaml:a -> b\.yaml:b -> a\.yaml:a$"
+    )):
+        resolve("a.yaml")
+    write(tmp_path, "self.yaml", f"kernels: [{tmp_path / 'self.yaml'}]\ncombine: sum\n")
+    with pytest.raises(KernelError, match=r"refers to itself: self\.yaml:self -> self\.yaml:self"):
+        resolve(str(tmp_path / "self.yaml"))
+    # The same file twice is no cycle.
+    write(tmp_path, "k.yaml", "- name: k\n  matrix: [[1]]\n- name: j\n  kernels: [k.yaml:k, k]\n"
+          "  combine: sum\n")
+    assert len(resolve("k.yaml:j").kernels) == 2
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("x.yml:a:b", r"'x\.yml:a:b' has too many ':' parts \('a:b' after the file\); "
+                  r"a kernel in a file is FILE\.yaml:NAME"),
+    ("x.yaml:", r"'x\.yaml:' names no kernel after the ':'"),
+    ("x.yaml:a/b", r"'a/b' is not a kernel name"),
+])
+def test_bad_file_specs(spec, message):
+    with pytest.raises(KernelError, match=message):
+        resolve(spec)
 
 
 def test_missing_file_and_folder(tmp_path):

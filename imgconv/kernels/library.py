@@ -25,6 +25,8 @@ from imgconv.kernels.text import INLINE_CHARS
 BUILTIN = "built-in"
 YAML_SUFFIXES = (".yaml", ".yml")
 _FILE_SPEC = re.compile(r"^(.+\.ya?ml)(?::([^:/\\]+))?$", re.IGNORECASE)
+# A file spec with something after FILE.yaml: that is not one NAME.
+_BAD_FILE_SPEC = re.compile(r"^(.+\.ya?ml):(.*)$", re.IGNORECASE)
 
 
 def builtin_dir() -> Traversable:
@@ -125,6 +127,9 @@ class _Resolver:
 
     def __init__(self) -> None:
         self.folders = folders()
+        # The banks being built, outermost first, as (file, name): a bank met again
+        # while building its own members refers to itself (directly or through files).
+        self.building: list[tuple[str, str]] = []
 
     def names(self) -> list[str]:
         names = {n for f in self.folders for n in f.entries}
@@ -151,6 +156,18 @@ class _Resolver:
         file_spec = _FILE_SPEC.match(spec)
         if file_spec:
             return self.from_file(Path(file_spec[1]), file_spec[2])
+        bad_file_spec = _BAD_FILE_SPEC.match(spec)
+        if bad_file_spec:
+            rest = bad_file_spec[2]
+            problem = (
+                f"has too many ':' parts ({rest!r} after the file)" if ":" in rest
+                else "names no kernel after the ':'" if not rest
+                else f"{rest!r} is not a kernel name"
+            )
+            raise KernelError(
+                f"{spec!r} {problem}; a kernel in a file is FILE.yaml:NAME "
+                f"(or FILE.yaml alone for a file with one kernel)"
+            )
         if spec.startswith("[") or re.search(r"[;\s]", spec) or (
             INLINE_CHARS.match(spec) and re.search(r"\d", spec)
         ):
@@ -194,14 +211,29 @@ class _Resolver:
             assert entry.kernel is not None
             return entry.kernel
         if entry.kind == "bank":
-            return self.bank(entry, scope if scope is not None else self.scope_of(entry))
+            key = (_file_key(entry.where.file), entry.name)
+            if key in self.building:
+                cycle = [*self.building[self.building.index(key):], key]
+                raise KernelError(
+                    "a bank that refers to itself: "
+                    + " -> ".join(f"{_file_label(f)}:{n}" for f, n in cycle)
+                )
+            self.building.append(key)
+            try:
+                return self.bank(entry, scope if scope is not None else self.scope_of(entry))
+            finally:
+                self.building.pop()
         source = "family" if entry.source == BUILTIN else entry.source
         if entry.kind == "family":
             kernel = families.make(entry.family, params, source=source)
             if entry.name != entry.family:
                 kernel = dataclasses.replace(kernel, name=f"{entry.name}:{params}".rstrip(":"))
             return kernel
-        kernel = families.make(entry.family, entry.params or "", name=entry.name, source=source)
+        try:
+            kernel = families.make(entry.family, entry.params or "", name=entry.name,
+                                   source=source)
+        except KernelError as exc:
+            raise (entry.params_where or entry.where).error(exc) from None
         return dataclasses.replace(
             kernel,
             output=entry.output or kernel.output,
@@ -247,6 +279,23 @@ class _Resolver:
             )
         except KernelError as exc:
             raise entry.where.error(exc) from None
+
+
+def _file_key(file: str) -> str:
+    """``file`` as one spelling (``self.yaml`` and ``/abs/self.yaml`` are the same)."""
+    if file.startswith(BUILTIN):
+        return file
+    return os.path.realpath(file)
+
+
+def _file_label(key: str) -> str:
+    """A file key as short as it reads well: relative to the working folder when inside it."""
+    if key.startswith(BUILTIN):
+        return key
+    try:
+        return os.path.relpath(key)
+    except ValueError:  # another drive on Windows
+        return key
 
 
 def _rotations(kernel: Kernel, step: int, where: Where) -> list[Kernel]:

@@ -127,6 +127,7 @@ class Entry:
     rotate: int | None = None
     family: str = ""
     params: str | dict[str, object] | None = None
+    params_where: Where | None = None
 
 
 def load_yaml(text: str, file: str) -> list[Any]:
@@ -235,7 +236,8 @@ def parse_entry(item: object, where: Where, source: str, default_name: str | Non
             f"params must be a mapping or text like 'sigma=2, size=9'; got {params!r}"
         )
     kind = "family" if params is None else "family-kernel"
-    return Entry(kind=kind, family=family, params=params, **common)
+    params_where = where.at(_line(item, "params")) if params is not None else None
+    return Entry(kind=kind, family=family, params=params, params_where=params_where, **common)
 
 
 def _bank_entry(item: dict[str, Any], where: Where, common: dict[str, Any]) -> Entry:
