@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -433,3 +435,36 @@ def test_float64_near_separable_kernel_is_not_approximated(strategy):
     np.testing.assert_allclose(actual - ones, extra, rtol=0, atol=1e-8)
     np.testing.assert_allclose(actual, ones + extra, rtol=1e-15, atol=0)
     assert len(low_rank(kernel)) == 2
+
+
+def test_changing_the_thread_count_while_other_threads_correlate(small_tiles, restore_threads):
+    # a count change replaced the pool under a call that had just taken it:
+    # "cannot schedule new futures after shutdown"
+    image = make_image((300, 257), np.float32)
+    kernel = dense_kernel(3, 3)
+    threads.set_threads(1)
+    expected = worker(image, kernel, "direct")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            while not done.is_set():
+                np.testing.assert_array_equal(worker(image, kernel, "direct"), expected)
+        except BaseException as exc:  # reported by the main thread below
+            errors.append(exc)
+            done.set()
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for t in callers:
+        t.start()
+    deadline = time.monotonic() + 1.5
+    count = 2
+    while time.monotonic() < deadline and not done.is_set():
+        threads.set_threads(count)
+        count = 5 - count  # 2, 3, 2, ...
+        time.sleep(0.001)
+    done.set()
+    for t in callers:
+        t.join()
+    assert not errors, errors[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -83,10 +83,16 @@ def run_parallel(func: Callable[[T], R], items: Sequence[T], threads: int) -> li
     with _lock:
         # One long-lived pool, rebuilt only when the count changes: starting
         # threads per call would cost more than a small image's whole filter.
+        # The work is queued under the lock, so a pool is never shut down
+        # between a call taking it and queueing on it (another Python thread
+        # may change the count at any time); a shut-down pool still runs what
+        # was queued before.
         if _pool is None or _pool_size != threads:
             if _pool is not None:
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imgconv")
             _pool_size = threads
-        pool = _pool
-    return list(pool.map(func, items))
+        futures = [_pool.submit(func, item) for item in items]
+    # every item finishes before an error is raised: none still runs after the call
+    wait(futures)
+    return [f.result() for f in futures]
