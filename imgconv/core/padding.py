@@ -16,8 +16,6 @@ so the extension simply keeps repeating.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -90,21 +88,3 @@ def source_indices(n: int, before: int, after: int, mode: str) -> NDArray[np.int
         return np.where(i < n, i, 2 * n - 2 - i)
     raise ValueError(f"no index map for pad_mode {mode!r}")
 
-
-def pad(
-    image: NDArray[Any], pads: tuple[int, int, int, int], mode: str, cval: float
-) -> NDArray[Any]:
-    """Extend the first two axes of ``image`` by ``(top, bottom, left, right)`` places.
-
-    ``mode`` must be canonical (see :func:`normalize_pad_mode`). The result has
-    the image's dtype and is always a new array.
-    """
-    top, bottom, left, right = pads
-    h, w = image.shape[:2]
-    if mode == "constant":
-        out = np.full((h + top + bottom, w + left + right, *image.shape[2:]), cval, image.dtype)
-        out[top : top + h, left : left + w] = image
-        return out
-    rows = source_indices(h, top, bottom, mode)
-    cols = source_indices(w, left, right, mode)
-    return image[rows[:, None], cols[None, :]]

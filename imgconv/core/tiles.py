@@ -181,7 +181,6 @@ def run_bands(
     tiles: list[TileT],
     band: Callable[[Iterable[TileT]], None],
     pixels: int,
-    threads: int | None = None,
 ) -> None:
     """Run ``band`` over ``tiles``, on the thread pool when worth it.
 
@@ -192,7 +191,7 @@ def run_bands(
     other work on the machine, or by costlier tiles, does not hold up the
     whole image.
     """
-    count = get_threads() if threads is None else threads
+    count = get_threads()
     if count <= 1 or pixels < PARALLEL_MIN_PIXELS or len(tiles) <= 1:
         band(tiles)
         return
