@@ -21,6 +21,7 @@ from imgconv.kernels import (
     rotate_matrix,
     separable_factors,
 )
+from imgconv.kernels.families import make
 
 SOBEL_X = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
 PREWITT_X = [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]]
@@ -240,6 +241,10 @@ def test_log_family():
     ("motion:lenght=3", r"did you mean length"),
     ("log:sigma=-2", r"sigma must be > 0"),
     ("gaussian:sigma=1,sigma=2", r"given twice"),
+    ("gaussian:=2", r"'=2' has no parameter name before '='; gaussian accepts sigma=S"),
+    ("box:size=3,=2", r"'=2' has no parameter name"),
+    ("1 1e400", r"column 2 must be a finite number, got '1e400'"),
+    ("1e400/1e400", r"must be a finite number"),
     ("sobel-x:3", r"'sobel-x' is a kernel .*not a family, so it takes no parameters"),
 ])
 def test_bad_family_parameters(spec, message):
@@ -400,3 +405,27 @@ def test_describe():
     multi = describe(Kernel("m", np.stack([np.eye(2), 2 * np.eye(2)], axis=-1), bias=1))
     assert multi["weights"] == [[[1, 0], [0, 1]], [[2, 0], [0, 2]]]
     assert multi["rank"] == [2, 2] and multi["parameters"] == 9
+
+
+@pytest.mark.parametrize(("spec", "rows"), [
+    ("0 \u22121 0; \u22121 4 \u22121", [[0, -1, 0], [-1, 4, -1]]),
+    ("\u22121/2", [[-0.5]]),
+    ("1_000 2", [[1000, 2]]),
+    ("1e-400 1", [[0, 1]]),
+])
+def test_inline_numbers_as_people_write_them(spec, rows):
+    assert resolve(spec).matrix.tolist() == rows
+
+
+def test_family_parameters_with_a_unicode_minus():
+    with pytest.raises(KernelError, match=r"sigma must be > 0, got \u22121"):
+        resolve("gaussian:sigma=\u22121")
+    assert resolve("motion:length=3,angle=\u221245").shape == (3, 3)
+
+
+def test_huge_numbers_in_code():
+    with pytest.raises(KernelError, match=r"scale must be a finite number"):
+        Kernel("k", [[1]], scale=10**400)
+    message = r"bad parameters 'size=1000000000\S*… for box: size must be a finite number"
+    with pytest.raises(KernelError, match=message):
+        make("box", {"size": 10**400})

@@ -117,6 +117,7 @@ SPEC_ERRORS = [
     ("1 nan", "finite"),
     ("missing.yaml", "kernel file 'missing.yaml' not found"),
     ("x.yml:a:b", "'x.yml:a:b' has too many ':' parts"),
+    ("gaussian:=2", "'=2' has no parameter name before '='; gaussian accepts sigma=S"),
 ]
 
 

@@ -45,6 +45,15 @@ BAD_FILES = [
     ("matrix:\n  - [1, no]\n", r"bad\.yaml:2: .*must be a number, got false \(YAML reads"),
     ("matrix: [[1, .nan]]\n", r"must be a finite number, got nan"),
     ("matrix: [[1, .inf]]\n", r"must be a finite number, got inf"),
+    (f"matrix:\n  - [1, {'9' * 400}]\n",
+     r"bad\.yaml:2: kernel 'bad': matrix row 1, column 2 must be a finite number, "
+     r"got an integer of 400 digits"),
+    (f"matrix: [[1]]\nscale: {'9' * 400}\n",
+     r"bad\.yaml:2: kernel 'bad': scale must be a finite number, got an integer of 400 digits"),
+    (f"matrix: [[1]]\nscale: 1/{'9' * 400}\n",
+     r"bad\.yaml:2: kernel 'bad': scale must not be zero"),
+    (f"matrix: [[1]]\nbias: -{'9' * 400}\n", r"bad\.yaml:2: kernel 'bad': bias must be a finite"),
+    ("matrix: [[1, 1e400]]\n", r"bad\.yaml:1: .*must be a finite number, got '1e400'"),
     ("matrix: [[1]]\nscale: 0\n", r"bad\.yaml:2: kernel 'bad': scale must not be zero"),
     ("matrix: [[1]]\nscale: 1/0\n", r"bad\.yaml:2: kernel 'bad': scale '1/0' divides by zero"),
     ("matrix: [[1]]\nscale: one/2\n", r"scale 'one/2' is not a number or a fraction"),
@@ -173,6 +182,15 @@ def test_bad_files(tmp_path, text, message):
     write(tmp_path, "bad.yaml", text)
     with pytest.raises(KernelError, match=message):
         resolve("bad.yaml")
+
+
+def test_numbers_as_people_write_them(tmp_path):
+    # A Unicode minus (pasted from a document), digit groups (Python / YAML 1.1) and an
+    # underflow to 0 (as float() does) are all read; see imgconv/kernels/text.py.
+    write(tmp_path, "k.yaml",
+          "matrix:\n  - [\u22121, 1_000, 1e-400, '\u22121/4']\nscale: \u22122\n")
+    kernel = resolve("k.yaml")
+    assert kernel.matrix.tolist() == [[-1.0, 1000.0, 0.0, -0.25]] and kernel.scale == -2
 
 
 def test_bank_cycles_through_files(tmp_path):

@@ -216,6 +216,8 @@ def parse_params(text: str) -> dict[str, str]:
                 continue
             raise KernelError(f"expected key=value, got {part!r}")
         key = key.strip()
+        if not key:
+            raise KernelError(f"{part!r} has no parameter name before '='")
         if key in out:
             raise KernelError(f"parameter {key!r} is given twice")
         out[key] = value.strip()
@@ -243,6 +245,8 @@ def make(family: str, params: str | Mapping[str, object] = "", *, name: str | No
     names = [p.name for p in fam.params]
     try:
         given: Mapping[str, object] = parse_params(text) if isinstance(params, str) else params
+        if "" in given and not isinstance(params, str):
+            raise KernelError("a parameter has no name")
         if "" in given:
             given = {names[0]: given[""], **{k: v for k, v in given.items() if k}}
         values: Params = {}
@@ -254,8 +258,9 @@ def make(family: str, params: str | Mapping[str, object] = "", *, name: str | No
             values[p.name] = None if value is None else p.check(value, values)
         matrix, scale = fam.build(values)
     except KernelError as exc:
+        shown = repr(text) if len(text) <= 60 else f"{text[:20]!r}…"
         raise KernelError(
-            f"bad parameters {text!r} for {family}: {exc}; {fam.accepts()}"
+            f"bad parameters {shown} for {family}: {exc}; {fam.accepts()}"
         ) from None
     canonical = ",".join(f"{k}={_fmt(v)}" for k, v in given.items())
     return Kernel(

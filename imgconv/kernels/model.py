@@ -69,7 +69,10 @@ def check_number(value: object, what: str) -> float:
     """``value`` as a finite float; booleans and non-numbers are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise KernelError(f"{what} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise KernelError(f"{what} must be a finite number, got a too large integer") from None
     if not np.isfinite(number):
         raise KernelError(f"{what} must be a finite number, got {number}")
     return number

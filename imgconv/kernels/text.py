@@ -1,4 +1,15 @@
-"""Numbers and inline matrices as users type them: ``1/9``, ``1e-3``, ``"0 1 0; 1 -4 1; 0 1 0"``."""
+"""Numbers and inline matrices as users type them: ``1/9``, ``1e-3``, ``"0 1 0; 1 -4 1; 0 1 0"``.
+
+What counts as a number:
+
+- Python's float syntax, plus fractions ``A/B``. A Unicode minus ``−`` (U+2212,
+  what documents and web pages print) reads as ``-``.
+- Digit groups with ``_`` (``1_000``) are accepted, as Python and YAML 1.1 read them.
+- Values too large for float64 (``1e400``, a 400-digit integer), NaN and infinity
+  are refused: "must be a finite number".
+- A value too small for float64 (``1e-400``) underflows to 0, as float() does; it
+  is not an error (a zero ``scale`` is refused later on its own).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +21,13 @@ from imgconv.errors import KernelError
 
 _FRACTION = re.compile(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*$")
 # What an inline matrix may contain: numbers, signs, fractions, separators.
-INLINE_CHARS = re.compile(r"^[\s0-9eE+\-.,;/]+$")
+INLINE_CHARS = re.compile(r"^[\s0-9eE+\-\u2212_.,;/]+$")
+UNICODE_MINUS = "\u2212"
+
+
+def _too_big(value: int) -> str:
+    digits = len(str(abs(value))) if abs(value) < 10**4000 else "thousands of"
+    return f"an integer of {digits} digits, too large for a float"
 
 
 def _plain_number(text: str) -> float | None:
@@ -45,9 +62,14 @@ def parse_number(value: object, what: str, *, finite: bool = True) -> float:
             "(YAML reads yes/no/on/off/true/false as booleans)"
         )
     if isinstance(value, (int, float, np.integer, np.floating)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise KernelError(
+                f"{what} must be a finite number, got {_too_big(int(value))}"
+            ) from None
     elif isinstance(value, str):
-        text = value.strip()
+        text = value.strip().replace(UNICODE_MINUS, "-")
         match = _FRACTION.match(text)
         if match:
             num, den = _plain_number(match[1]), _plain_number(match[2])
@@ -66,7 +88,8 @@ def parse_number(value: object, what: str, *, finite: bool = True) -> float:
     else:
         raise KernelError(f"{what} must be a number, got {value!r}")
     if finite and not np.isfinite(number):
-        raise KernelError(f"{what} must be a finite number, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}… (too large)"
+        raise KernelError(f"{what} must be a finite number, got {shown}")
     return number
 
 
