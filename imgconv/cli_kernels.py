@@ -53,23 +53,80 @@ def _grid(rows: list[list[float]]) -> Table:
     return grid
 
 
+# Larger matrices are summarised in the terminal (drawing 301×301 cells takes seconds);
+# --json always has every number.
+MAX_GRID = 25
+EXCERPT = 5  # values either side of the centre in a summary's centre row
+
+
+def _summary(rows: list[list[float]]) -> Text:
+    h, w = len(rows), len(rows[0])
+    values = [v for row in rows for v in row]
+    nonzero = sum(1 for v in values if v)
+    centre = rows[h // 2]
+    lo, hi = max(0, w // 2 - EXCERPT), min(w, w // 2 + EXCERPT + 1)
+    excerpt = Text()
+    excerpt.append("… " if lo > 0 else "")
+    for v in centre[lo:hi]:
+        excerpt.append_text(_cell(v))
+        excerpt.append(" ")
+    excerpt.append("…" if hi < w else "")
+    return Text.assemble(
+        f"  {h}×{w}, too large to draw (--json has every value): "
+        f"min {_num(min(values))}, max {_num(max(values))}, {nonzero} non-zero\n"
+        f"  centre row {h // 2}, columns {lo}–{hi - 1}: ",
+        excerpt,
+    )
+
+
+def _vector(values: list[float]) -> str:
+    if len(values) <= MAX_GRID:
+        return " ".join(map(_num, values))
+    ends = EXCERPT // 2 + 1
+    return (" ".join(map(_num, values[:ends])) + " … " + " ".join(map(_num, values[-ends:]))
+            + f" ({len(values)} values)")
+
+
+def _draw(rows: list[list[float]]) -> None:
+    if len(rows) > MAX_GRID or len(rows[0]) > MAX_GRID:
+        stdout.print(_summary(rows))
+    else:
+        stdout.print(_grid(rows))
+
+
 def _matrix(title: str, value: Any, channels: bool) -> None:
     if channels:
         for c, rows in enumerate(value, 1):
             stdout.print(f"{title}, channel {c}:")
-            stdout.print(_grid(rows))
+            _draw(rows)
     else:
         stdout.print(f"{title}:")
-        stdout.print(_grid(value))
+        _draw(value)
 
 
-def _facts(info: dict[str, Any]) -> Table:
+def _table(pairs: list[tuple[str, str]]) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
+    for key, value in pairs:
+        facts.add_row(key, Text(value))
+    return facts
+
+
+def _facts(info: dict[str, Any]) -> Table:
+    """The facts under a kernel or a bank."""
+    if info["kind"] == "bank":
+        return _table([
+            ("combine", f"{info['combine']} of {len(info['kernels'])} kernels"),
+            ("members", ", ".join(k["name"] for k in info["kernels"])),
+            ("shape", _shape(info["shape"]) + " each"),
+            ("parameters", str(info["parameters"])),
+            ("output", info["output"] or "(not set)"),
+        ])
+    pairs: list[tuple[str, str]] = []
 
     def add(key: str, value: str) -> None:
-        facts.add_row(key, Text(value))
+        pairs.append((key, value))
 
     add("shape", _shape(info["shape"]))
     add("sum", _num(info["sum"]))
@@ -79,8 +136,8 @@ def _facts(info: dict[str, Any]) -> Table:
     add("bias", _num(info["bias"]))
     rank = info["rank"]
     if info["separable"]:
-        col = " ".join(map(_num, info["separable"]["column"]))
-        row = " ".join(map(_num, info["separable"]["row"]))
+        col = _vector(info["separable"]["column"])
+        row = _vector(info["separable"]["row"])
         add("separable", f"yes (rank 1): column [{col}] × row [{row}]")
     elif isinstance(rank, list):
         add("separable", f"per channel ranks {rank}")
@@ -88,7 +145,7 @@ def _facts(info: dict[str, Any]) -> Table:
         add("separable", f"no (rank {rank})")
     add("parameters", str(info["parameters"]))
     add("output", info["output"] or "(not set)")
-    return facts
+    return _table(pairs)
 
 
 def _header(info: dict[str, Any]) -> None:
@@ -134,15 +191,7 @@ def show_command(
         return
     if info["kind"] == "bank":
         _header(info)
-        facts = Table.grid(padding=(0, 2))
-        facts.add_column(style="bold")
-        facts.add_column()
-        facts.add_row("combine", f"{info['combine']} of {len(info['kernels'])} kernels")
-        facts.add_row("members", ", ".join(k["name"] for k in info["kernels"]))
-        facts.add_row("shape", _shape(info["shape"]) + " each")
-        facts.add_row("parameters", str(info["parameters"]))
-        facts.add_row("output", info["output"] or "(not set)")
-        stdout.print(facts)
+        stdout.print(_facts(info))
         for member in info["kernels"]:
             stdout.print()
             stdout.print(Text.assemble(("── ", "dim"), (member["name"], "bold")))
@@ -182,14 +231,12 @@ def list_command(
         from imgconv.kernels import catalog
         from imgconv.kernels.model import suggest
 
-        rows = catalog()
-        if tag is not None:
-            tags = sorted({t for r in rows for t in r.tags})
-            rows = [r for r in rows if tag in r.tags]
-            if not rows:
-                raise KernelError(
-                    f"no kernel has the tag {tag!r}{suggest(tag, tags)}; tags: {', '.join(tags)}"
-                )
+        rows = catalog(tag)
+        if not rows and tag is not None:
+            tags = sorted({t for r in catalog() for t in r.tags})
+            raise KernelError(
+                f"no kernel has the tag {tag!r}{suggest(tag, tags)}; tags: {', '.join(tags)}"
+            )
     if json_:
         typer.echo(_json([r.to_json() for r in rows]))
         return

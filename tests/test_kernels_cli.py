@@ -101,6 +101,43 @@ def test_show_family_and_inline():
     assert info["source"] == "inline" and info["weights"][1] == [1, -4, 1]
 
 
+def test_show_large_kernel_is_summarised():
+    result = run("show", "box:301")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "301×301, too large to draw (--json has every value): min 1, max 1, " in out
+    assert "90601 non-zero" in out
+    assert "centre row 150, columns 145–155: … 1 1 1 1 1 1 1 1 1 1 1 …" in out
+    assert "(301 values)" in out and len(result.stdout) < 5000
+    info = json.loads(run("show", "box:301", "--json").stdout)
+    assert len(info["weights"]) == 301 and all(len(r) == 301 for r in info["weights"])
+    # 25×25 is still drawn in full.
+    drawn = run("show", "box:25").stdout
+    assert "too large" not in drawn and drawn.count("\n") > 50
+
+
+def test_show_bank_facts_match_kernel_facts_layout():
+    out = run("show", "sobel").stdout
+    for line in ("combine     magnitude of 2 kernels", "members     sobel-x, sobel-y",
+                 "shape       3×3 each", "parameters  18", "output      abs"):
+        assert line in out
+
+
+def test_list_tag_is_filtered_by_catalog(monkeypatch):
+    import imgconv.kernels as kernels
+
+    calls = []
+    real = kernels.catalog
+
+    def spy(tag=None):
+        calls.append(tag)
+        return real(tag)
+
+    monkeypatch.setattr(kernels, "catalog", spy)
+    assert "kirsch" in run("list", "--tag", "compass").stdout
+    assert calls == ["compass"]
+
+
 def test_show_multi_channel(tmp_path):
     (tmp_path / "rgb.yaml").write_text("matrix:\n  - [[1, 0]]\n  - [[0, 1]]\n")
     info = json.loads(run("show", "rgb.yaml", "--json").stdout)
