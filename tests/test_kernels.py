@@ -429,3 +429,24 @@ def test_huge_numbers_in_code():
     message = r"bad parameters 'size=1000000000\S*… for box: size must be a finite number"
     with pytest.raises(KernelError, match=message):
         make("box", {"size": 10**400})
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-60, 1e-15, 1e-200, 1e200])
+@pytest.mark.parametrize("spec", ["gaussian:sigma=1", "gaussian:sigma=4", "box-blur", "sobel-x"])
+def test_separable_factors_are_scale_invariant(spec, scale):
+    # One eps-relative tolerance (describe.rtol): tiny or huge weights split the same way.
+    w = resolve(spec).weights * scale
+    col, row = separable_factors(w)
+    np.testing.assert_allclose(np.outer(col, row), w, rtol=1e-12, atol=0)
+    if abs(w.sum()) > 0 and spec.startswith("gaussian"):
+        # Non-integer factors of a non-zero-sum kernel share the sum equally.
+        assert col.sum() == pytest.approx(row.sum(), rel=1e-12)
+    info = describe(resolve(spec) if scale == 1 else Kernel("k", w))
+    assert info["rank"] == 1 and info["separable"] is not None
+
+
+def test_tiny_weights_are_shown_not_rounded_to_zero():
+    info = describe(Kernel("tiny", [[1e-13, -2e-13, 1e-13]]))
+    assert info["weights"] == [[1e-13, -2e-13, 1e-13]] and info["sum"] == 0.0
+    assert describe(Kernel("k", [[1e-13, 1e-13]]))["sum"] == 2e-13
+    assert separable_factors(np.eye(3) * 1e-300) is None

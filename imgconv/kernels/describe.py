@@ -1,4 +1,12 @@
-"""Facts about a kernel for ``imgconv show``: sum, rank, separable factors, parameters."""
+"""Facts about a kernel for ``imgconv show``: sum, rank, separable factors, parameters.
+
+One tolerance decides every "is this zero?" here: ``rtol(a) = max(a.shape) · eps``
+(float64 eps), relative to the size of what is tested. That is numpy's own rule
+for :func:`numpy.linalg.matrix_rank` (singular values ``<= s_max · rtol`` count as
+zero); the same ``rtol`` times ``max |x|`` decides zero entries and whole numbers
+in the factors, and times ``sum |w|`` a zero sum. Scaling a kernel by any power
+of two therefore never changes its rank, factors (up to the scale) or zero sum.
+"""
 
 from __future__ import annotations
 
@@ -29,28 +37,39 @@ def separable_factors(
     """
     if weights.ndim != 2 or _rank(weights) != 1:
         return None
+    tol = rtol(weights)
     i = int(np.argmax(np.abs(weights).sum(axis=1)))
     row = weights[i]
     j = int(np.argmax(np.abs(row)))
     col = weights[:, j] / row[j]
-    nonzero = col[np.abs(col) > 1e-12]
+    nonzero = col[np.abs(col) > tol * float(np.abs(col).max())]
     k = float(np.min(np.abs(nonzero)))
     if nonzero[0] < 0:
         k = -k
     col, row = col / k, row * k
     total = float(weights.sum())
-    if not (_integral(col) and _integral(row)) and abs(total) > 1e-12:
+    if not (_integral(col, tol) and _integral(row, tol)) and not _is_zero_sum(weights):
         c = col.sum() / np.sqrt(abs(total))
         col, row = col / c, row * c
     return col, row
 
 
-def _integral(a: NDArray[np.float64]) -> bool:
-    return bool(np.allclose(a, np.round(a), rtol=0, atol=1e-9))
+def rtol(a: NDArray[np.float64]) -> float:
+    """The relative tolerance for ``a``: ``max(a.shape) · eps`` (numpy's matrix_rank rule)."""
+    return float(max(a.shape) * np.finfo(np.float64).eps)
+
+
+def _integral(a: NDArray[np.float64], tol: float) -> bool:
+    return bool(np.all(np.abs(a - np.round(a)) <= tol * max(1.0, float(np.abs(a).max()))))
+
+
+def _is_zero_sum(w: NDArray[np.float64]) -> bool:
+    return abs(float(w.sum())) <= rtol(w) * float(np.abs(w).sum())
 
 
 def _rank(matrix: NDArray[np.float64]) -> int:
-    return int(np.linalg.matrix_rank(matrix))
+    s = np.linalg.svd(matrix, compute_uv=False)
+    return int(np.count_nonzero(s > s[0] * rtol(matrix))) if s.size and s[0] > 0 else 0
 
 
 def describe(item: Kernel | KernelBank) -> dict[str, Any]:
@@ -96,7 +115,7 @@ def describe(item: Kernel | KernelBank) -> dict[str, Any]:
         "matrix": _lists(item.matrix),
         "scale": item.scale,
         "weights": _lists(weights),
-        "sum": _clean(float(weights.sum())),
+        "sum": 0.0 if _is_zero_sum(weights) else float(weights.sum()),
         "bias": item.bias,
         "anchor": list(item.center),
         "rank": rank,
@@ -110,8 +129,8 @@ def describe(item: Kernel | KernelBank) -> dict[str, Any]:
 
 
 def _clean(x: float) -> float:
-    # Rounding noise (1e-17 for a zero-sum kernel) would read as a real value.
-    return 0.0 if abs(x) < 1e-12 else x
+    # -0.0 reads as a different value in JSON; tiny weights are real and kept.
+    return x + 0.0
 
 
 def _lists(a: NDArray[np.float64]) -> Any:
