@@ -81,6 +81,18 @@ def _output(out: NDArray[Any] | None, geom: Geometry, dtype: np.dtype[Any]) -> N
     return out
 
 
+def _readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
+    """Whether the taps may read ``plane``'s rows directly instead of a converted tile copy.
+
+    Only for rows that are contiguous and already in the working dtype: every
+    tap reads its source once, so reading a uint8 image or one channel of an
+    interleaved (H, W, C) image in place would convert or gather it once per
+    tap; one cast copy into a cache-resident tile is faster (on a 12 MP RGB
+    uint8 image, sobel-x 195 -> 155 ms; diagonal on float32 RGB 330 -> 200 ms).
+    """
+    return plane.dtype == dtype and plane.strides[1] == dtype.itemsize
+
+
 def tile_rows(width: int, itemsize: int, stride: int) -> int:
     """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`."""
     return max(1, TILE_BYTES // max(1, width * itemsize * stride))
@@ -116,7 +128,7 @@ def direct(
     left, w = geom.pads[2], plane.shape[1]
     cl = min(ow, -(-left // sx))
     cr = max(cl, min(ow, (left + w - ex) // sx + 1))
-    in_place = plane.dtype == dtype and cr > cl and 2 * (cr - cl) >= ow
+    in_place = _readable_in_place(plane, dtype) and cr > cl and 2 * (cr - cl) >= ow
     # the strip: padded columns [0, lw) for outputs [0, cl), then from cr * sx
     # to the end for outputs [cr, ow); outputs between the two are discarded.
     # With cr == ow and a column stride wider than the kernel, cr * sx is past
@@ -217,9 +229,9 @@ def separable(
     padded_width = max(width, (nb + 1) * GEMM_COLS)
 
     # Tiles inside the image skip the padded tile: the vertical passes read the
-    # image rows in place (converting as they read) and the border columns are
-    # copied afterwards, which saves a whole pass over the image.
-    from_image = padder.columns_from_interior and (bands is None or plane.dtype == dtype)
+    # image rows in place and the border columns are copied afterwards, which
+    # saves a whole pass over the image.
+    from_image = padder.columns_from_interior and _readable_in_place(plane, dtype)
     c0, c1 = padder.c0, padder.c1
 
     def band(tiles: Iterable[tuple[int, int]]) -> None:
