@@ -602,8 +602,21 @@ class ProcessExecutor:
             raise
 
 
+#: True in a worker process while it filters a file (see :func:`_interrupt`).
+_in_job = False
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    """A worker's SIGTERM handler: stop cleanly, whatever the worker is doing.
+
+    While filtering a file, raise KeyboardInterrupt so that ``write_atomic``
+    removes its temporary file before the worker exits. Anywhere else (waiting
+    for work, or inside the pool's own queue code, whose locks a raised
+    exception can leave held, hanging the pool's shutdown), exit at once.
+    """
+    if _in_job:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
 
 
 def _worker_init() -> None:
@@ -628,8 +641,12 @@ class _Job:
         self.parent = os.getpid()
 
     def __call__(self, task: Task) -> Result:
+        global _in_job
+        _in_job = True
         try:
-            return process(task, self.options)
+            result = process(task, self.options)
+            _in_job = False  # not in a finally: a SIGTERM there would escape the except
+            return result
         except KeyboardInterrupt:
             # in a worker process: the temporary file is already gone (write_atomic's
             # finally ran); exit instead of taking the next queued file

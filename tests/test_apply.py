@@ -668,7 +668,7 @@ def _crash_on_three(n: int) -> int:
     return n
 
 
-def test_process_executor_survives_a_dead_worker():
+def test_process_executor_survives_a_dead_worker(capfd):
     from imgconv.batch import ProcessExecutor
 
     results = list(ProcessExecutor(2).map_unordered(
@@ -677,6 +677,10 @@ def test_process_executor_survives_a_dead_worker():
     assert items == list(range(10))  # every item accounted for exactly once
     assert ("lost", 3) in results
     assert any(not isinstance(r, tuple) for r in results)  # the batch went on
+    # the pool terminates its other workers with SIGTERM; one waiting for work (or
+    # inside the pool's queue code) exits quietly instead of raising KeyboardInterrupt,
+    # which printed a traceback and could leave a queue lock held, hanging shutdown
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_premultiply_refuses_bias_and_auto_falls_back_to_copy(tmp_path):
@@ -812,3 +816,26 @@ def test_brackets_in_paths_and_specs_are_text_not_markup(tmp_path, gray_png):
     result = invoke("show", "foo[/bar]")
     assert result.exit_code == 2
     assert "unknown kernel 'foo[/bar]'" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16", "I", "F"])
+@pytest.mark.parametrize("size", [(1, 1), (3, 700), (301, 2)])
+def test_to_array_matches_numpy_in_every_mode(mode, size, monkeypatch):
+    from imgconv import imageio
+
+    rng = np.random.default_rng(7)
+    im = Image.fromarray(rng.integers(0, 256, (*size[::-1], 4), dtype=np.uint8), "RGBA")
+    im = im.convert(mode) if mode not in ("I;16", "I", "F") else Image.fromarray(
+        rng.integers(0, 60000, size[::-1]).astype(
+            {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    assert im.mode == mode
+    expected = np.asarray(im)
+    monkeypatch.setattr(imageio, "UNPACK_CHUNK", 1)  # a chunk per row: every boundary
+    got = imageio._to_array(im)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("no raw encoder")
+
+    monkeypatch.setattr(imageio, "_unpack_into", broken)
+    assert np.array_equal(imageio._to_array(im), expected)
