@@ -33,6 +33,7 @@ from imgconv.imageio import (
     encode,
     format_for,
     load,
+    output_array,
     write_atomic,
 )
 from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
@@ -385,7 +386,9 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     else:
         if raw:
             return pipeline.run(pixels).astype(np.float32, copy=False), None, notes
-        mapped, clipped = pipeline.run_mapped(pixels, how, scale=scale, out_max=out_max)
+        mapped, clipped = pipeline.run_mapped(
+            pixels, how, scale=scale, out_max=out_max,
+            allocate=lambda shape, dtype: output_array(shape, dtype, fmt))
         if alpha_mode == "copy":
             out_alpha = follow_geometry(picture.alpha, pipeline)
 

@@ -239,6 +239,31 @@ def _copy_bands(im: Any, out: NDArray[Any], band: int = 64) -> None:
         out[top : top + band] = np.asarray(im.crop((0, top, width, min(top + band, height))))
 
 
+def output_array(shape: tuple[int, ...], dtype: Any, fmt: str) -> NDArray[Any]:
+    """An empty array for a result that :func:`encode` will write as ``fmt``.
+
+    For a JPEG an (H, W, 3) uint8 result is a view of an (H, W, 4) buffer:
+    Pillow keeps RGB images four bytes a pixel, so it can share that buffer as
+    an "RGBX" image and encode it without a copy (on 12 MP: 46 ms and 48 MB
+    less). Other formats cannot write RGBX, so they get a plain array.
+    """
+    if fmt == "jpg" and len(shape) == 3 and shape[2] == 3 and np.dtype(dtype) == np.uint8:
+        return np.empty((shape[0], shape[1], 4), np.uint8)[:, :, :3]
+    return np.empty(shape, dtype)
+
+
+def _rgbx_buffer(array: NDArray[Any]) -> NDArray[Any] | None:
+    """The (H, W, 4) buffer an :func:`output_array` RGB view lives in, else None."""
+    base = array.base
+    if (array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+            and isinstance(base, np.ndarray) and base.dtype == np.uint8
+            and base.shape == (*array.shape[:2], 4) and base.flags.c_contiguous
+            and array.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+            and array.strides == base.strides):
+        return base
+    return None
+
+
 def _pil_image(array: NDArray[Any], alpha: NDArray[Any] | None, depth: str) -> Any:
     from PIL import Image
 
@@ -270,11 +295,18 @@ def encode(
     if fmt == "npy":
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
         return
-    im = _pil_image(array, None if fmt in ("jpg", "bmp") else alpha, depth)
+    rgbx = _rgbx_buffer(array) if fmt == "jpg" and depth == "8" else None
+    if rgbx is not None:
+        from PIL import Image
+
+        im = Image.frombuffer("RGBX", (rgbx.shape[1], rgbx.shape[0]), rgbx, "raw", "RGBX", 0, 1)
+    else:
+        im = _pil_image(array, None if fmt in ("jpg", "bmp") else alpha, depth)
     options: dict[str, Any] = {}
     if quality is not None and fmt in ("jpg", "webp"):
         options["quality"] = quality
-    if icc_profile and fmt in ("png", "jpg", "tiff", "webp") and im.mode in ("L", "RGB", "RGBA"):
+    if (icc_profile and fmt in ("png", "jpg", "tiff", "webp")
+            and im.mode in ("L", "RGB", "RGBX", "RGBA")):
         options["icc_profile"] = icc_profile
     im.save(stream, format=FORMATS[fmt][0], **options)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,9 @@ from imgconv.core.geometry import (
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.pooling import ACTIVATIONS, POOL_OPS
 from imgconv.errors import ImageError, UsageError
+
+#: ``allocate(shape, dtype)``: makes an output array, as ``np.empty`` does
+Allocate = Callable[[tuple[int, ...], Any], NDArray[Any]]
 
 CONV_MODES = ("correlate", "convolve")
 OUTPUT_MAPPINGS = ("auto", "clip", "abs", "offset", "normalize")
@@ -279,9 +282,13 @@ class Pipeline:
         return x
 
     def run_mapped(
-        self, x: NDArray[Any], how: str, *, scale: float, out_max: int
+        self, x: NDArray[Any], how: str, *, scale: float, out_max: int,
+        allocate: Allocate = np.empty,
     ) -> tuple[NDArray[Any], float]:
         """Run and map to integers in ``[0, out_max]``: the result and the clipped fraction.
+
+        ``allocate(shape, dtype)`` makes the output array for a per-value mapping
+        (:func:`imgconv.imageio.output_array` lays it out for the encoder).
 
         One plain kernel, optionally followed by an activation, with a per-value
         mapping (clip, abs, offset) runs fused: integer input is read, filtered
@@ -297,7 +304,8 @@ class Pipeline:
             and how in ("clip", "abs", "offset")
         )
         if not fusable:
-            return self._run_mapped_by_channel(x, how, scale=scale, out_max=out_max)
+            return self._run_mapped_by_channel(x, how, scale=scale, out_max=out_max,
+                                               allocate=allocate)
         assert isinstance(conv, ConvStage)
         from imgconv.core.conv import correlate_into, output_shape
 
@@ -308,7 +316,7 @@ class Pipeline:
                                  stride=conv.stride, dilation=conv.dilation)
         except ValueError as exc:
             raise ImageError(f"kernel {kernel.name}: {exc}") from None
-        out = np.empty(shape, dtype=_out_dtype(out_max))
+        out = allocate(shape, _out_dtype(out_max))
         clipped: list[int] = []  # appended from the core's threads (list.append is atomic)
         activations = [s.kind for s in rest if isinstance(s, ActivationStage)]
 
@@ -331,7 +339,7 @@ class Pipeline:
         return out, sum(clipped) / max(out.size, 1)
 
     def _run_mapped_by_channel(
-        self, x: NDArray[Any], how: str, *, scale: float, out_max: int
+        self, x: NDArray[Any], how: str, *, scale: float, out_max: int, allocate: Allocate
     ) -> tuple[NDArray[Any], float]:
         """Run stage by stage, one colour channel at a time where channels are independent.
 
@@ -351,7 +359,7 @@ class Pipeline:
                 values = values.astype(np.float32, copy=False)
             clipped += map_tile(values, how, scale=scale, out_max=out_max)
             if out is None:
-                out = np.empty((*values.shape, x.shape[2]), dtype=_out_dtype(out_max))
+                out = allocate((*values.shape, x.shape[2]), _out_dtype(out_max))
             out[:, :, c] = values
         assert out is not None
         return out, clipped / max(out.size, 1)

@@ -839,3 +839,19 @@ def test_to_array_matches_numpy_in_every_mode(mode, size, monkeypatch):
 
     monkeypatch.setattr(imageio, "_unpack_into", broken)
     assert np.array_equal(imageio._to_array(im), expected)
+
+
+def test_jpeg_from_a_shared_rgbx_buffer_equals_one_from_rgb():
+    from imgconv.imageio import _rgbx_buffer, encode, output_array
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    view = output_array(rgb.shape, np.uint8, "jpg")
+    view[...] = rgb
+    assert _rgbx_buffer(view) is not None and _rgbx_buffer(rgb) is None
+    assert _rgbx_buffer(output_array(rgb.shape, np.uint8, "png")) is None
+    assert _rgbx_buffer(view[1:]) is None and _rgbx_buffer(view[:, :, :2]) is None
+    shared, plain = io.BytesIO(), io.BytesIO()
+    encode(view, "jpg", shared, quality=90)
+    encode(rgb, "jpg", plain, quality=90)
+    assert shared.getvalue() == plain.getvalue()
