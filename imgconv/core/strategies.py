@@ -38,8 +38,13 @@ from imgconv.core.taps import Program, column_program, factors, program_2d, row_
 from imgconv.core.tiles import Padder, Post, run_bands, store, tile_grid
 
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
-#: must stay in a core's L2 cache between the passes of one tile.
-TILE_BYTES = 384 * 1024
+#: should stay in a core's L2 cache between the passes of one tile. Each tile
+#: also costs some Python per pass, run under the GIL, so with several threads
+#: small tiles queue for it: on the 2-core benchmark machine (2 MiB L2 per
+#: core), 768 KiB against 384 KiB took sobel-x on a 12 MP float32 image from
+#: 37 to 30 ms with 2 threads (35 -> 38 ms with 1), and `apply`'s uint8 RGB
+#: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
+TILE_BYTES = 768 * 1024
 
 #: Padded input rows and columns of one FFT block (before rounding up to a
 #: fast FFT length): larger blocks waste fewer overlapping rows and columns,
