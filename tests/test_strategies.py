@@ -468,3 +468,98 @@ def test_changing_the_thread_count_while_other_threads_correlate(small_tiles, re
     for t in callers:
         t.join()
     assert not errors, errors[0]
+
+
+# --- exact int16 arithmetic for 8-bit images and whole-number kernels -------------------
+
+INT_KERNELS = {
+    "sobel_x": NAMED["sobel_x"],
+    "scharr_x": NAMED["scharr_x"],
+    "diagonal": NAMED["diagonal"],
+    "laplacian": NAMED["laplacian"],
+    "kirsch_n": np.array([[5.0, 5, 5], [-3, 0, -3], [-3, -3, -3]]),
+    "distinct_2x3": np.array([[1.0, -2, 3], [-4, 5, -6]]),  # even, every tap different
+    "at_the_bound": np.array([[64.0, -64]]),  # |w| adds up to 128: 255 * 128 = 32640
+}
+
+
+def _scipy(image, kernel, mode, cval):
+    return ndi.correlate(image.astype(np.float64), kernel, mode=mode, cval=cval)
+
+
+@pytest.mark.parametrize("name", sorted(INT_KERNELS))
+@pytest.mark.parametrize("strategy", ["direct", "separable"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_int16_path_equals_scipy_exactly(small_tiles, name, strategy, mode, dtype):
+    kernel = INT_KERNELS[name]
+    info = np.iinfo(dtype)
+    image = np.random.default_rng(5).integers(info.min, info.max, (23, 17, 2), endpoint=True,
+                                              dtype=dtype)
+    image[:3, :3] = info.max  # the largest sums
+    image[-3:, -3:] = info.min
+    cval = float(info.min) if mode == "constant" else 0.0
+    actual = worker(image, kernel, strategy, pad_mode=mode, cval=cval)
+    expected = np.stack([_scipy(image[:, :, c], kernel, mode, cval) for c in range(2)], -1)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(actual, expected.astype(np.float32))
+
+
+def test_int16_is_used_exactly_when_it_cannot_overflow():
+    from imgconv.core.strategies import exact_int16
+
+    u8, i8 = np.dtype(np.uint8), np.dtype(np.int8)
+    sobel = NAMED["sobel_x"].astype(np.float32)
+    for strategy in ("direct", "separable"):
+        assert exact_int16(sobel, strategy, u8, 0.0).dtype == np.int16
+        assert exact_int16(sobel, strategy, i8, -128.0) is not None
+    assert exact_int16(sobel, "fft", u8, 0.0) is None
+    assert exact_int16(sobel, "direct", np.dtype(np.uint16), 0.0) is None
+    assert exact_int16(sobel, "direct", np.dtype(np.float32), 0.0) is None
+    assert exact_int16(sobel, "direct", u8, 0.5) is None  # the fill must be whole
+    assert exact_int16(sobel, "direct", u8, 300.0) is not None  # 8 * 300 fits
+    assert exact_int16(sobel, "direct", u8, 5000.0) is None  # 8 * 5000 does not
+    assert exact_int16(NAMED["box3"].astype(np.float32), "direct", u8, 0.0) is None
+    assert exact_int16(np.array([[64.0, -64]]), "direct", u8, 0.0) is not None
+    assert exact_int16(np.array([[64.0, -65]]), "direct", u8, 0.0) is None  # 129 * 255
+    # separable: each factor must be whole; the diagonal's are not
+    assert exact_int16(NAMED["diagonal"], "separable", u8, 0.0) is None
+    assert exact_int16(NAMED["diagonal"], "direct", u8, 0.0) is not None
+    # a long whole-number 1-D filter goes to the float32 matrix products
+    binomial = np.outer([1.0, 4, 6, 4, 1], [1.0, 4, 6, 4, 1])
+    assert exact_int16(binomial / 256, "separable", u8, 0.0) is None
+    assert exact_int16(np.ones((3, 3, 2)), "direct", u8, 0.0) is None
+
+
+@pytest.mark.parametrize("strategy", ["direct", "separable"])
+def test_int16_path_at_and_over_the_bound(strategy):
+    image = np.full((9, 8), 255, np.uint8)
+    image[::2, ::3] = 0
+    for kernel in (np.array([[64.0, -64], [0, 0]]), np.array([[64.0, 65], [0, 0]]),
+                   np.array([[128.0, 0], [0, 1]])):
+        expected = _scipy(image, kernel, "reflect", 0.0)
+        np.testing.assert_array_equal(worker(image, kernel, strategy),
+                                      expected.astype(np.float32))
+
+
+@given(
+    kernel=st.lists(st.lists(st.integers(-5, 5), min_size=1, max_size=4), min_size=1,
+                    max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+    signed=st.booleans(),
+    mode=st.sampled_from(MODES),
+    strategy=st.sampled_from(["direct", "separable"]),
+    seed=st.integers(0, 2**16),
+)
+def test_int16_path_property(kernel, signed, mode, strategy, seed):
+    dtype = np.int8 if signed else np.uint8
+    info = np.iinfo(dtype)
+    image = np.random.default_rng(seed).integers(info.min, info.max, (11, 9), endpoint=True,
+                                                 dtype=dtype)
+    k = np.array(kernel, dtype=np.float64)
+    cval = -3.0 if mode == "constant" else 0.0
+    expected = _scipy(image, k, mode, cval)
+    actual = worker(image, k, strategy, pad_mode=mode, cval=cval)
+    if strategies.exact_int16(k.astype(np.float32), strategy, image.dtype, cval) is not None:
+        np.testing.assert_array_equal(actual, expected.astype(np.float32))
+    else:  # fractional factors (separable): float32, to float32's precision
+        assert_matches(actual, expected, np.float32, k, image)

@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from imgconv.core.geometry import Geometry, normalize_pair, resolve_padding
 from imgconv.core.padding import normalize_pad_mode
-from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy
+from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy, exact_int16
 from imgconv.core.tiles import Post
 
 Padding = str | int | tuple[int, int] | tuple[int, int, int, int]
@@ -92,11 +92,16 @@ def _prepare(
     return img, weights.astype(working_dtype(img.dtype)), geom, mode, fill
 
 
-def _strategy(name: str | None, weights: NDArray[Any], geom: Geometry) -> Strategy:
+def _strategy(
+    name: str | None, weights: NDArray[Any], geom: Geometry, image_dtype: np.dtype[Any],
+    fill: float,
+) -> tuple[Strategy, NDArray[Any]]:
+    """The strategy to run and the weights to run it with (int16 where that is exact)."""
     chosen = name or choose_strategy(weights, geom)
     if chosen not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {chosen!r}")
-    return STRATEGIES[chosen]
+    exact = exact_int16(weights, chosen, image_dtype, fill)
+    return STRATEGIES[chosen], weights if exact is None else exact
 
 
 def _run(
@@ -109,18 +114,19 @@ def _run(
     out: NDArray[Any] | None = None,
     post: Post | None = None,
 ) -> NDArray[Any]:
-    """Run the strategy per channel; planes are passed as views and converted tile by tile."""
-    if img.ndim == 2:
-        return _strategy(strategy, weights, geom)(img, weights, geom, mode, fill, out=out,
-                                                  post=post)
+    """Run the strategy per channel; planes are passed as views and converted tile by tile.
+
+    ``weights`` are in the working dtype, which is also the result's; a strategy
+    may compute in int16 (:func:`imgconv.core.strategies.exact_int16`), storing
+    into the float result or ``out``.
+    """
     if weights.ndim == 3:
         # the channel sums need the working dtype: post-processing comes after
         total = np.empty(geom.out_shape, dtype=weights.dtype)
         part = np.empty_like(total)
         for c in range(img.shape[2]):
-            w = weights[:, :, c]
-            _strategy(strategy, w, geom)(img[:, :, c], w, geom, mode, fill,
-                                         out=total if c == 0 else part)
+            run, w = _strategy(strategy, weights[:, :, c], geom, img.dtype, fill)
+            run(img[:, :, c], w, geom, mode, fill, out=total if c == 0 else part)
             if c:
                 total += part
         if post is not None:
@@ -129,10 +135,13 @@ def _run(
             return total
         np.copyto(out, total, casting="unsafe")
         return out
-    result = np.empty((*geom.out_shape, img.shape[2]), weights.dtype) if out is None else out
-    run = _strategy(strategy, weights, geom)
+    channels = () if img.ndim == 2 else (img.shape[2],)
+    result = np.empty((*geom.out_shape, *channels), weights.dtype) if out is None else out
+    run, w = _strategy(strategy, weights, geom, img.dtype, fill)
+    if img.ndim == 2:
+        return run(img, w, geom, mode, fill, out=result, post=post)
     for c in range(img.shape[2]):
-        run(img[:, :, c], weights, geom, mode, fill, out=result[:, :, c], post=post)
+        run(img[:, :, c], w, geom, mode, fill, out=result[:, :, c], post=post)
     return result
 
 

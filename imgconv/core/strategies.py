@@ -34,7 +34,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.core.geometry import Geometry
-from imgconv.core.taps import Program, column_program, factors, program_2d, row_program
+from imgconv.core.taps import (
+    Program,
+    column_program,
+    exact_rtol,
+    factors,
+    low_rank,
+    program_2d,
+    row_program,
+)
 from imgconv.core.tiles import Padder, Post, run_bands, store, tile_grid
 
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
@@ -224,6 +232,7 @@ def separable(
     col_programs = [column_program(u, dy) for u, _ in pairs]
     row = row_program([v for _, v in pairs], dx)
     n = tile_rows(width, dtype.itemsize, sy)
+    # (exact_int16 never gives an integer kernel that would take the products)
     bands = _column_matrices(pairs, dy, sy) if _column_gemm(col_programs) else None
     blocks = _row_matrices(pairs, dx) if _row_gemm(row, len(pairs), geom.extent[1]) else None
     # with a column stride the products still give every column, which is
@@ -532,6 +541,50 @@ def fft(
 
 
 STRATEGIES: dict[str, Strategy] = {"direct": direct, "separable": separable, "fft": fft}
+
+#: Largest sum that int16 arithmetic holds.
+INT16_MAX = 32767
+
+
+def exact_int16(
+    kernel: NDArray[Any], strategy: str, image_dtype: np.dtype[Any], cval: float
+) -> NDArray[np.int16] | None:
+    """``kernel`` as int16 when int16 arithmetic gives exactly the float32 result, else None.
+
+    For uint8 and int8 images and whole-number weights, the passes of
+    ``direct`` and ``separable`` can add int16s instead of float32s: half the
+    bytes per pass, and no rounding at all, so the result is the float32 one
+    (which is exact too: its sums stay far below 2**24). It is used when no
+    partial or final sum can exceed 32767: the sum of ``|weight| * M`` over the
+    kernel (``direct``) or over each factor and each pair of factors
+    (``separable``), with ``M`` the largest magnitude of a pixel or of ``cval``.
+    A uint8 image takes weights whose magnitudes add up to at most 128 (sobel:
+    8, the diagonal: 12, kirsch: 32). The FFT, and the matrix products
+    ``separable`` uses for long 1-D filters, stay in float32.
+    """
+    if (image_dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or kernel.ndim != 2
+            or strategy not in ("direct", "separable") or cval != round(cval)):
+        return None
+    if not np.array_equal(kernel, np.round(kernel)):
+        return None
+    largest = max(255 if image_dtype == np.uint8 else 128, abs(cval))
+    if strategy == "direct":
+        bound = float(np.abs(kernel).sum())
+    else:
+        pairs = low_rank(kernel.astype(np.float64), exact_rtol(np.dtype(np.int16)))
+        if not all(np.array_equal(f, np.round(f)) for pair in pairs for f in pair):
+            return None
+        col_programs = [column_program(u, 1) for u, _ in pairs]
+        row = row_program([v for _, v in pairs], 1)
+        if _column_gemm(col_programs) or _row_gemm(row, len(pairs), kernel.shape[1]):
+            return None
+        bound = max(
+            sum(float(np.abs(u).sum()) for u, _ in pairs),  # the vertical partial sums
+            sum(float(np.abs(u).sum() * np.abs(v).sum()) for u, v in pairs),
+        )
+    if bound * largest > INT16_MAX:
+        return None
+    return kernel.astype(np.int16)
 
 
 def _copy_cost(geom: Geometry, width: int, n: int) -> float:

@@ -200,8 +200,13 @@ def run_bands(
 
 
 def store(acc: NDArray[Any], dst: NDArray[Any], post: Post | None) -> None:
-    """Finish a tile: apply ``post`` in place, then copy into ``dst`` unless it is ``acc``."""
+    """Finish a tile: apply ``post`` in place, then copy into ``dst`` unless it is ``acc``.
+
+    ``post`` always gets a float tile: an int16 one is converted to float32 first.
+    """
     if post is not None:
+        if acc.dtype.kind != "f":
+            acc = acc.astype(np.float32)
         post(acc)
     if acc is not dst:
         np.copyto(dst, acc, casting="unsafe")
