@@ -7,7 +7,6 @@ whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import os
@@ -406,7 +405,15 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     return mapped, out_alpha, notes
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: str, data: bytes | None = None) -> str:
+    """The sha256 of ``data``, or else of the file: for --manifest.
+
+    hashlib loads OpenSSL (3 MiB of memory), so only runs that ask for it import it.
+    """
+    import hashlib
+
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -434,8 +441,7 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                 if not options.overwrite:
                     raise ImageError(f"{target}: already exists (use --overwrite to replace it)")
         if options.hash_inputs:
-            result.sha256 = (hashlib.sha256(data).hexdigest() if data is not None
-                             else _sha256(task.source.path))
+            result.sha256 = _sha256(task.source.path, data)
         picture = load(data if data is not None else task.source.path, gray=options.gray,
                        max_pixels=options.max_pixels)
         result.notes.extend(picture.notes)

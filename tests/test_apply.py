@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -855,3 +856,17 @@ def test_jpeg_from_a_shared_rgbx_buffer_equals_one_from_rgb():
     encode(view, "jpg", shared, quality=90)
     encode(rgb, "jpg", plain, quality=90)
     assert shared.getvalue() == plain.getvalue()
+
+
+def test_apply_imports_neither_scipy_nor_hashlib(tmp_path, rgb_png):
+    # scipy is only the reference (check, --verify); hashlib loads OpenSSL, 3 MiB of
+    # peak memory, and is only for --manifest
+    code = ("import sys\nfrom imgconv.cli import main\n"
+            f"sys.argv = ['imgconv', 'apply', {str(rgb_png)!r}, '-k', 'sobel-x', '-o', "
+            f"{str(tmp_path / 'o.jpg')!r}, '--quiet']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
+            "print(sorted(m for m in ('scipy', 'hashlib', '_hashlib') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "o.jpg").exists()

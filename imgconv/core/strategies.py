@@ -107,8 +107,12 @@ def _readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
 
 
 def tile_rows(width: int, itemsize: int, stride: int) -> int:
-    """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`."""
-    return max(1, TILE_BYTES // max(1, width * itemsize * stride))
+    """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`.
+
+    Sized as float32 at least: an int16 tile is converted to a float32 one for
+    the ``post`` hook, and twice the rows would double that buffer.
+    """
+    return max(1, TILE_BYTES // max(1, width * max(itemsize, 4) * stride))
 
 
 def direct(
