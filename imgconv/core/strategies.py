@@ -563,7 +563,7 @@ def exact_int16(
     kernel (``direct``) or over each factor and each pair of factors
     (``separable``), with ``M`` the largest magnitude of a pixel or of ``cval``.
     A uint8 image takes weights whose magnitudes add up to at most 128 (sobel:
-    8, the diagonal: 12, kirsch: 32). The FFT, and the matrix products
+    8, the diagonal: 12, kirsch: 30). The FFT, and the matrix products
     ``separable`` uses for long 1-D filters, stay in float32.
     """
     if (image_dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or kernel.ndim != 2
