@@ -203,8 +203,10 @@ def _to_array(im: Any) -> NDArray[Any]:
     out = np.empty((height, width, *probe.shape[2:]), dtype=probe.dtype)
     if out.size:
         try:
+            if im.mode == "1":  # packed bits: one byte per pixel only through asarray
+                raise ValueError("mode 1")
             _unpack_into(im, out)
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OSError):
             _copy_bands(im, out)
     return out
 

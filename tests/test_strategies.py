@@ -519,6 +519,14 @@ def test_int16_is_used_exactly_when_it_cannot_overflow():
     assert exact_int16(sobel, "direct", u8, 0.5) is None  # the fill must be whole
     assert exact_int16(sobel, "direct", u8, 300.0) is not None  # 8 * 300 fits
     assert exact_int16(sobel, "direct", u8, 5000.0) is None  # 8 * 5000 does not
+    # the fill value counts only with constant borders
+    image = np.zeros((4, 4), np.uint8)
+    _, weights = conv._strategy("direct", sobel, geometry((4, 4), sobel), image.dtype,
+                                "reflect", 0.5)
+    assert weights.dtype == np.int16
+    _, weights = conv._strategy("direct", sobel, geometry((4, 4), sobel), image.dtype,
+                                "constant", 0.5)
+    assert weights.dtype == np.float32
     assert exact_int16(NAMED["box3"].astype(np.float32), "direct", u8, 0.0) is None
     assert exact_int16(np.array([[64.0, -64]]), "direct", u8, 0.0) is not None
     assert exact_int16(np.array([[64.0, -65]]), "direct", u8, 0.0) is None  # 129 * 255

@@ -94,13 +94,14 @@ def _prepare(
 
 def _strategy(
     name: str | None, weights: NDArray[Any], geom: Geometry, image_dtype: np.dtype[Any],
-    fill: float,
+    mode: str, fill: float,
 ) -> tuple[Strategy, NDArray[Any]]:
     """The strategy to run and the weights to run it with (int16 where that is exact)."""
     chosen = name or choose_strategy(weights, geom)
     if chosen not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {chosen!r}")
-    exact = exact_int16(weights, chosen, image_dtype, fill)
+    # the fill value is read only with constant borders
+    exact = exact_int16(weights, chosen, image_dtype, fill if mode == "constant" else 0.0)
     return STRATEGIES[chosen], weights if exact is None else exact
 
 
@@ -125,7 +126,7 @@ def _run(
         total = np.empty(geom.out_shape, dtype=weights.dtype)
         part = np.empty_like(total)
         for c in range(img.shape[2]):
-            run, w = _strategy(strategy, weights[:, :, c], geom, img.dtype, fill)
+            run, w = _strategy(strategy, weights[:, :, c], geom, img.dtype, mode, fill)
             run(img[:, :, c], w, geom, mode, fill, out=total if c == 0 else part)
             if c:
                 total += part
@@ -137,7 +138,7 @@ def _run(
         return out
     channels = () if img.ndim == 2 else (img.shape[2],)
     result = np.empty((*geom.out_shape, *channels), weights.dtype) if out is None else out
-    run, w = _strategy(strategy, weights, geom, img.dtype, fill)
+    run, w = _strategy(strategy, weights, geom, img.dtype, mode, fill)
     if img.ndim == 2:
         return run(img, w, geom, mode, fill, out=result, post=post)
     for c in range(img.shape[2]):
