@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 import re
 import sys
@@ -740,6 +739,8 @@ def _lost(task: Task, reason: str) -> Result:
 def write_manifest(path: str, options: Options, results: Sequence[Result], *, overwrite: bool,
                    version: str) -> None:
     """A JSON record of the run: version, resolved pipeline, and each input's outcome."""
+    import json
+
     doc = {
         "imgconv": version,
         "pipeline": options.pipeline.to_dict(),

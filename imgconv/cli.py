@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        stdout.print(f"imgconv {__version__}")
+        stdout.line(f"imgconv {__version__}")
         raise typer.Exit()
 
 
@@ -56,14 +56,14 @@ def main() -> None:
     except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            stdout.print(ctx.get_help(), markup=False, highlight=False)
+            stdout.line(ctx.get_help())
             code = 0
         else:
             command = ctx.command_path if ctx is not None else "imgconv"
             print_error(f"{exc.format_message()} (see '{command} --help')")
             code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        stderr.print("interrupted")
+        stderr.line("interrupted")
         code = 130
     except Exception as exc:  # a bug: one line, the traceback only with --debug
         if "--debug" in sys.argv:

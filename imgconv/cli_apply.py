@@ -427,18 +427,14 @@ def apply_command(
             if manifest and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
-                stderr.print(
-                    f"note: --cval is used only with --pad-mode constant, not {pad_mode}",
-                    markup=False,
-                )
+                stderr.line(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
         subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
         if subfolders and not quiet:
-            stderr.print(
-                f"note: {subfolders} sub-folder(s) not read; add --recursive to include them",
-                soft_wrap=True,
+            stderr.line(
+                f"note: {subfolders} sub-folder(s) not read; add --recursive to include them"
             )
         if dry_run:
             _print_plan(tasks, pipeline, stdin, max_pixels)
@@ -463,7 +459,7 @@ def apply_command(
         try:
             results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
         except KeyboardInterrupt:
-            stderr.print("interrupted: finished outputs are complete; none is partial")
+            stderr.line("interrupted: finished outputs are complete; none is partial")
             raise typer.Exit(130) from None
         if manifest:
             from imgconv import __version__
@@ -477,7 +473,7 @@ def apply_command(
         if not quiet:
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
-            stderr.print(f"written {written}, skipped {skipped}, failed {len(failed)}")
+            stderr.line(f"written {written}, skipped {skipped}, failed {len(failed)}")
         if failed:
             raise typer.Exit(1)
 
@@ -510,16 +506,12 @@ def _run_with_progress(
         def plain(result: Any) -> None:
             note(result)
             if result.status == "written" and result.output != batch.STDIO:
-                stderr.print(
+                stderr.line(
                     f"{result.input} {_dims(result.input_shape)} -> {result.output} "
-                    f"{_dims(result.output_shape)}",
-                    soft_wrap=True,
-                    markup=False,
+                    f"{_dims(result.output_shape)}"
                 )
             elif result.status == "skipped":
-                stderr.print(
-                    f"skipped {result.input}: {result.output} exists", soft_wrap=True, markup=False
-                )
+                stderr.line(f"skipped {result.input}: {result.output} exists")
 
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=plain))
 
@@ -539,7 +531,7 @@ def _run_with_progress(
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=stderr,
+        console=stderr.console,
         transient=False,
     ) as progress:
         bar = progress.add_task("filtering", total=len(tasks), rate="")
@@ -560,7 +552,7 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
     from imgconv.imageio import read_header
 
     def say(text: str) -> None:
-        stdout.print(text, markup=False, soft_wrap=True, highlight=False)
+        stdout.line(text)
 
     headers: list[tuple[int, int, float] | str] = []
     for t in tasks:

@@ -1,28 +1,92 @@
-"""What every command shares: the consoles and the one error boundary."""
+"""What every command shares: the output streams and the one error boundary.
+
+Rich draws colour, tables and progress bars in a terminal, and costs about
+50 ms to import. A run whose output is not a terminal (a script, a pipe, a
+log file) gets the same lines as plain text, unwrapped, and never imports it:
+``imgconv apply`` in a script starts that much faster.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from imgconv.errors import ImgconvError
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Variables by which Rich decides for itself whether it writes to a terminal.
+RICH_TERMINAL_VARIABLES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+class Stream:
+    """Standard output or error: plain lines, or a Rich console made on first use.
+
+    ``file`` is looked up at each write, so a redirected ``sys.stdout`` (as in
+    a test's CliRunner) is followed.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._console: Console | None = None
+
+    @property
+    def file(self) -> TextIO:
+        stream: TextIO = getattr(sys, self._name)
+        return stream
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._name == "stderr", highlight=False)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether this stream is a terminal, as Rich would decide."""
+        if any(os.environ.get(name) for name in RICH_TERMINAL_VARIABLES):
+            return self.console.is_terminal
+        try:
+            return self.file.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """Rich's ``Console.print``: for tables and styled text."""
+        self.console.print(*objects, **options)
+
+    def line(self, text: str, style: str | None = None, prefix: str = "") -> None:
+        """One line of text (never markup), not wrapped; ``prefix`` in ``style`` in a terminal."""
+        if not self.is_terminal:
+            self.file.write(f"{prefix} {text}\n" if prefix else f"{text}\n")
+            self.file.flush()
+            return
+        from rich.text import Text
+
+        line = Text.assemble((prefix, style or ""), " ", text) if prefix else Text(text)
+        self.console.print(line, soft_wrap=True)
+
+
+stdout = Stream("stdout")
+stderr = Stream("stderr")
 
 
 def print_error(message: str) -> None:
     """``error: <message>`` on stderr; the message is text, never Rich markup."""
-    stderr.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    stderr.line(message, "red", "error:")
 
 
 def print_warning(message: str) -> None:
     """``warning: <message>`` on stderr, as text."""
-    stderr.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
+    stderr.line(message, "yellow", "warning:")
 
 
 @contextmanager
