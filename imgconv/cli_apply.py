@@ -385,6 +385,10 @@ def apply_command(
     debug: Debug = False,
 ) -> None:
     """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
+    if len(inputs) == 1 and not dry_run and os.path.isfile(inputs[0]):
+        from imgconv.opening import decode_ahead
+
+        decode_ahead(inputs[0], max_pixels)  # while numpy and the kernels are imported
     from imgconv import batch
     from imgconv.imageio import DEPTHS
 

@@ -7,7 +7,6 @@ package sees numpy arrays.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
+from imgconv.opening import open_image, take
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # output format name -> (Pillow format, file extension)
@@ -81,34 +81,6 @@ def format_for(path: str, explicit: str | None) -> str:
     return EXTENSIONS[ext]
 
 
-def _open(source: str | bytes, max_pixels: int) -> Any:
-    from PIL import Image
-
-    name = "<stdin>" if isinstance(source, bytes) else source
-    # Opening reads only the header; the pixel limit is checked below, before any decoding,
-    # so Pillow's own (global) bomb check is set aside for the call.
-    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a folder, not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = "empty input" if source == b"" else (
-            "not a known image format" if isinstance(source, bytes) else str(exc))
-        raise ImageError(f"{name}: not a readable image ({reason})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-    w, h = im.size
-    if w * h > max_pixels:
-        raise ImageError(
-            f"{name}: {w}x{h} = {w * h:,} pixels is more than the limit of {max_pixels:,}; "
-            f"raise it with --max-pixels"
-        )
-    return im
-
-
 def read_header(
     source: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[int, int, float]:
@@ -117,7 +89,7 @@ def read_header(
     The EXIF orientation is applied to the size; the value is 65535 for 16-bit
     images and 255 otherwise, as :func:`load` will give.
     """
-    im = _open(source, max_pixels)
+    im = open_image(source, max_pixels)
     w, h = im.size
     orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     max_value = 65535.0 if im.mode.startswith("I") else 255.0
@@ -134,7 +106,7 @@ def load(source: str | bytes, *, gray: bool = False,
     (ITU-R 601-2, as Pillow's "L").
     """
     name = "<stdin>" if isinstance(source, bytes) else source
-    im = _open(source, max_pixels)
+    im = take(source, max_pixels) or open_image(source, max_pixels)
     notes: list[str] = []
     try:
         frames = getattr(im, "n_frames", 1)

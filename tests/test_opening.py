@@ -1,0 +1,70 @@
+"""Decoding the first input ahead: the same pixels, the same errors, never a stale file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imgconv import opening
+from imgconv.cli import app
+from imgconv.errors import ImageError
+from imgconv.imageio import load
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    pixels = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_take_gives_the_decoded_image_once(photo):
+    opening.decode_ahead(str(photo), 10_000)
+    assert opening.take(str(photo), 9_999) is None  # another limit: not this one
+    assert opening.take(str(photo) + "x", 10_000) is None  # another path
+    im = opening.take(str(photo), 10_000)
+    assert im is not None and im.size == (60, 40)
+    assert im.im is not None  # already decoded
+    assert opening.take(str(photo), 10_000) is None  # given once
+    assert np.array_equal(np.asarray(im), np.asarray(Image.open(photo)))
+
+
+def test_a_file_changed_after_decoding_is_read_again(photo):
+    opening.decode_ahead(str(photo), 10_000)
+    opening._ahead.thread.join()  # type: ignore[union-attr]
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
+    os.utime(photo, ns=(0, 123_456_789))  # a different mtime even on a coarse clock
+    assert not load(str(photo), max_pixels=10_000).pixels.any()
+
+
+def test_errors_are_those_of_opening_it(tmp_path, photo):
+    opening.decode_ahead(str(photo), 100)
+    with pytest.raises(ImageError, match="2,400 pixels is more than the limit of 100"):
+        load(str(photo), max_pixels=100)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    opening.decode_ahead(str(broken), 10_000)
+    with pytest.raises(ImageError, match=r"broken\.jpg: not a readable image"):
+        load(str(broken), max_pixels=10_000)
+
+
+def test_apply_decodes_its_one_input_ahead(tmp_path, photo, monkeypatch):
+    taken = []
+    real_take = opening.take
+
+    def spy(source, max_pixels):
+        taken.append(real_take(source, max_pixels))
+        return taken[-1]
+
+    monkeypatch.setattr("imgconv.imageio.take", spy)
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(app, ["apply", str(photo), "-k", "box-blur", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(taken) == 1 and taken[0] is not None
+    assert out.exists()
