@@ -388,7 +388,7 @@ def apply_command(
     if len(inputs) == 1 and not dry_run and os.path.isfile(inputs[0]):
         from imgconv.opening import decode_ahead
 
-        decode_ahead(inputs[0], max_pixels)  # while numpy and the kernels are imported
+        decode_ahead(inputs[0], max_pixels, gray)  # while numpy and the kernels are imported
     from imgconv import batch
     from imgconv.imageio import DEPTHS
 

@@ -105,8 +105,15 @@ def load(source: str | bytes, *, gray: bool = False,
     RGB (with a note), and with ``gray`` converts colour to luminance
     (ITU-R 601-2, as Pillow's "L").
     """
+    ahead: Picture | None = take(source, max_pixels, gray)
+    if ahead is not None:
+        return ahead
     name = "<stdin>" if isinstance(source, bytes) else source
-    im = take(source, max_pixels) or open_image(source, max_pixels)
+    return decode(open_image(source, max_pixels), name, gray=gray)
+
+
+def decode(im: Any, name: str, *, gray: bool = False) -> Picture:
+    """:func:`load` of an image Pillow has opened (and may have decoded); ``name`` for messages."""
     notes: list[str] = []
     try:
         frames = getattr(im, "n_frames", 1)

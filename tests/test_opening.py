@@ -24,15 +24,23 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def test_take_gives_the_decoded_image_once(photo):
+def test_take_gives_the_loaded_picture_once(photo):
     opening.decode_ahead(str(photo), 10_000)
     assert opening.take(str(photo), 9_999) is None  # another limit: not this one
     assert opening.take(str(photo) + "x", 10_000) is None  # another path
-    im = opening.take(str(photo), 10_000)
-    assert im is not None and im.size == (60, 40)
-    assert im.im is not None  # already decoded
+    assert opening.take(str(photo), 10_000, gray=True) is None  # another conversion
+    picture = opening.take(str(photo), 10_000)
+    assert picture is not None
     assert opening.take(str(photo), 10_000) is None  # given once
-    assert np.array_equal(np.asarray(im), np.asarray(Image.open(photo)))
+    expected = load(str(photo), max_pixels=10_000)
+    assert np.array_equal(picture.pixels, expected.pixels)
+    assert picture.pixels.dtype == expected.pixels.dtype == np.uint8
+
+
+def test_gray_is_loaded_ahead_too(photo):
+    opening.decode_ahead(str(photo), 10_000, gray=True)
+    picture = opening.take(str(photo), 10_000, gray=True)
+    assert picture is not None and picture.pixels.shape == (40, 60)
 
 
 def test_a_file_changed_after_decoding_is_read_again(photo):
@@ -58,8 +66,8 @@ def test_apply_decodes_its_one_input_ahead(tmp_path, photo, monkeypatch):
     taken = []
     real_take = opening.take
 
-    def spy(source, max_pixels):
-        taken.append(real_take(source, max_pixels))
+    def spy(source, max_pixels, gray=False):
+        taken.append(real_take(source, max_pixels, gray))
         return taken[-1]
 
     monkeypatch.setattr("imgconv.imageio.take", spy)
