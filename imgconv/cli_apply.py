@@ -385,14 +385,14 @@ def apply_command(
     debug: Debug = False,
 ) -> None:
     """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
-    if len(inputs) == 1 and not dry_run and os.path.isfile(inputs[0]):
-        from imgconv.opening import decode_ahead
+    from imgconv.opening import decoding_ahead
 
-        decode_ahead(inputs[0], max_pixels, gray)  # while numpy and the kernels are imported
-    from imgconv import batch
-    from imgconv.imageio import DEPTHS
+    # one file: decode it while numpy and the kernels are imported
+    single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
+    with report_errors(debug), decoding_ahead(inputs[0] if single else None, max_pixels, gray):
+        from imgconv import batch
+        from imgconv.imageio import DEPTHS
 
-    with report_errors(debug):
         try:
             pipeline = _build_pipeline(
                 kernel,

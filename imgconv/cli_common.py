@@ -52,7 +52,7 @@ class Stream:
     @property
     def is_terminal(self) -> bool:
         """Whether this stream is a terminal, as Rich would decide."""
-        if any(os.environ.get(name) for name in RICH_TERMINAL_VARIABLES):
+        if any(name in os.environ for name in RICH_TERMINAL_VARIABLES):  # even if empty
             return self.console.is_terminal
         try:
             return self.file.isatty()

@@ -91,7 +91,11 @@ def read_header(
     """
     im = open_image(source, max_pixels)
     w, h = im.size
-    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError) as exc:  # e.g. a PNG truncated before its eXIf
+        name = "<stdin>" if isinstance(source, bytes) else source
+        raise ImageError(f"{name}: cannot read the image's header ({exc})") from None
     max_value = 65535.0 if im.mode.startswith("I") else 255.0
     return (w, h, max_value) if orientation in (5, 6, 7, 8) else (h, w, max_value)
 

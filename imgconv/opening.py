@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from imgconv.errors import ImageError
@@ -95,6 +97,27 @@ def decode_ahead(path: str, max_pixels: int, gray: bool = False) -> None:
     global _ahead
     _ahead = _Ahead(path, max_pixels, gray)
     _ahead.thread.start()
+
+
+def forget() -> None:
+    """Drop what :func:`decode_ahead` started, taken or not (the thread finishes on its own)."""
+    global _ahead
+    _ahead = None
+
+
+@contextmanager
+def decoding_ahead(path: str | None, max_pixels: int, gray: bool = False) -> Iterator[None]:
+    """:func:`decode_ahead` of ``path`` (None: nothing) for the ``with`` block, then :func:`forget`.
+
+    Whatever the block does not take is dropped at its end, so a later load,
+    in the same process, never gets a picture decoded for another command.
+    """
+    if path is not None:
+        decode_ahead(path, max_pixels, gray)
+    try:
+        yield
+    finally:
+        forget()
 
 
 def take(source: str | bytes, max_pixels: int, gray: bool = False) -> Any:

@@ -745,6 +745,17 @@ def test_out_dir_inside_the_input_folder_is_not_read_back(tmp_path, gray_png):
     assert not (folder / "out" / "out").exists()
 
 
+def test_dry_run_reports_a_truncated_file_as_unreadable(tmp_path, rgb_png):
+    # Pillow reads a PNG's eXIf chunk, for the orientation, past the point it was cut
+    data = rgb_png.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    result = invoke("apply", cut, "-k", "box-blur", "-o", tmp_path / "o.png", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "cut.png: cannot read the image's header (image file is truncated)" in result.output
+    assert "internal error" not in result.output
+
+
 def test_dry_run_says_when_the_output_would_be_empty(tmp_path):
     src = tmp_path / "tiny.png"
     Image.new("L", (4, 4)).save(src)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from imgconv.cli_common import RICH_TERMINAL_VARIABLES, Stream, print_error, stderr
@@ -35,3 +37,15 @@ def test_rich_colours_a_terminal(no_terminal_variables, monkeypatch, capsys):
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].endswith(LONG)  # not wrapped either
     assert lines[1] == "[bold]not markup[/bold]"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_rich_decides_when_its_variables_are_set_even_empty(no_terminal_variables, monkeypatch):
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    assert Stream("stderr").is_terminal
+    monkeypatch.setenv("FORCE_COLOR", "")  # Rich: not a terminal, whatever isatty says
+    assert not Stream("stderr").is_terminal

@@ -16,6 +16,12 @@ from imgconv.errors import ImageError
 from imgconv.imageio import load
 
 
+@pytest.fixture(autouse=True)
+def nothing_ahead():
+    yield
+    opening.forget()
+
+
 @pytest.fixture
 def photo(tmp_path: Path) -> Path:
     path = tmp_path / "photo.png"
@@ -76,3 +82,13 @@ def test_apply_decodes_its_one_input_ahead(tmp_path, photo, monkeypatch):
     assert result.exit_code == 0, result.output
     assert len(taken) == 1 and taken[0] is not None
     assert out.exists()
+
+
+def test_a_failed_command_leaves_nothing_decoded_behind(tmp_path, photo):
+    out = str(tmp_path / "out.png")
+    result = CliRunner().invoke(app, ["apply", str(photo), "-k", "no-such-kernel", "-o", out])
+    assert result.exit_code == 2
+    assert opening._ahead is None  # a later load in this process must open the file again
+    with opening.decoding_ahead(str(photo), 10_000):
+        assert opening._ahead is not None
+    assert opening._ahead is None
