@@ -291,6 +291,19 @@ def test_correlate_into_checks_out_and_flips():
     assert imgconv.core.output_shape((8, 9, 3), (3, 2), stride=2) == (4, 5, 3)
 
 
+@pytest.mark.parametrize("name", ["diagonal", "sobel_x", "gaussian5", "random9"])
+def test_correlate_into_the_image_itself(monkeypatch, name):
+    # tiles are written while the next ones still read the rows above them
+    monkeypatch.setattr(strategies, "TILE_BYTES", 64)
+    image = make_image((40, 23), np.float64)
+    kernel = (np.random.default_rng(3).random((9, 9)) if name == "random9"
+              else NAMED[name])
+    expected = ndi.correlate(image, kernel, mode="reflect")
+    out = image.copy()
+    imgconv.core.correlate_into(out, kernel, out)
+    assert_matches(out, expected, np.float64, kernel, image)
+
+
 def test_importing_the_core_does_not_import_scipy():
     code = ("import sys, numpy as np, imgconv.core\n"
             "imgconv.core.correlate(np.ones((50, 50)), np.ones((3, 3)))\n"

@@ -229,7 +229,8 @@ def correlate_into(
     image, kernel, padding, pad_mode, cval, stride, dilation
         As :func:`correlate`.
     out : ndarray
-        Of shape :func:`output_shape`; written and returned.
+        Of shape :func:`output_shape`; written and returned. It may be
+        ``image`` itself (or overlap it): the image is then read from a copy.
     flip : bool
         True convolution, as :func:`convolve`.
     post : callable, optional
@@ -254,6 +255,8 @@ def correlate_into(
     if not isinstance(out, np.ndarray) or out.shape != expected:
         got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"out must be an array of shape {expected}, got {got}")
+    if np.may_share_memory(img, out):  # tiles are written while later ones still read
+        img = img.copy()
     return _run(img, weights, geom, mode, fill, None, out=out, post=post)
 
 

@@ -43,7 +43,7 @@ from imgconv.core.taps import (
     program_2d,
     row_program,
 )
-from imgconv.core.tiles import Padder, Post, run_bands, store, tile_grid
+from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile_grid
 
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
 #: should stay in a core's L2 cache between the passes of one tile. Each tile
@@ -165,7 +165,8 @@ def direct(
         for r0, r1 in tiles:
             m = r1 - r0
             rows_in = (m - 1) * sy + ey
-            dst, acc = result[r0:r1], acc_buf[:m]
+            dst = result[r0:r1]
+            acc = accumulator(acc_buf[:m], dst, post)
             if edge is not None and padder.inside(r0 * sy, rows_in):
                 p0 = r0 * sy
                 image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
@@ -184,8 +185,6 @@ def direct(
                 padder.fill(tile, r0 * sy, rows_in)
                 program.run([tile[:rows_in]], (m, ow), (sy, sx), acc,
                             None if scratch is None else scratch[:m, :ow])
-            # Accumulate in a cache-resident buffer and copy once: numpy's
-            # stores into cold output memory cost about twice np.copyto's.
             store(acc, dst, post)
 
     run_bands(tile_grid(oh, n), band, oh * ow)
@@ -291,9 +290,8 @@ def separable(
                 else:
                     finite = vertical(tile[:rows_in], m, slice(0, width))
                     sources = [buf[:m] for buf in partial]
-            # Accumulate in a cache-resident buffer and copy once: numpy's
-            # stores into cold output memory cost about twice np.copyto's.
-            dst, acc = result[r0:r1], acc_buf[:m, :ow]
+            dst = result[r0:r1]
+            acc = accumulator(acc_buf[:m, :ow], dst, post)
             if blocks is not None and row_scratch is not None and (
                     finite or bool(np.isfinite(partial[:, :m, :width].sum()))):
                 _gemm_rows(blocks, partial[:, :m], acc_buf[:m, : nb * GEMM_COLS],
