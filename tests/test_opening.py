@@ -92,3 +92,15 @@ def test_a_failed_command_leaves_nothing_decoded_behind(tmp_path, photo):
     with opening.decoding_ahead(str(photo), 10_000):
         assert opening._ahead is not None
     assert opening._ahead is None
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "gif", "tiff", "webp", "bmp"])
+def test_decoding_ahead_in_large_blocks_gives_the_same_picture(tmp_path, fmt):
+    pixels = np.random.default_rng(8).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    path = tmp_path / f"photo.{fmt}"
+    Image.fromarray(pixels).save(path)
+    opening.decode_ahead(str(path), 10**6)
+    ahead = opening.take(str(path), 10**6)
+    assert ahead is not None
+    plain = load(str(path), max_pixels=10**6)
+    assert np.array_equal(ahead.pixels, plain.pixels) and ahead.notes == plain.notes
