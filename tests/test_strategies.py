@@ -304,6 +304,19 @@ def test_correlate_into_the_image_itself(monkeypatch, name):
     assert_matches(out, expected, np.float64, kernel, image)
 
 
+@pytest.mark.parametrize(("size", "expected"), [("512K", 512 << 10), ("2048K\n", 2 << 20),
+                                              ("1M", 1 << 20), ("lots", None)])
+def test_l2_cache_size_is_read_from_sysfs(tmp_path, size, expected):
+    for index, (level, kind, text) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", size), ("3", "Unified", "32M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(level + "\n")
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(text)
+    assert strategies.l2_cache_bytes(tmp_path) == expected
+
+
 def test_importing_the_core_does_not_import_scipy():
     code = ("import sys, numpy as np, imgconv.core\n"
             "imgconv.core.correlate(np.ones((50, 50)), np.ones((3, 3)))\n"
