@@ -328,7 +328,12 @@ class Pipeline:
                     np.maximum(tile, 0, out=tile)
                 elif kind == "abs":
                     np.abs(tile, out=tile)
-            clipped.append(map_tile(tile, how, scale=scale, out_max=out_max))
+            mapped = map_tile if tile.dtype.kind == "f" else map_int16_tile
+            clipped.append(mapped(tile, how, scale=scale, out_max=out_max))
+
+        # exact int16 sums (never -32768) map without floats when nothing adds a fraction
+        post.takes_int16 = (  # type: ignore[attr-defined]
+            not kernel.bias and scale == 1.0 and how in ("clip", "abs") and out_max <= 32767)
 
         try:
             correlate_into(x, kernel.weights, out, padding=padding, pad_mode=conv.pad_mode,
@@ -627,6 +632,26 @@ def map_tile(v: NDArray[Any], how: str, *, scale: float, out_max: int) -> int:
         v += (out_max + 1) / 2
     np.rint(v, out=v)
     clipped = int(np.count_nonzero(v < 0)) + int(np.count_nonzero(v > out_max))
+    np.clip(v, 0, out_max, out=v)
+    return clipped
+
+
+def map_int16_tile(v: NDArray[np.int16], how: str, *, scale: float, out_max: int) -> int:
+    """:func:`map_tile` of an int16 tile of whole numbers, for ``clip`` and ``abs`` at scale 1.
+
+    The same values and count, with no float pass: a negative int16 read as
+    uint16 is 32768 or more, so one comparison counts what falls outside
+    ``[0, out_max]``.
+
+    >>> t = np.array([-300, -1, 0, 255, 256], np.int16)
+    >>> map_int16_tile(t, "clip", scale=1.0, out_max=255), t.tolist()
+    (3, [0, 0, 0, 255, 255])
+    """
+    if scale != 1.0 or how not in ("clip", "abs") or out_max > np.iinfo(np.int16).max:
+        raise ValueError(f"int16 tiles map only by clip or abs at scale 1, got {how} at {scale}")
+    if how == "abs":
+        np.abs(v, out=v)
+    clipped = int(np.count_nonzero(v.view(np.uint16) > out_max))
     np.clip(v, 0, out_max, out=v)
     return clipped
 

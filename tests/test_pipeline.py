@@ -26,6 +26,33 @@ def test_run_mapped_equals_run_then_map(kernels, how, activation, geometry):
     assert clipped == pytest.approx(expected_clipped)
 
 
+@pytest.mark.parametrize(("kernel", "how", "int16"), [
+    ("sobel-x", "clip", True), ("sobel-x", "abs", True), ("5 5 5; -3 0 -3; -3 -3 -3", "clip", True),
+    ("sobel-x", "offset", False),  # +128 is mapped in float32
+    ("box-blur", "clip", False),  # fractions: float32 sums
+])
+@pytest.mark.parametrize("activation", ["none", "relu", "abs"])
+def test_exact_int16_tiles_map_without_floats(monkeypatch, kernel, how, int16, activation):
+    import imgconv.pipeline as pl
+
+    calls = []
+    real = pl.map_int16_tile
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "map_int16_tile", spy)
+    # extremes: sums at the int16 path's largest magnitudes, both signs
+    pixels = np.random.default_rng(7).choice([0, 1, 254, 255], size=(23, 19, 3)).astype(np.uint8)
+    pipeline = Pipeline.from_options([kernel], activation=activation)
+    fused, clipped = pipeline.run_mapped(pixels, how, scale=1.0, out_max=255)
+    expected, expected_clipped = map_output(pipeline.run(pixels), how, scale=1.0, out_max=255)
+    np.testing.assert_array_equal(fused, expected)
+    assert clipped == pytest.approx(expected_clipped)
+    assert bool(calls) == int16
+
+
 def test_run_mapped_16bit_with_scale():
     pixels = np.random.default_rng(4).integers(0, 256, size=(9, 11)).astype(np.uint8)
     pipeline = Pipeline.from_options(["sharpen"])

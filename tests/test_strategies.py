@@ -280,6 +280,23 @@ def test_correlate_into_uint8_with_post(kernel):
     np.testing.assert_array_equal(out, np.clip(np.rint(expected), 0, 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("takes_int16", [False, True])
+def test_post_gets_int16_tiles_only_when_it_asks(takes_int16):
+    image = make_image((30, 20), np.uint8)
+    seen = set()
+
+    def post(tile):
+        seen.add(tile.dtype)
+        np.clip(tile, 0, 255, out=tile)
+
+    post.takes_int16 = takes_int16
+    out = np.empty((30, 20), np.uint8)
+    imgconv.core.correlate_into(image, NAMED["sobel_x"], out, post=post)
+    assert seen == {np.dtype(np.int16) if takes_int16 else np.dtype(np.float32)}
+    expected = np.clip(imgconv.correlate(image, NAMED["sobel_x"]), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_correlate_into_checks_out_and_flips():
     image = make_image((8, 9), np.float64)
     kernel = distinct_kernel(3, 2)

@@ -235,7 +235,10 @@ def correlate_into(
         True convolution, as :func:`convolve`.
     post : callable, optional
         ``post(tile)`` on each float tile of output rows (shape (rows, W') per
-        channel), in place; its return value is ignored.
+        channel), in place; its return value is ignored. A ``post`` with a
+        true attribute ``takes_int16`` also gets the int16 tiles of exact
+        sums (8-bit images, small whole-number kernels) as they are, rather
+        than converted to float32 (whole numbers either way).
 
     Examples
     --------

@@ -217,10 +217,11 @@ def accumulator(buffer: NDArray[Any], dst: NDArray[Any], post: Post | None) -> N
 def store(acc: NDArray[Any], dst: NDArray[Any], post: Post | None) -> None:
     """Finish a tile: apply ``post`` in place, then copy into ``dst`` unless it is ``acc``.
 
-    ``post`` always gets a float tile: an int16 one is converted to float32 first.
+    ``post`` gets a float tile: an int16 one (exact sums) is converted to
+    float32 first, unless ``post`` has a true ``takes_int16`` attribute.
     """
     if post is not None:
-        if acc.dtype.kind != "f":
+        if acc.dtype.kind != "f" and not getattr(post, "takes_int16", False):
             acc = acc.astype(np.float32)
         post(acc)
     if acc is not dst:
