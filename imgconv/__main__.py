@@ -1,3 +1,3 @@
-from imgconv.cli import main
+from imgconv.cli import script
 
-main()
+script()

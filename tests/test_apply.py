@@ -880,7 +880,7 @@ def test_apply_imports_only_what_it_uses(tmp_path, rgb_png):
     # photo that is not rotated
     unwanted = ("scipy", "hashlib", "_hashlib", "rich", "numpy.ma", "PIL.ImageOps",
                 "imgconv.cli_kernel_views")
-    code = ("import sys\nfrom imgconv.cli import main\n"
+    code = ("import sys\nfrom imgconv.cli import script as main\n"
             f"sys.argv = ['imgconv', 'apply', {str(rgb_png)!r}, '-k', 'sobel-x', '-o', "
             f"{str(tmp_path / 'o.jpg')!r}]\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
@@ -890,7 +890,7 @@ def test_apply_imports_only_what_it_uses(tmp_path, rgb_png):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env)
     assert result.returncode == 0, result.stderr
-    # and the exit leaves the garbage collector's teardown passes out (gc.freeze)
+    # and the command's exit leaves the garbage collector's teardown passes out (gc.freeze)
     assert result.stdout.split() == ["[]", "frozen"]
     assert "written 1, skipped 0, failed 0" in result.stderr
     assert (tmp_path / "o.jpg").exists()

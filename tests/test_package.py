@@ -45,3 +45,14 @@ def test_help_imports_no_heavy_modules():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+def test_main_leaves_the_garbage_collector_alone():
+    # only the command (imgconv.cli.script) freezes it on its way out
+    code = ("import gc, sys\nfrom imgconv.cli import main\n"
+            "sys.argv = ['imgconv', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(gc.get_freeze_count())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split()[-1] == "0"

@@ -332,6 +332,8 @@ def test_l2_cache_size_is_read_from_sysfs(tmp_path, size, expected):
         (folder / "type").write_text(kind + "\n")
         (folder / "size").write_text(text)
     assert strategies.l2_cache_bytes(tmp_path) == expected
+    (tmp_path / "index0" / "level").unlink()  # one unreadable entry spoils nothing
+    assert strategies.l2_cache_bytes(tmp_path) == expected
 
 
 def test_importing_the_core_does_not_import_scipy():

@@ -231,6 +231,8 @@ def correlate_into(
     out : ndarray
         Of shape :func:`output_shape`; written and returned. It may be
         ``image`` itself (or overlap it): the image is then read from a copy.
+        Until the call returns it may hold partial sums (without ``post``,
+        the passes add up in place).
     flip : bool
         True convolution, as :func:`convolve`.
     post : callable, optional

@@ -62,13 +62,17 @@ def l2_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> i
     True
     """
     try:
-        for index in sorted(root.glob("index*")):
+        indexes = sorted(root.glob("index*"))
+    except OSError:
+        return None
+    for index in indexes:
+        try:
             if (index / "level").read_text().strip() == "2":
                 text = (index / "size").read_text().strip().upper()
                 unit = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
                 return int(text.rstrip("KM")) * unit
-    except (OSError, ValueError):
-        pass
+        except (OSError, ValueError):
+            continue
     return None
 
 
@@ -517,7 +521,9 @@ def fft(
     -----
     Rounding differs from the direct sum (errors spread over a block rather
     than staying local), within float32 or float64 precision of the block's
-    largest values. A NaN or infinity in the image spreads over its whole block.
+    largest values. It also depends on the block size, which follows the
+    machine's L2 cache (:func:`fft_block`): two machines may differ in the
+    last bits. A NaN or infinity in the image spreads over its whole block.
     """
     from scipy import fft as sfft
 
