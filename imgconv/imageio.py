@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.opening import open_image, take
+from imgconv.opening import display_name, open_image, take
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # output format name -> (Pillow format, file extension)
@@ -94,8 +94,8 @@ def read_header(
     try:
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except (OSError, SyntaxError, ValueError) as exc:  # e.g. a PNG truncated before its eXIf
-        name = "<stdin>" if isinstance(source, bytes) else source
-        raise ImageError(f"{name}: cannot read the image's header ({exc})") from None
+        raise ImageError(
+            f"{display_name(source)}: cannot read the image's header ({exc})") from None
     max_value = 65535.0 if im.mode.startswith("I") else 255.0
     return (w, h, max_value) if orientation in (5, 6, 7, 8) else (h, w, max_value)
 
@@ -112,8 +112,7 @@ def load(source: str | bytes, *, gray: bool = False,
     ahead: Picture | None = take(source, max_pixels, gray)
     if ahead is not None:
         return ahead
-    name = "<stdin>" if isinstance(source, bytes) else source
-    return decode(open_image(source, max_pixels), name, gray=gray)
+    return decode(open_image(source, max_pixels), display_name(source), gray=gray)
 
 
 def decode(im: Any, name: str, *, gray: bool = False) -> Picture:

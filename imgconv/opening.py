@@ -25,6 +25,11 @@ _limit_lock = threading.Lock()
 MAX_BLOCK = 1 << 24
 
 
+def display_name(source: str | bytes) -> str:
+    """How messages name an input: its path, or ``<stdin>`` for bytes read from it."""
+    return "<stdin>" if isinstance(source, bytes) else source
+
+
 def open_image(source: str | bytes, max_pixels: int) -> Any:
     """Open ``source`` (a path or the file's bytes), reading its header only.
 
@@ -33,7 +38,7 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     """
     from PIL import Image
 
-    name = "<stdin>" if isinstance(source, bytes) else source
+    name = display_name(source)
     # Opening reads only the header; the pixel limit is checked below, before any decoding,
     # so Pillow's own (global) bomb check is set aside for the call.
     with _limit_lock:

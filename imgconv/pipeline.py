@@ -333,7 +333,7 @@ class Pipeline:
 
         # exact int16 sums (never -32768) map without floats when nothing adds a fraction
         post.takes_int16 = (  # type: ignore[attr-defined]
-            not kernel.bias and scale == 1.0 and how in ("clip", "abs") and out_max <= 32767)
+            not kernel.bias and int16_mappable(how, scale, out_max))
 
         try:
             correlate_into(x, kernel.weights, out, padding=padding, pad_mode=conv.pad_mode,
@@ -636,6 +636,11 @@ def map_tile(v: NDArray[Any], how: str, *, scale: float, out_max: int) -> int:
     return clipped
 
 
+def int16_mappable(how: str, scale: float, out_max: int) -> bool:
+    """Whether :func:`map_int16_tile` can map int16 tiles this way."""
+    return scale == 1.0 and how in ("clip", "abs") and out_max <= np.iinfo(np.int16).max
+
+
 def map_int16_tile(v: NDArray[np.int16], how: str, *, scale: float, out_max: int) -> int:
     """:func:`map_tile` of an int16 tile of whole numbers, for ``clip`` and ``abs`` at scale 1.
 
@@ -647,7 +652,7 @@ def map_int16_tile(v: NDArray[np.int16], how: str, *, scale: float, out_max: int
     >>> map_int16_tile(t, "clip", scale=1.0, out_max=255), t.tolist()
     (3, [0, 0, 0, 255, 255])
     """
-    if scale != 1.0 or how not in ("clip", "abs") or out_max > np.iinfo(np.int16).max:
+    if not int16_mappable(how, scale, out_max):
         raise ValueError(f"int16 tiles map only by clip or abs at scale 1, got {how} at {scale}")
     if how == "abs":
         np.abs(v, out=v)

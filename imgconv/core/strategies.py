@@ -55,6 +55,7 @@ from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile
 #: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
 TILE_BYTES = 768 * 1024
 
+
 def l2_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
     """The size of one core's L2 cache as Linux reports it, else None.
 

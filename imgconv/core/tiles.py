@@ -205,7 +205,7 @@ def accumulator(buffer: NDArray[Any], dst: NDArray[Any], post: Post | None) -> N
     With no ``post`` and ``dst`` of the working dtype with contiguous rows, the
     passes run in the output rows (the first one brings them into the cache)
     and :func:`store` has nothing left to copy: one pass a tile fewer (box,
-    sobel-x and the diagonal 3x3 on 12 MP float32: 8-12 % faster). Otherwise
+    sobel-x and the diagonal 3x3 on 12 MP float32: 5-12 % faster). Otherwise
     they run in ``buffer``, a cache-resident scratch tile, and are stored after
     ``post``.
     """
