@@ -420,14 +420,15 @@ def geometries(draw):
             kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
     return {"shape": (h, w), "kernel": kernel, "padding": padding, "pads": pads,
             "stride": stride, "dilation": dilation, "mode": draw(st.sampled_from(MODES)),
-            "small": draw(st.booleans()), "seed": int(rng.integers(1000))}
+            "small": draw(st.booleans()), "public_fft": draw(st.booleans()),
+            "seed": int(rng.integers(1000))}
 
 
 @given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8]))
 @example(  # the shrunk crash of the direct strategy's right-hand border strip
     case={"shape": (1, 4), "kernel": np.array([[0.125, -0.132]]), "padding": "same",
           "pads": (0, 0, 1, 0), "stride": (1, 3), "dilation": (1, 1), "mode": "reflect",
-          "small": False, "seed": 307},
+          "small": False, "public_fft": False, "seed": 307},
     dtype=np.float32,
 )
 def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
@@ -441,6 +442,9 @@ def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
             mp.setattr(strategies, "TILE_BYTES", 64)
             mp.setattr(strategies, "FFT_TILE_ROWS", 8)
             mp.setattr(strategies, "FFT_TILE_COLS", 8)
+        if case["public_fft"]:
+            # the FFT strategy as it runs where scipy's pocketfft binding is not usable
+            mp.setattr(strategies, "_pocketfft", lambda: None)
         for strategy in sorted(STRATEGIES):
             actual = worker(image, kernel, strategy, padding=case["padding"],
                             stride=case["stride"], dilation=case["dilation"],
@@ -616,3 +620,41 @@ def test_int16_path_property(kernel, signed, mode, strategy, seed):
         np.testing.assert_array_equal(actual, expected.astype(np.float32))
     else:  # fractional factors (separable): float32, to float32's precision
         assert_matches(actual, expected, np.float32, k, image)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("binding", [True, False])
+def test_block_transform_is_scipy_rfft2_and_irfft2(monkeypatch, dtype, binding):
+    from scipy import fft as sfft
+
+    if not binding:
+        monkeypatch.setattr(strategies, "_pocketfft", lambda: None)
+    elif strategies._pocketfft() is None:
+        pytest.skip("this scipy's pocketfft binding does not take out=")
+    rng = np.random.default_rng(5)
+    block = rng.standard_normal((6, 10)).astype(dtype)
+    transform = strategies.BlockTransform(6, 10, np.dtype(dtype))
+    for _ in range(2):  # the second call reuses the buffers
+        freq = transform.forward(block)
+        np.testing.assert_array_equal(freq, sfft.rfft2(block, workers=1))
+        real = transform.inverse(freq.copy())
+        np.testing.assert_array_equal(real, sfft.irfft2(freq, s=(6, 10), workers=1))
+        assert freq.dtype == np.result_type(dtype, np.complex64) and real.dtype == dtype
+    # a smaller block is zero-padded to the block shape
+    np.testing.assert_array_equal(transform.forward(block[:4, :7]),
+                                  sfft.rfft2(block[:4, :7], s=(6, 10), workers=1))
+
+
+def test_pocketfft_binding_falls_back_when_its_signature_changes(monkeypatch):
+    from scipy.fft._pocketfft import pypocketfft
+
+    def r2c(*args):  # as a binding whose signature changed would
+        raise TypeError("r2c() takes no argument 'out'")
+
+    monkeypatch.setattr(pypocketfft, "r2c", r2c)
+    strategies._pocketfft.cache_clear()
+    try:
+        assert strategies._pocketfft() is None
+    finally:
+        monkeypatch.undo()
+        strategies._pocketfft.cache_clear()

@@ -26,6 +26,7 @@ and the tests run every registered strategy against scipy.ndimage.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -209,8 +210,8 @@ def direct(
                 program.run([image], (m, cr - cl), (sy, sx), acc[:, cl:cr],
                             None if scratch is None else scratch[:m, cl:cr])
                 if strip_out:
-                    padder.fill_columns(tile, p0, rows_in, 0, lw)
-                    padder.fill_columns(tile[:, lw:], p0, rows_in, right, padder.width)
+                    padder.fill(tile, p0, rows_in, 0, lw)
+                    padder.fill(tile[:, lw:], p0, rows_in, right, padder.width)
                     part = edge[:m]
                     program.run([tile[:rows_in, :strip_cols]], (m, strip_out), (sy, sx), part,
                                 None if scratch is None else scratch[:m, :strip_out])
@@ -481,12 +482,101 @@ def fast_len(n: int) -> int:
     return best
 
 
-def _fft_tile_shape(geom: Geometry) -> tuple[int, int, int, int]:
-    """``(fy, fx, n, m)`` at stride 1: the FFT block size and the output block it yields."""
+def fft_blocks(count: int, extent: int, limit: int) -> tuple[int, int]:
+    """``(size, blocks)`` along one axis: the FFT length and how many blocks cover it.
+
+    ``count`` stride-1 outputs are cut into ``blocks`` blocks of ``size -
+    extent + 1`` outputs each; ``size`` is a fast FFT length (:func:`fast_len`)
+    of at most ``fast_len(max(limit, 4 * extent))``, so that the ``extent - 1``
+    places a block shares with its neighbour stay a small part of it. Of the
+    sizes within that limit, the one with the fewest transformed places in all
+    (``size * blocks``) is taken, and of equal ones the fewest blocks: a block
+    of 384 rows that covered 3000 rows with a 31-row kernel in 9 blocks
+    (3456 rows) becomes 9 blocks of 375 (3375 rows).
+
+    >>> fft_blocks(3000, 31, 384), fft_blocks(4000, 31, 512), fft_blocks(20, 5, 384)
+    ((375, 9), (480, 9), (24, 1))
+    """
+    top = fast_len(max(limit, 4 * extent))
+    if count + extent - 1 <= top:
+        return fast_len(count + extent - 1), 1
+    fewest = -(-count // (top - extent + 1))
+    best = (top * fewest, fewest, top)
+    # more blocks than twice the fewest cannot cover fewer places
+    for blocks in range(fewest, 2 * fewest + 1):
+        size = fast_len(-(-count // blocks) + extent - 1)
+        if size <= top:
+            best = min(best, (size * blocks, blocks, size))
+    return best[2], best[1]
+
+
+def _fft_plan(geom: Geometry) -> tuple[int, int, int, int]:
+    """``(fy, fx, n, m)`` at stride 1: the FFT block size and the outputs each block yields."""
     (oh, ow), (ey, ex) = geom.out_shape, geom.extent
-    fy = fast_len(min(oh - 1 + ey, max(FFT_TILE_ROWS, 4 * ey)))
-    fx = fast_len(min(ow - 1 + ex, max(FFT_TILE_COLS, 4 * ex)))
+    fy, _ = fft_blocks(oh, ey, FFT_TILE_ROWS)
+    fx, _ = fft_blocks(ow, ex, FFT_TILE_COLS)
     return fy, fx, fy - ey + 1, fx - ex + 1
+
+
+class BlockTransform:
+    """The real 2-D FFT of one ``(fy, fx)`` block and its inverse, single-threaded.
+
+    The transforms are scipy.fft's ``rfft2`` and ``irfft2`` (default
+    normalisation). Where scipy's pocketfft binding takes an output array, the
+    results land in two buffers this object keeps, so a thread transforming
+    block after block allocates nothing: ``scipy.fft`` allocates both results
+    afresh on every call, and on a 12 MP image with a 31x31 kernel those
+    allocations (page faults on memory the allocator gave back) cost 10-15 %
+    of the whole correlation. Without that binding, the public functions run.
+    The arrays returned are overwritten by the next call of the same method.
+    """
+
+    def __init__(self, fy: int, fx: int, dtype: np.dtype[Any]) -> None:
+        from scipy import fft as sfft
+
+        self.shape = (fy, fx)
+        self.sfft = sfft
+        self.pocketfft = _pocketfft()
+        complex_dtype = np.result_type(dtype, np.complex64)
+        self.freq = np.empty((fy, fx // 2 + 1), complex_dtype)
+        self.real = np.empty((fy, fx), dtype)
+
+    def forward(self, block: NDArray[Any]) -> NDArray[Any]:
+        """``rfft2(block, s=(fy, fx))``: a smaller block is zero-padded to the block shape."""
+        if self.pocketfft is None or block.shape != self.shape:
+            freq: NDArray[Any] = self.sfft.rfft2(block, s=self.shape, workers=1)
+            return freq
+        self.pocketfft.r2c(block, (0, 1), True, 0, self.freq, 1)
+        return self.freq
+
+    def inverse(self, freq: NDArray[Any]) -> NDArray[Any]:
+        """``irfft2(freq, s=(fy, fx))``; ``freq`` may be overwritten."""
+        if self.pocketfft is None:
+            real: NDArray[Any] = self.sfft.irfft2(freq, s=self.shape, workers=1, overwrite_x=True)
+            return real
+        self.pocketfft.c2r(freq, (0, 1), self.shape[1], False, 2, self.real, 1)
+        return self.real
+
+
+@functools.cache
+def _pocketfft() -> Any:
+    """scipy's pocketfft binding when it takes ``out`` (scipy 1.4 to 1.17 at least), else None.
+
+    It is private to scipy, so it is checked, not trusted: a missing module or
+    a changed signature falls back to the public ``scipy.fft`` functions.
+    """
+    try:
+        from scipy.fft._pocketfft import pypocketfft as binding
+    except ImportError:
+        return None
+    probe = np.arange(4.0).reshape(2, 2)
+    try:
+        freq = binding.r2c(probe, (0, 1), True, 0, np.empty((2, 2), complex), 1)
+        back = binding.c2r(freq, (0, 1), 2, False, 2, np.empty((2, 2)), 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return binding if np.allclose(back, probe) else None
+
 
 
 def _kept(t0: int, t1: int, step: int, count: int) -> tuple[int, int]:
@@ -504,19 +594,20 @@ def fft(
     out: NDArray[Any] | None = None,
     post: Post | None = None,
 ) -> NDArray[Any]:
-    """Overlap-save FFT correlation over 2-D blocks (scipy.fft as the primitive).
+    """Overlap-save FFT correlation over 2-D blocks (scipy's pocketfft as the primitive).
 
-    Each row tile of padded rows is filled once; each block of it (a few
-    hundred rows and columns, so that the real block and its spectrum stay in
-    the core's L2 cache during both transforms) is transformed, multiplied by
-    the kernel's spectrum (computed once for the whole call) and transformed
-    back. The rows and columns a block shares with its neighbours are its only
-    overhead, and memory stays at a few tiles per thread. The cost per pixel
-    hardly grows with the kernel, so large dense kernels go here. Dilation is
-    exact (the dilated kernel is the kernel with zeros between its taps). A
-    stride is not saved: blocks are those of the stride-1 result, which is
-    subsampled, so that ``stride=s`` gives exactly ``[::s, ::s]`` of the
-    stride-1 output, as for every strategy.
+    The stride-1 output is cut into blocks (:func:`fft_blocks`: a few hundred
+    rows and columns, so that a block and its spectrum stay in the core's L2
+    cache through both transforms). Each block's padded input is filled into a
+    buffer of its thread, transformed, multiplied by the kernel's spectrum
+    (computed once for the whole call) and transformed back, into buffers the
+    thread keeps (:class:`BlockTransform`). The rows and columns a block
+    shares with its neighbours are its only overhead, and memory stays at a
+    few blocks per thread. The cost per pixel hardly grows with the kernel, so
+    large dense kernels go here. Dilation is exact (the dilated kernel is the
+    kernel with zeros between its taps). A stride is not saved: blocks are
+    those of the stride-1 result, which is subsampled, so that ``stride=s``
+    gives exactly ``[::s, ::s]`` of the stride-1 output, as for every strategy.
 
     Notes
     -----
@@ -526,8 +617,6 @@ def fft(
     machine's L2 cache (:func:`fft_block`): two machines may differ in the
     last bits. A NaN or infinity in the image spreads over its whole block.
     """
-    from scipy import fft as sfft
-
     dtype = kernel.dtype
     result = _output(out, geom, dtype)
     oh, ow = geom.out_shape
@@ -535,47 +624,39 @@ def fft(
     dy, dx = geom.dilation
     unit = _unit_stride(geom)
     padder = Padder(plane, unit, mode, cval)
-    fy, fx, n1, m1 = _fft_tile_shape(unit)
+    fy, fx, n1, m1 = _fft_plan(unit)
     dilated = np.zeros((ey, ex), dtype)
     dilated[::dy, ::dx] = kernel
     # correlation is convolution with the flipped kernel; rows ey-1.. and
     # columns ex-1.. of the circular result are free of wrap-around (overlap-save)
-    spectrum = sfft.rfft2(dilated[::-1, ::-1], s=(fy, fx), workers=1)
+    spectrum = BlockTransform(fy, fx, dtype).forward(dilated[::-1, ::-1]).copy()
     oh1, ow1 = unit.out_shape
-    # each stride-1 row tile with the kept output rows it holds
-    tiles = []
-    for t0, t1 in tile_grid(oh1, n1):
-        r0, r1 = _kept(t0, t1, sy, oh)
-        if r0 < r1:
-            tiles.append((t0, t1, r0, r1))
-    blocks = []
-    for u0, u1 in tile_grid(ow1, m1):
-        c0, c1 = _kept(u0, u1, sx, ow)
-        if c0 < c1:
-            blocks.append((u0, c0, c1))
-    band_width = max(padder.width, blocks[-1][0] + fx)
+    # the stride-1 blocks that hold kept outputs, each with the kept rows and columns
+    rows = [(t0, *_kept(t0, t1, sy, oh)) for t0, t1 in tile_grid(oh1, n1)]
+    cols = [(u0, *_kept(u0, u1, sx, ow)) for u0, u1 in tile_grid(ow1, m1)]
+    blocks = [(t0, r0, r1, u0, c0, c1) for t0, r0, r1 in rows if r0 < r1
+              for u0, c0, c1 in cols if c0 < c1]
 
-    def band(group: Iterable[tuple[int, int, int, int]]) -> None:
-        # zeros, not empty: places past a tile's rows and columns enter the
-        # transform, so they must be finite and, for results that do not depend
-        # on which thread ran which tile before, always zero
-        rows = np.zeros((fy, band_width), dtype)
-        for t0, t1, r0, r1 in group:
-            rows_in = t1 - t0 + ey - 1
-            padder.fill(rows, t0, rows_in)
-            if rows_in < fy:
-                rows[rows_in:] = 0
-            first = ey - 1 + r0 * sy - t0
-            for u0, c0, c1 in blocks:
-                freq = sfft.rfft2(rows[:, u0 : u0 + fx], workers=1)
-                freq *= spectrum
-                full = sfft.irfft2(freq, s=(fy, fx), workers=1, overwrite_x=True)
-                left = ex - 1 + c0 * sx - u0
-                kept = full[first : first + sy * (r1 - r0 - 1) + 1 : sy,
-                            left : left + sx * (c1 - c0 - 1) + 1 : sx]
-                store(kept, result[r0:r1, c0:c1], post)
+    def band(group: Iterable[tuple[int, int, int, int, int, int]]) -> None:
+        transform = BlockTransform(fy, fx, dtype)
+        buf = np.empty((fy, fx), dtype)
+        for t0, r0, r1, u0, c0, c1 in group:
+            # places past the padded plane enter the transform: always zero, so
+            # a block's result does not depend on what its buffer held before
+            rows_in = min(fy, padder.rows_total - t0)
+            cols_in = min(fx, padder.width - u0)
+            padder.fill(buf, t0, rows_in, u0, u0 + cols_in)
+            buf[rows_in:] = 0
+            buf[:rows_in, cols_in:] = 0
+            freq = transform.forward(buf)
+            freq *= spectrum
+            full = transform.inverse(freq)
+            top, left = ey - 1 + r0 * sy - t0, ex - 1 + c0 * sx - u0
+            kept = full[top : top + sy * (r1 - r0 - 1) + 1 : sy,
+                        left : left + sx * (c1 - c0 - 1) + 1 : sx]
+            store(kept, result[r0:r1, c0:c1], post)
 
-    run_bands(tiles, band, oh * ow)
+    run_bands(blocks, band, oh * ow)
     return result
 
 
@@ -662,10 +743,11 @@ def costs(kernel: NDArray[Any], geom: Geometry) -> dict[str, float]:
 
     # the FFT computes every stride-1 output and subsamples
     unit = _unit_stride(geom)
-    fy, fx, n1, m1 = _fft_tile_shape(unit)
-    kept = min(n1, unit.out_shape[0]) * min(m1, unit.out_shape[1])
-    per_tile = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
-    found["fft"] = per_tile / kept * sy * sx
+    fy, fx, n1, m1 = _fft_plan(unit)
+    (oh1, ow1) = unit.out_shape
+    blocks = -(-oh1 // n1) * -(-ow1 // m1)
+    per_block = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
+    found["fft"] = per_block * blocks / (oh1 * ow1) * sy * sx
     return found
 
 

@@ -65,14 +65,6 @@ class Padder:
             col_map = source_indices(w, left, max(0, self.width - left - w), mode)
             self.left_cols = col_map[: self.c0]
             self.right_cols = col_map[self.c1 : self.width]
-        #: image column of each padded column (-1: the constant value)
-        self.col_index = np.arange(self.width) - left
-        if mode == "constant":
-            self.col_index[: self.c0] = -1
-            self.col_index[self.c1 :] = -1
-        else:
-            self.col_index[: self.c0] = self.left_cols
-            self.col_index[self.c1 :] = self.right_cols
 
     def inside(self, p0: int, count: int) -> bool:
         """Whether padded rows ``p0 .. p0 + count - 1`` are all image rows."""
@@ -104,56 +96,47 @@ class Padder:
         if self.c1 < self.width:
             buf[:, self.c1 : self.width] = buf[:, self.right_cols + shift]
 
-    def fill_columns(
-        self, tile: NDArray[Any], p0: int, count: int, q0: int, q1: int
+    def fill(
+        self, tile: NDArray[Any], p0: int, count: int, q0: int = 0, q1: int | None = None
     ) -> None:
-        """Write padded rows ``p0 ..`` and columns ``q0 .. q1 - 1`` into ``tile``.
+        """Write padded rows ``p0 .. p0 + count - 1``, columns ``q0 .. q1 - 1``, into ``tile``.
 
-        The rows must all be image rows (:meth:`inside`).
+        They land in ``tile[:count, :q1 - q0]``; ``q1`` defaults to the tile
+        width and must not pass it. The interior is one slice copy per band of
+        rows (casting as it copies); border places come through the mode's
+        index maps.
         """
-        index = self.col_index[q0:q1]
-        rows = self.plane[p0 - self.top : p0 - self.top + count]
-        dst = tile[:count, : q1 - q0]
-        if self.mode == "constant":
-            valid = index >= 0
-            dst[:, ~valid] = self.cval
-            dst[:, valid] = rows[:, index[valid]]
-        else:
-            dst[...] = rows[:, index]
-
-    def fill(self, tile: NDArray[Any], p0: int, count: int) -> None:
-        """Write padded rows ``p0 .. p0 + count - 1`` into ``tile[:count, :width]``."""
         h = self.plane.shape[0]
-        c0, c1, width = self.c0, self.c1, self.width
-        sc0, sc1 = self.src_c0, self.src_c0 + (self.c1 - self.c0)
+        q1 = self.width if q1 is None else q1
+        # the window's image columns [c0, c1) and its border columns on each side
+        c0, c1 = min(max(self.c0, q0), q1), max(q0, min(self.c1, q1))
+        sc0, sc1 = self.src_c0 + c0 - self.c0, self.src_c0 + c1 - self.c0
+        left = self.left_cols[q0 : c0] if q0 < self.c0 else self.left_cols[:0]
+        right = self.right_cols[max(0, c1 - self.c1) : max(0, q1 - self.c1)]
         # rows of the tile that come straight from the image, in order
         a = min(max(self.top, p0), p0 + count)
         b = max(a, min(self.top + h, p0 + count))
         constant = self.mode == "constant"
+        span: list[tuple[int, int, slice | NDArray[Any]]] = []
         if a < b:
-            rows = slice(a - self.top, b - self.top)
-            np.copyto(tile[a - p0 : b - p0, c0:c1], self.plane[rows, sc0:sc1], casting="unsafe")
+            span.append((a - p0, b - p0, slice(a - self.top, b - self.top)))
+        span += [(lo - p0, hi - p0, self.row_map[lo:hi])  # border rows above and below
+                 for lo, hi in ((p0, a), (b, p0 + count)) if lo < hi]
+        for d0, d1, rows in span:
+            dst = tile[d0:d1]
+            if constant and not isinstance(rows, slice):
+                dst[:, : q1 - q0] = self.cval
+                continue
+            src = self.plane[rows]
+            np.copyto(dst[:, c0 - q0 : c1 - q0], src[:, sc0:sc1], casting="unsafe")
             if constant:
-                tile[a - p0 : b - p0, :c0] = self.cval
-                tile[a - p0 : b - p0, c1:width] = self.cval
+                dst[:, : c0 - q0] = self.cval
+                dst[:, c1 - q0 : q1 - q0] = self.cval
             else:
-                if c0:
-                    tile[a - p0 : b - p0, :c0] = self.plane[rows][:, self.left_cols]
-                if c1 < width:
-                    tile[a - p0 : b - p0, c1:width] = self.plane[rows][:, self.right_cols]
-        for lo, hi in ((p0, a), (b, p0 + count)):  # border rows above and below
-            if lo >= hi:
-                continue
-            dst = tile[lo - p0 : hi - p0]
-            if constant:
-                dst[:, :width] = self.cval
-                continue
-            src = self.plane[self.row_map[lo:hi]]
-            np.copyto(dst[:, c0:c1], src[:, sc0:sc1], casting="unsafe")
-            if c0:
-                dst[:, :c0] = src[:, self.left_cols]
-            if c1 < width:
-                dst[:, c1:width] = src[:, self.right_cols]
+                if len(left):
+                    dst[:, : c0 - q0] = src[:, left]
+                if len(right):
+                    dst[:, c1 - q0 : q1 - q0] = src[:, right]
 
 
 def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
