@@ -349,7 +349,11 @@ def _has_multichannel_filter(pipeline: Pipeline) -> bool:
 
 
 def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any, Any, list[str]]:
-    """Run the pipeline on a picture; returns (encodable array, alpha or None, notes)."""
+    """Run the pipeline on a picture; returns (encodable array, alpha or None, notes).
+
+    Without ``--verify`` the result may be written over ``picture.pixels``
+    (a JPEG decoded into RGBX and written as JPEG: :func:`output_array`).
+    """
     import numpy as np
 
     pipeline = options.pipeline
@@ -384,9 +388,11 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     else:
         if raw:
             return pipeline.run(pixels).astype(np.float32, copy=False), None, notes
+        # the result may go over the input, which nothing reads afterwards but --verify
+        reuse = None if options.verify else pixels
         mapped, clipped = pipeline.run_mapped(
             pixels, how, scale=scale, out_max=out_max,
-            allocate=lambda shape, dtype: output_array(shape, dtype, fmt))
+            allocate=lambda shape, dtype: output_array(shape, dtype, fmt, reuse=reuse))
         if alpha_mode == "copy":
             out_alpha = follow_geometry(picture.alpha, pipeline)
 

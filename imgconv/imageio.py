@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.opening import display_name, open_image, take
+from imgconv.opening import EXIF_ORIENTATION, decode_into_buffer, display_name, open_image, take
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # output format name -> (Pillow format, file extension)
@@ -36,8 +36,6 @@ EXTENSIONS = {
 # the extensions a folder is searched for
 INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
 DEPTHS = ("8", "16", "float")
-#: The EXIF tag that says how the camera was turned (1: as stored).
-EXIF_ORIENTATION = 0x0112
 SIXTEEN_BIT = ("png", "tiff")
 
 
@@ -115,10 +113,26 @@ def load(source: str | bytes, *, gray: bool = False,
     return decode(open_image(source, max_pixels), display_name(source), gray=gray)
 
 
-def decode(im: Any, name: str, *, gray: bool = False) -> Picture:
-    """:func:`load` of an image Pillow has opened (and may have decoded); ``name`` for messages."""
+def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Picture:
+    """:func:`load` of an image Pillow has opened (and may have decoded); ``name`` for messages.
+
+    ``buffer`` is what :func:`imgconv.opening.decode_into_buffer` decoded
+    ``im`` into, if it did; otherwise this tries it, and else decodes as usual.
+    """
     notes: list[str] = []
     try:
+        if buffer is None:
+            buffer = decode_into_buffer(im, gray)
+        if buffer is not None:
+            # the pixels stay where the decoder wrote them: an RGB view of RGBX, or grey
+            width, height = im.size
+            pixels = np.frombuffer(buffer, np.uint8, count=width * height * (
+                4 if im.mode == "RGB" else 1)).reshape(height, width, -1)
+            pixels = pixels[:, :, :3] if im.mode == "RGB" else pixels[:, :, 0]
+            icc = im.info.get("icc_profile")
+            mode = im.mode
+            im.close()
+            return Picture(pixels, None, 255.0, "8", mode, icc, notes)
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
             notes.append(f"{name}: has {frames} frames; only the first is filtered")
@@ -226,28 +240,41 @@ def _copy_bands(im: Any, out: NDArray[Any], band: int = 64) -> None:
         out[top : top + band] = np.asarray(im.crop((0, top, width, min(top + band, height))))
 
 
-def output_array(shape: tuple[int, ...], dtype: Any, fmt: str) -> NDArray[Any]:
+def output_array(shape: tuple[int, ...], dtype: Any, fmt: str,
+                 reuse: NDArray[Any] | None = None) -> NDArray[Any]:
     """An empty array for a result that :func:`encode` will write as ``fmt``.
 
     For a JPEG an (H, W, 3) uint8 result is a view of an (H, W, 4) buffer:
     Pillow keeps RGB images four bytes a pixel, so it can share that buffer as
     an "RGBX" image and encode it without a copy (on 12 MP: 46 ms and 48 MB
     less). Other formats cannot write RGBX, so they get a plain array.
+
+    ``reuse``, an input that may be overwritten, is returned itself when it
+    is such a view of the result's shape: a JPEG decoded straight into RGBX
+    (:func:`imgconv.opening.decode_into_buffer`) is then filtered channel by
+    channel into its own memory, and a 12 MP photo is held once, not twice.
     """
     if fmt == "jpg" and len(shape) == 3 and shape[2] == 3 and np.dtype(dtype) == np.uint8:
+        if reuse is not None and reuse.shape == shape and _rgbx_buffer(reuse) is not None:
+            return reuse
         return np.empty((shape[0], shape[1], 4), np.uint8)[:, :, :3]
     return np.empty(shape, dtype)
 
 
 def _rgbx_buffer(array: NDArray[Any]) -> NDArray[Any] | None:
-    """The (H, W, 4) buffer an :func:`output_array` RGB view lives in, else None."""
+    """The (H, W, 4) buffer an RGB view of RGBX memory lives in, else None.
+
+    Such views come from :func:`output_array` and from JPEGs decoded into
+    RGBX (:func:`imgconv.opening.decode_into_buffer`).
+    """
     base = array.base
-    if (array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
-            and isinstance(base, np.ndarray) and base.dtype == np.uint8
-            and base.shape == (*array.shape[:2], 4) and base.flags.c_contiguous
-            and array.__array_interface__["data"][0] == base.__array_interface__["data"][0]
-            and array.strides == base.strides):
-        return base
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        return None
+    h, w = array.shape[:2]
+    if (isinstance(base, np.ndarray) and base.dtype == np.uint8 and base.flags.c_contiguous
+            and base.nbytes == 4 * h * w and array.strides == (4 * w, 4, 1)
+            and array.__array_interface__["data"][0] == base.__array_interface__["data"][0]):
+        return base.reshape(h, w, 4)
     return None
 
 

@@ -104,3 +104,65 @@ def test_decoding_ahead_in_large_blocks_gives_the_same_picture(tmp_path, fmt):
     assert ahead is not None
     plain = load(str(path), max_pixels=10**6)
     assert np.array_equal(ahead.pixels, plain.pixels) and ahead.notes == plain.notes
+
+
+def _decoded_by_pillow(path: Path, gray: bool = False) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("L") if gray and im.mode != "L" else im
+        return np.asarray(im)
+
+
+@pytest.mark.parametrize(("shape", "options"), [
+    ((31, 17, 3), {}),
+    ((31, 17, 3), {"progressive": True}),
+    ((64, 48, 3), {"subsampling": 0, "quality": 95}),
+    ((1, 1, 3), {}),
+    ((23, 9), {}),  # grey
+])
+def test_jpeg_is_decoded_into_our_own_buffer(tmp_path, shape, options):
+    path = tmp_path / "photo.jpg"
+    pixels = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **options)
+    with Image.open(path) as im:
+        buffer = opening.decode_into_buffer(im)
+    assert buffer is not None
+    picture = load(str(path))
+    expected = _decoded_by_pillow(path)
+    assert picture.pixels.dtype == np.uint8 and picture.pixels.shape == expected.shape
+    np.testing.assert_array_equal(picture.pixels, expected)
+    # no copy: the pixels are a view of the memory the decoder wrote
+    assert not picture.pixels.flags.owndata
+    assert picture.mode == ("L" if expected.ndim == 2 else "RGB")
+
+
+def test_what_is_not_a_plain_jpeg_takes_the_usual_path(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # to be turned 90 degrees clockwise
+    Image.fromarray(rgb).save(turned, exif=exif)
+    png = tmp_path / "photo.png"
+    Image.fromarray(rgb).save(png)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(cmyk)
+    for path, gray in ((turned, False), (png, False), (cmyk, False), (turned, True)):
+        with Image.open(path) as im:
+            assert opening.decode_into_buffer(im, gray) is None, path
+    assert load(str(turned)).pixels.shape == (30, 20, 3)  # turned upright, as before
+    # an RGB JPEG asked for in grey is converted by Pillow, as before
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(rgb).save(plain)
+    with Image.open(plain) as im:
+        assert opening.decode_into_buffer(im, gray=True) is None
+    np.testing.assert_array_equal(load(str(plain), gray=True).pixels,
+                                  _decoded_by_pillow(plain, gray=True))
+
+
+def test_a_truncated_jpeg_is_still_an_error(tmp_path):
+    path = tmp_path / "cut.jpg"
+    noise = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageError, match=r"cut\.jpg: cannot decode the image"):
+        load(str(path))

@@ -321,6 +321,22 @@ def test_correlate_into_the_image_itself(monkeypatch, name):
     assert_matches(out, expected, np.float64, kernel, image)
 
 
+@pytest.mark.parametrize("layout", ["rgbx", "reversed"])
+def test_correlate_into_the_channels_themselves(monkeypatch, layout):
+    # "rgbx": out is the image (channel by channel, each copied first);
+    # "reversed": out overlaps the image in another order (the whole image copied)
+    monkeypatch.setattr(strategies, "TILE_BYTES", 64)
+    rgbx = make_image((30, 21, 4), np.float64)
+    image = rgbx[:, :, :3]
+    kernel = NAMED["sobel_x"]
+    expected = np.stack([ndi.correlate(image[:, :, c], kernel, mode="reflect")
+                         for c in range(3)], axis=2)
+    out = image if layout == "rgbx" else image[:, :, ::-1]
+    imgconv.core.correlate_into(image, kernel, out)
+    for c in range(3):
+        assert_matches(out[:, :, c], expected[:, :, c], np.float64, kernel, rgbx[:, :, c])
+
+
 @pytest.mark.parametrize(("size", "expected"), [("512K", 512 << 10), ("2048K\n", 2 << 20),
                                               ("1M", 1 << 20), ("lots", None)])
 def test_l2_cache_size_is_read_from_sysfs(tmp_path, size, expected):

@@ -230,9 +230,12 @@ def correlate_into(
         As :func:`correlate`.
     out : ndarray
         Of shape :func:`output_shape`; written and returned. It may be
-        ``image`` itself (or overlap it): the image is then read from a copy.
-        Until the call returns it may hold partial sums (without ``post``,
-        the passes add up in place).
+        ``image`` itself (or overlap it): the image is then read from a copy,
+        of one channel at a time when each channel of ``out`` lies exactly
+        where that channel of the image does (per-channel kernels, the same
+        shape and strides), else of the whole image. Until the call returns
+        it may hold partial sums (without ``post``, the passes add up in
+        place).
     flip : bool
         True convolution, as :func:`convolve`.
     post : callable, optional
@@ -261,8 +264,19 @@ def correlate_into(
         got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
         raise ValueError(f"out must be an array of shape {expected}, got {got}")
     if np.may_share_memory(img, out):  # tiles are written while later ones still read
+        if per_channel and _same_places(img, out):
+            for c in range(img.shape[2]):  # channel c is read whole before it is written
+                _run(img[:, :, c].copy(), weights, geom, mode, fill, None, out=out[:, :, c],
+                     post=post)
+            return out
         img = img.copy()
     return _run(img, weights, geom, mode, fill, None, out=out, post=post)
+
+
+def _same_places(a: NDArray[Any], b: NDArray[Any]) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of memory, in the same layout."""
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype.itemsize == b.dtype.itemsize
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def correlate(
