@@ -10,7 +10,8 @@ from numpy.typing import ArrayLike, NDArray
 from imgconv.core.geometry import Geometry, normalize_pair, resolve_padding
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy, exact_int16
-from imgconv.core.tiles import Post
+from imgconv.core.threads import get_threads, run_parallel
+from imgconv.core.tiles import PARALLEL_MIN_PIXELS, Post
 
 Padding = str | int | tuple[int, int] | tuple[int, int, int, int]
 IntPair = int | tuple[int, int]
@@ -265,12 +266,25 @@ def correlate_into(
         raise ValueError(f"out must be an array of shape {expected}, got {got}")
     if np.may_share_memory(img, out):  # tiles are written while later ones still read
         if per_channel and _same_places(img, out):
+            plane = np.empty(img.shape[:2], img.dtype)  # one buffer for every channel
             for c in range(img.shape[2]):  # channel c is read whole before it is written
-                _run(img[:, :, c].copy(), weights, geom, mode, fill, None, out=out[:, :, c],
-                     post=post)
+                copy_parallel(plane, img[:, :, c])
+                _run(plane, weights, geom, mode, fill, None, out=out[:, :, c], post=post)
             return out
         img = img.copy()
     return _run(img, weights, geom, mode, fill, None, out=out, post=post)
+
+
+def copy_parallel(dst: NDArray[Any], src: NDArray[Any]) -> None:
+    """``np.copyto(dst, src)`` in bands of rows on the thread pool (a strided gather is slow)."""
+    threads = get_threads()
+    rows = dst.shape[0]
+    step = -(-rows // max(1, threads))
+    if threads <= 1 or dst.size < PARALLEL_MIN_PIXELS:
+        np.copyto(dst, src)
+        return
+    run_parallel(lambda r0: np.copyto(dst[r0 : r0 + step], src[r0 : r0 + step]),
+                 range(0, rows, step), threads)
 
 
 def _same_places(a: NDArray[Any], b: NDArray[Any]) -> bool:
