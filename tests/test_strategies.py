@@ -447,6 +447,12 @@ def geometries(draw):
           "small": False, "public_fft": False, "seed": 307},
     dtype=np.float32,
 )
+@example(  # a 1-row kernel long enough for the row products, borders from the fill value
+    case={"shape": (1, 1), "kernel": np.array([[1.0, -1, -1, 1, -1]]), "padding": "same",
+          "pads": (0, 0, 2, 2), "stride": (1, 1), "dilation": (1, 1), "mode": "constant",
+          "small": False, "public_fft": False, "seed": 364},
+    dtype=np.float32,
+)
 def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
     image = make_image(case["shape"], dtype, seed=case["seed"])
     kernel = case["kernel"]
@@ -674,3 +680,18 @@ def test_pocketfft_binding_falls_back_when_its_signature_changes(monkeypatch):
     finally:
         monkeypatch.undo()
         strategies._pocketfft.cache_clear()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kernel", [np.array([[1.0, -1, -1, 1, -1, 1, 1, -1, -1][:w]])
+                                    for w in (1, 5, 9)] + [np.ones((1, 7))])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_row_kernels_through_the_row_products(mode, kernel, dtype):
+    # a 1-row kernel of weights +-1 (or a 1xN box) factors as u = [1], which
+    # needs no vertical pass, but the row products (cost >= GEMM_MIN_PASSES)
+    # read that pass's output: tiles filled from a uint8 image or with
+    # constant borders once gave zeros (box:1x7 on any 8-bit photo)
+    image = make_image((20, 37), dtype)
+    expected = ndi.correlate(image.astype(np.float64), kernel, mode=mode, cval=1.5)
+    actual = worker(image, kernel, "separable", pad_mode=mode, cval=1.5)
+    assert_matches(actual, expected, np.float32, kernel, image)

@@ -318,8 +318,10 @@ def separable(
                     sources.append(buf[:m])
             else:
                 padder.fill(tile, r0 * sy, rows_in)
-                if bands is None and all(_is_identity(p) for p in col_programs):
-                    # each u is a single 1: the tile rows are the pass
+                if bands is None and blocks is None and all(
+                        _is_identity(p) for p in col_programs):
+                    # each u is a single 1: the tile rows are the pass (the row
+                    # products read the partial sums, so with them it still runs)
                     for program in col_programs:
                         d = program.groups[0].plus[0][1]
                         sources.append(tile[d : d + sy * (m - 1) + 1 : sy])
