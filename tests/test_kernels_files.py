@@ -367,6 +367,9 @@ def test_installed_package_ships_every_kernel():
     data = importlib.resources.files("imgconv") / "data" / "kernels"
     assert data.is_dir(), "the wheel does not ship imgconv/data/kernels"
     shipped = sorted(t.name for t in data.iterdir())
-    assert shipped == sorted(p.name for p in (REPO / "kernels").glob("*.yaml"))
+    # every YAML file, and their index (imgconv.kernels.index)
+    assert shipped == sorted(p.name for p in (REPO / "kernels").iterdir()
+                             if p.suffix in (".yaml", ".json"))
+    assert "index.json" in shipped
     for name in shipped:
         assert (data / name).read_text("utf-8") == (REPO / "kernels" / name).read_text("utf-8")

@@ -19,7 +19,15 @@ from pathlib import Path
 from imgconv.errors import KernelError
 from imgconv.kernels import families
 from imgconv.kernels.model import Kernel, KernelBank, rotate_matrix, suggest
-from imgconv.kernels.parse import Entry, Where, load_yaml, parse_entry, parse_file, parse_matrix
+from imgconv.kernels.parse import (
+    Entry,
+    Where,
+    load_yaml,
+    parse_documents,
+    parse_entry,
+    parse_file,
+    parse_matrix,
+)
 from imgconv.kernels.text import INLINE_CHARS
 
 BUILTIN = "built-in"
@@ -74,13 +82,19 @@ def _index(label: str, parsed: list[tuple[str, list[Entry]]]) -> Folder:
 
 @lru_cache(maxsize=1)
 def _builtins() -> Folder:
+    from imgconv.kernels import index
+
     root = builtin_dir()
+    known = index.load(root)
     parsed = []
     for item in sorted(root.iterdir(), key=lambda t: t.name):
         if item.name.endswith(YAML_SUFFIXES):
             stem = item.name.rsplit(".", 1)[0]
             file = f"{BUILTIN} kernels/{item.name}"
-            parsed.append((file, parse_file(item.read_text("utf-8"), file, BUILTIN, stem)))
+            text = item.read_text("utf-8")
+            docs = index.documents(known, item.name, text)
+            parsed.append((file, parse_file(text, file, BUILTIN, stem) if docs is None
+                           else parse_documents(docs, file, BUILTIN, stem)))
     return _index(BUILTIN, parsed)
 
 

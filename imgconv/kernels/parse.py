@@ -7,13 +7,13 @@ or a family (``family``). Errors name the file, the YAML line and the kernel.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import yaml
 
 from imgconv.errors import KernelError
 from imgconv.kernels.model import (
@@ -50,14 +50,7 @@ class LineList(list[Any]):
     lines: list[int]
 
 
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc]
-    pass
-
-
-def _construct_map(loader: Any, node: yaml.MappingNode) -> LineDict:
+def _construct_map(loader: Any, node: Any) -> LineDict:
     loader.flatten_mapping(node)
     data = LineDict()
     data.line, data.lines = node.start_mark.line + 1, {}
@@ -77,15 +70,29 @@ def _construct_map(loader: Any, node: yaml.MappingNode) -> LineDict:
     return data
 
 
-def _construct_seq(loader: Any, node: yaml.SequenceNode) -> LineList:
+def _construct_seq(loader: Any, node: Any) -> LineList:
     data = LineList(loader.construct_object(child, deep=True) for child in node.value)
     data.line = node.start_mark.line + 1
     data.lines = [child.start_mark.line + 1 for child in node.value]
     return data
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+@functools.cache
+def _loader() -> Any:
+    """PyYAML's safe loader (the C one when built), keeping lines: imported on first use.
+
+    The built-in kernels come from their index (:mod:`imgconv.kernels.index`),
+    so resolving a built-in name reads no YAML and imports no PyYAML (15 ms).
+    """
+    import yaml
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+    Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+    return Loader
+
 
 
 @dataclass(frozen=True)
@@ -136,8 +143,10 @@ def load_yaml(text: str, file: str) -> list[Any]:
     >>> load_yaml("a: 1\\n---\\n- b: [1, 2]\\n", "k.yaml")
     [{'a': 1}, [{'b': [1, 2]}]]
     """
+    import yaml
+
     try:
-        return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=_loader()) if doc is not None]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -156,8 +165,15 @@ def parse_file(text: str, file: str, source: str, default_name: str | None = Non
     >>> [e.name for e in parse_file("name: a\\nmatrix: [[1]]\\n", "k.yaml", "k.yaml")]
     ['a']
     """
+    return parse_documents(load_yaml(text, file), file, source, default_name)
+
+
+def parse_documents(
+    docs: list[Any], file: str, source: str, default_name: str | None = None
+) -> list[Entry]:
+    """:func:`parse_file` of a file's YAML documents, already loaded (:func:`load_yaml`)."""
     raw: list[Any] = []
-    for doc in load_yaml(text, file):
+    for doc in docs:
         raw.extend(doc if isinstance(doc, list) else [doc])
     if not raw:
         raise KernelError(f"{file}: holds no kernels")
@@ -412,6 +428,8 @@ def dump(item: Kernel | Any) -> str:
     scale: 0.5
     output: clip
     """
+    import yaml
+
     data = _dump_data(item)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
