@@ -75,13 +75,12 @@ def decode_into_buffer(im: Any, gray: bool = False) -> mmap.mmap | None:
     """Decode an opened, not yet loaded image into memory of our own, when that is simple.
 
     For an 8-bit RGB or grey JPEG, upright and with one frame, Pillow's JPEG
-    decoder writes straight into an anonymous mmap
-    that numpy then views without a copy (:func:`imgconv.imageio.decode`):
-    RGB as Pillow lays it out, four bytes a pixel ("RGBX"), grey one byte. So
-    a 12 MP photo is held once, not as Pillow's image and then an array,
-    and the copy between them goes (20-40 ms). Returns None, decoding
-    nothing, for anything else, which takes Pillow's usual path. Decoding
-    errors propagate, as from ``im.load()``.
+    decoder writes straight into an anonymous mmap that numpy then views
+    without a copy (:func:`imgconv.imageio.decode`): RGB as Pillow lays it
+    out, four bytes a pixel ("RGBX"), grey one byte. So a 12 MP photo is held
+    once, not as Pillow's image and then an array, and the copy between them
+    goes (20-40 ms). Returns None, decoding nothing, for anything else, which
+    takes Pillow's usual path. Decoding errors propagate, as from ``im.load()``.
 
     It hands Pillow its memory through ``Image.core.map_buffer``, the call
     ``Image.frombuffer`` makes; a Pillow without it gets the usual path. Only
