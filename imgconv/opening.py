@@ -98,13 +98,16 @@ def decode_into_buffer(im: Any, gray: bool = False) -> mmap.mmap | None:
     width, height = im.size
     buffer = mmap.mmap(-1, max(1, width * height * (4 if kind == "RGBX" else 1)))
     try:
-        im.im = Image.core.map_buffer(  # type: ignore[attr-defined]
+        mapped = Image.core.map_buffer(  # type: ignore[attr-defined]
             buffer, im.size, "raw", 0, (kind, 0, 1))
+        im.im = mapped
     except (AttributeError, TypeError, ValueError):
         buffer.close()
         return None
     im.load()
-    return buffer
+    # a Pillow that decodes into an image of its own instead (Pillow 10 replaces
+    # an RGBX image under an RGB file) has loaded ``im`` as usual: use that
+    return buffer if im.im is mapped else None
 
 
 def _identity(path: str) -> tuple[int, int, int, int] | None:

@@ -166,3 +166,20 @@ def test_a_truncated_jpeg_is_still_an_error(tmp_path):
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ImageError, match=r"cut\.jpg: cannot decode the image"):
         load(str(path))
+
+
+def test_a_pillow_that_decodes_into_its_own_image_takes_the_usual_path(tmp_path, monkeypatch):
+    # Pillow 10 replaced an RGBX image under an RGB file before decoding: the
+    # buffer stayed zero. Whatever Pillow does, the pixels must be the file's
+    from PIL import ImageFile
+
+    def load_prepare(self):
+        self.im = Image.core.new(self.mode, self.size)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", load_prepare)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (20, 30, 3), np.uint8)).save(path)
+    with Image.open(path) as im:
+        assert opening.decode_into_buffer(im) is None
+    picture = load(str(path))
+    np.testing.assert_array_equal(picture.pixels, _decoded_by_pillow(path))

@@ -695,3 +695,18 @@ def test_row_kernels_through_the_row_products(mode, kernel, dtype):
     expected = ndi.correlate(image.astype(np.float64), kernel, mode=mode, cval=1.5)
     actual = worker(image, kernel, "separable", pad_mode=mode, cval=1.5)
     assert_matches(actual, expected, np.float32, kernel, image)
+
+
+def test_pocketfft_binding_that_ignores_out_is_not_used(monkeypatch):
+    # a binding that takes out= but returns a new array would leave our buffers unset
+    from scipy.fft._pocketfft import pypocketfft
+
+    r2c = pypocketfft.r2c
+    monkeypatch.setattr(pypocketfft, "r2c", lambda a, axes, fwd, inorm, out, n:
+                        r2c(a, axes, fwd, inorm, None, n))
+    strategies._pocketfft.cache_clear()
+    try:
+        assert strategies._pocketfft() is None
+    finally:
+        monkeypatch.undo()
+        strategies._pocketfft.cache_clear()

@@ -551,40 +551,44 @@ class BlockTransform:
 
     def forward(self, block: NDArray[Any]) -> NDArray[Any]:
         """``rfft2(block, s=(fy, fx))``: a smaller block is zero-padded to the block shape."""
+        freq: NDArray[Any]
         if self.pocketfft is None or block.shape != self.shape:
-            freq: NDArray[Any] = self.sfft.rfft2(block, s=self.shape, workers=1)
-            return freq
-        self.pocketfft.r2c(block, (0, 1), True, 0, self.freq, 1)
-        return self.freq
+            freq = self.sfft.rfft2(block, s=self.shape, workers=1)
+        else:
+            freq = self.pocketfft.r2c(block, (0, 1), True, 0, self.freq, 1)
+        return freq
 
     def inverse(self, freq: NDArray[Any]) -> NDArray[Any]:
         """``irfft2(freq, s=(fy, fx))``; ``freq`` may be overwritten."""
+        real: NDArray[Any]
         if self.pocketfft is None:
-            real: NDArray[Any] = self.sfft.irfft2(freq, s=self.shape, workers=1, overwrite_x=True)
-            return real
-        self.pocketfft.c2r(freq, (0, 1), self.shape[1], False, 2, self.real, 1)
-        return self.real
+            real = self.sfft.irfft2(freq, s=self.shape, workers=1, overwrite_x=True)
+        else:
+            real = self.pocketfft.c2r(freq, (0, 1), self.shape[1], False, 2, self.real, 1)
+        return real
 
 
 @functools.cache
 def _pocketfft() -> Any:
     """scipy's pocketfft binding when it takes ``out`` (scipy 1.4 to 1.17 at least), else None.
 
-    It is private to scipy, so it is checked, not trusted: a missing module or
-    a changed signature falls back to the public ``scipy.fft`` functions.
+    It is private to scipy, so it is checked, not trusted: a missing module, a
+    changed signature, or results that do not land in the arrays given (and
+    round-trip) fall back to the public ``scipy.fft`` functions.
     """
     try:
         from scipy.fft._pocketfft import pypocketfft as binding
     except ImportError:
         return None
-    probe = np.arange(4.0).reshape(2, 2)
+    probe = np.arange(6.0).reshape(2, 3)
+    freq_out, back_out = np.empty((2, 2), complex), np.empty((2, 3))
     try:
-        freq = binding.r2c(probe, (0, 1), True, 0, np.empty((2, 2), complex), 1)
-        back = binding.c2r(freq, (0, 1), 2, False, 2, np.empty((2, 2)), 1)
-    except (AttributeError, TypeError, ValueError):
+        freq = binding.r2c(probe, (0, 1), True, 0, freq_out, 1)
+        back = binding.c2r(freq, (0, 1), 3, False, 2, back_out, 1)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
         return None
-    return binding if np.allclose(back, probe) else None
-
+    written = freq is freq_out and back is back_out
+    return binding if written and np.allclose(back_out, probe) else None
 
 
 def _kept(t0: int, t1: int, step: int, count: int) -> tuple[int, int]:
