@@ -12,6 +12,8 @@ each in a fresh process, interleaved run by run:
   save JPEG). Pillow's 3x3 kernel correlates along x but convolves along y (its
   first kernel row weighs the row *below*), so it is given the sobel-x weights
   flipped upside down, which for sobel-x is the same matrix;
+- the floor of any tool on numpy and Pillow: a Python script that imports numpy and
+  Pillow, decodes the JPEG into an array and encodes it again, with no filter;
 - ``vips conv`` when ``vips`` is on PATH (``apt-get install libvips-tools``);
   vips correlates (the mask as written), in float by default, and casting to
   8 bits for JPEG clips to 0..255; also ``--precision integer`` for reference;
@@ -68,6 +70,19 @@ if dst.lower().endswith((".jpg", ".jpeg")):
     out.save(dst, quality=int(quality))
 else:
     out.save(dst)
+"""
+
+# The floor of any Python tool built on numpy and Pillow: start Python, import numpy and
+# Pillow, decode the JPEG, copy it into an array and back, encode it. No filtering, no CLI.
+FLOOR_SCRIPT = """\
+import sys
+import numpy as np
+from PIL import Image
+
+src, dst, quality = sys.argv[1:]
+with Image.open(src) as image:
+    pixels = np.asarray(image)
+Image.fromarray(pixels).save(dst, quality=int(quality))
 """
 
 # Fallback when GNU time is missing: run the command as this helper's only child and report
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         make_input(src, args.source, (width, height), args.quality)
         pillow_py = tmp / "pillow_kernel.py"
         pillow_py.write_text(PILLOW_SCRIPT)
+        floor_py = tmp / "floor.py"
+        floor_py.write_text(FLOOR_SCRIPT)
         # Pillow weighs row y+1 with its first kernel row (and x-1 with each row's first
         # weight): pass the correlation weights flipped upside down
         pillow_weights = [str(w) for w in np.flipud(SOBEL_X).ravel()]
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             Tool("imgconv --version", [*ic, "--version"], ext=""),
             Tool("Pillow ImageFilter.Kernel",
                  [sys.executable, str(pillow_py), str(src), "{out}", q, *pillow_weights]),
+            Tool("numpy+Pillow, no filter (floor)",
+                 [sys.executable, str(floor_py), str(src), "{out}", q]),
         ]
         if args.variants:
             tools += [
