@@ -16,7 +16,8 @@ strategy       how                                                         cost 
 ``fft``        overlap-save over 2-D blocks with scipy.fft                  ~ log of block size
 =============  ==========================================================  ==================
 
-All three work on row tiles that fit the CPU cache, skip zero taps and
+All three work on tiles that fit the CPU cache (``direct`` and ``separable``
+on row tiles, ``fft`` on 2-D blocks), skip zero taps and
 multiplications by ±1 (:mod:`imgconv.core.taps`), compute only the rows and
 columns a stride keeps (except ``fft``, which computes stride 1 and subsamples)
 and run bands of tiles on the thread pool (:mod:`imgconv.core.threads`). The
