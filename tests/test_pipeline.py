@@ -89,3 +89,21 @@ def test_bank_fold_equals_combine(tmp_path, bank, how):
     stage = Pipeline.from_options([str(spec)]).stages[0]
     expected = combine([stage.apply_kernel(x, k) for k in stage.members()], how)
     np.testing.assert_array_equal(stage.run(x), expected)
+
+
+def test_activation_works_in_place_only_on_the_pipelines_own_arrays():
+    from imgconv.pipeline import ActivationStage, Pipeline, conv_stage, pool_stage
+
+    x = np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0], [-7.0, 8.0, -9.0]], np.float32)
+    before = x.copy()
+    # first stage: the caller's array is not written
+    relu_first = Pipeline((ActivationStage("relu"), pool_stage("max", 2, 1)))
+    np.testing.assert_array_equal(relu_first.run(x), [[4, 6], [8, 8]])
+    np.testing.assert_array_equal(x, before)
+    # after a conv: the same values as activating a copy
+    for kind in ("relu", "abs", "none"):
+        layer = Pipeline((conv_stage("sobel-x"), ActivationStage(kind)))
+        conv = Pipeline((conv_stage("sobel-x"),)).run(x)
+        expected = {"relu": np.maximum(conv, 0), "abs": np.abs(conv), "none": conv}[kind]
+        np.testing.assert_array_equal(layer.run(x), expected)
+        np.testing.assert_array_equal(x, before)
