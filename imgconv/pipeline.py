@@ -136,13 +136,23 @@ class ConvStage:
             pads = (pads[1], pads[0], pads[3], pads[2])
         return pads
 
-    def apply_kernel(self, x: NDArray[Any], kernel: Any) -> NDArray[Any]:
+    def apply_kernel(self, x: NDArray[Any], kernel: Any, rows: tuple[int, int] | None = None
+                     ) -> NDArray[Any]:
+        """The response to one kernel; with ``rows = (r0, r1)``, only those output rows.
+
+        Rows ``r0 .. r1 - 1`` of the whole response, exactly: the image rows they
+        read, with the padding that falls inside them (:meth:`band_of`).
+        """
         from imgconv.core.conv import convolve, correlate
 
         func = convolve if self.mode == "convolve" else correlate
+        padding = self._padding_for(kernel)
+        if rows is not None:
+            (a, b), padding = self.band_of(kernel, x.shape[0], *rows)
+            x = x[a:b]
         try:
             out = func(
-                x, kernel.weights, padding=self._padding_for(kernel), pad_mode=self.pad_mode,
+                x, kernel.weights, padding=padding, pad_mode=self.pad_mode,
                 cval=self.cval, stride=self.stride, dilation=self.dilation,
             )
         except ValueError as exc:
@@ -151,18 +161,33 @@ class ConvStage:
             out += kernel.bias
         return out
 
-    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+    def band_of(self, kernel: Any, height: int, r0: int, r1: int
+                ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """The image rows ``[a, b)`` and padding that give output rows ``r0 .. r1 - 1``.
+
+        Padding is kept only where the band meets the image's top or bottom;
+        inside, the band reads the image's own rows.
+        """
+        top, _, left, right = self.pads(kernel)
+        ey = (kernel.matrix.shape[0] - 1) * self.dilation[0] + 1
+        first = r0 * self.stride[0] - top  # image row of the band's first padded row
+        end = (r1 - 1) * self.stride[0] - top + ey
+        a, b = max(0, first), min(height, end)
+        return (a, b), (a - first, end - b, left, right)
+
+    def run(self, x: NDArray[Any], rows: tuple[int, int] | None = None) -> NDArray[Any]:
+        """The stage's response to ``x``; with ``rows``, only those output rows."""
         if not hasattr(self.kernel, "kernels"):
-            return self.apply_kernel(x, self.kernel)
+            return self.apply_kernel(x, self.kernel, rows)
         # A bank folds each member's response into one accumulator as it comes, so two
         # planes are alive rather than one per member; the arithmetic and its order are
         # imgconv.kernels.combine's.
         how, members = self.kernel.combine, self.members()
-        acc = self.apply_kernel(x, members[0])
+        acc = self.apply_kernel(x, members[0], rows)
         if how == "magnitude":
             np.multiply(acc, acc, out=acc)
         for kernel in members[1:]:
-            response = self.apply_kernel(x, kernel)
+            response = self.apply_kernel(x, kernel, rows)
             if how == "magnitude":
                 np.multiply(response, response, out=response)
                 acc += response
@@ -266,6 +291,10 @@ class PoolStage:
 
 Stage = ConvStage | ActivationStage | PoolStage
 
+#: Convolution rows per band when a pooling stage follows (:meth:`Pipeline.run`):
+#: 8 MiB of float32 response at a time for a 4000-pixel-wide image.
+BAND_ROWS = 512
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -287,12 +316,70 @@ class Pipeline:
         """Run every stage on an (H, W) or (H, W, C) array; returns float32 or float64.
 
         Every stage returns a new array, so an activation after the first stage
-        works in place on its input, which no one else holds.
+        works in place on its input, which no one else holds. A convolution
+        followed by pooling (with activations between) runs in bands of rows
+        (:meth:`_pooled_in_bands`), so that its full-size response is never
+        held whole.
         """
-        for i, stage in enumerate(self.stages):
-            x = (stage.run(x, in_place=True) if i and isinstance(stage, ActivationStage)
-                 else stage.run(x))
+        stages = self.stages
+        banded = self._pooled_in_bands(x)
+        if banded is not None:
+            x, stages = banded
+        for i, stage in enumerate(stages):
+            if isinstance(stage, ActivationStage) and (i or banded is not None):
+                x = stage.run(x, in_place=True)
+            else:
+                x = stage.run(x)
         return x
+
+    def _pooled_in_bands(self, x: NDArray[Any]) -> tuple[NDArray[Any], tuple[Stage, ...]] | None:
+        """Run conv -> activations -> pool in bands of pooled rows; the result and the rest.
+
+        Each band computes only the convolution rows its pooling windows read
+        (:meth:`ConvStage.run`'s ``rows``), so a 12 MP float32 response (46 MiB
+        a channel) is held a band at a time. The sums are the same as for the
+        whole image, though the core may choose another strategy for a band,
+        so the last bits of rounding may differ. Returns None, for stage by
+        stage, when the pipeline does not start that way, the image is small,
+        or its border mode reaches beyond a band (wrap, or a band smaller than
+        the padding it reflects).
+        """
+        conv, *rest = self.stages
+        acts: list[ActivationStage] = []
+        while rest and isinstance(rest[0], ActivationStage):
+            acts.append(rest[0])
+            rest = rest[1:]
+        if not (isinstance(conv, ConvStage) and rest and isinstance(rest[0], PoolStage)):
+            return None
+        pool, after = rest[0], rest[1:]
+        height = x.shape[0]
+        try:
+            out_h = conv.out_shape(x.shape[:2])[0]
+        except ValueError:
+            return None
+        (ph, _), (psy, _) = pool.size, pool.stride or pool.size
+        pooled = (out_h - ph) // psy + 1
+        per_band = max(1, BAND_ROWS // psy)
+        if conv.pad_mode == "wrap" or pooled <= per_band:
+            return None
+        bands = [(i0, min(pooled, i0 + per_band)) for i0 in range(0, pooled, per_band)]
+        for i0, i1 in bands:
+            for kernel in conv.members():
+                (a, b), (top, bottom, _, _) = conv.band_of(kernel, height, i0 * psy,
+                                                           (i1 - 1) * psy + ph)
+                if b - a <= max(top, bottom) + 1:
+                    return None
+        result: NDArray[Any] | None = None
+        for i0, i1 in bands:
+            y = conv.run(x, rows=(i0 * psy, (i1 - 1) * psy + ph))
+            for act in acts:
+                y = act.run(y, in_place=True)
+            part = pool.run(y)
+            if result is None:
+                result = np.empty((pooled, *part.shape[1:]), part.dtype)
+            result[i0:i1] = part
+        assert result is not None
+        return result, tuple(after)
 
     def run_mapped(
         self, x: NDArray[Any], how: str, *, scale: float, out_max: int,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgconv.pipeline import Pipeline, map_output
 
@@ -107,3 +109,60 @@ def test_activation_works_in_place_only_on_the_pipelines_own_arrays():
         expected = {"relu": np.maximum(conv, 0), "abs": np.abs(conv), "none": conv}[kind]
         np.testing.assert_array_equal(layer.run(x), expected)
         np.testing.assert_array_equal(x, before)
+
+
+def _stage_by_stage(pipeline, x):
+    from imgconv.pipeline import ActivationStage
+
+    for stage in pipeline.stages:
+        x = stage.run(x) if not isinstance(stage, ActivationStage) else stage.run(x.copy())
+    return x
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    spec=st.sampled_from(["sobel-x", "box:3", "gaussian:sigma=1", "sobel", "kirsch",
+                          "0 1 2; 3 4 5", "[[1], [2], [-3], [4]]"]),
+    mode=st.sampled_from(["correlate", "convolve"]),
+    padding=st.sampled_from(["same", "valid", "full", "2", "0,3,1,0"]),
+    pad_mode=st.sampled_from(["reflect", "mirror", "nearest", "constant", "wrap"]),
+    stride=st.integers(1, 3), dilation=st.integers(1, 2),
+    act=st.sampled_from([None, "relu", "abs"]),
+    pool=st.tuples(st.sampled_from(["max", "avg"]), st.integers(1, 3), st.integers(1, 3)),
+    shape=st.tuples(st.integers(8, 60), st.integers(6, 20)), color=st.booleans(),
+    band=st.integers(1, 9),
+)
+def test_conv_then_pool_in_bands_is_the_whole_image_result(
+    spec, mode, padding, pad_mode, stride, dilation, act, pool, shape, color, band
+):
+    from imgconv import pipeline as P
+
+    try:
+        stages = [P.conv_stage(spec, mode=mode, padding=padding, pad_mode=pad_mode,
+                               cval=1.5, stride=stride, dilation=dilation)]
+    except Exception:
+        return  # not a valid layer (an even kernel with 'same' convolve, say)
+    if act:
+        stages.append(P.ActivationStage(act))
+    stages.append(P.pool_stage(pool[0], pool[1], pool[2]))
+    pipeline = P.Pipeline(tuple(stages))
+    x = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3) if color else shape,
+                                                    dtype=np.uint8)
+    try:
+        expected = _stage_by_stage(pipeline, x)
+    except Exception as exc:  # too small for the kernel or the pool: the same error
+        with pytest.raises(type(exc)):
+            pipeline.run(x)
+        return
+    old = P.BAND_ROWS
+    P.BAND_ROWS = band
+    try:
+        banded = pipeline._pooled_in_bands(x)
+        actual = pipeline.run(x)
+    finally:
+        P.BAND_ROWS = old
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+    if pad_mode == "wrap":
+        assert banded is None
