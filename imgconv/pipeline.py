@@ -140,26 +140,40 @@ class ConvStage:
                      ) -> NDArray[Any]:
         """The response to one kernel; with ``rows = (r0, r1)``, only those output rows.
 
-        Rows ``r0 .. r1 - 1`` of the whole response, exactly: the image rows they
-        read, with the padding that falls inside them (:meth:`band_of`).
+        Rows ``r0 .. r1 - 1`` of the whole response: the image rows they read,
+        with the padding that falls inside them (:meth:`band_of`), computed by
+        the strategy the whole image would take (:meth:`strategy_for`).
         """
-        from imgconv.core.conv import convolve, correlate
+        from imgconv.core.conv import _correlate
 
-        func = convolve if self.mode == "convolve" else correlate
         padding = self._padding_for(kernel)
+        strategy = None
         if rows is not None:
+            strategy = self.strategy_for(x, kernel)
             (a, b), padding = self.band_of(kernel, x.shape[0], *rows)
             x = x[a:b]
         try:
-            out = func(
+            out = _correlate(
                 x, kernel.weights, padding=padding, pad_mode=self.pad_mode,
                 cval=self.cval, stride=self.stride, dilation=self.dilation,
+                flip=self.mode == "convolve", strategy=strategy,
             )
         except ValueError as exc:
             raise ImageError(f"kernel {kernel.name}: {exc}") from None
         if kernel.bias:
             out += kernel.bias
         return out
+
+    def strategy_for(self, x: NDArray[Any], kernel: Any) -> str:
+        """The core's strategy for ``kernel`` on the whole of ``x``; raises as it would."""
+        from imgconv.core.conv import _prepare
+        from imgconv.core.strategies import choose_strategy
+
+        _, weights, geom, _, _ = _prepare(
+            x, kernel.weights, padding=self._padding_for(kernel), pad_mode=self.pad_mode,
+            cval=self.cval, stride=self.stride, dilation=self.dilation,
+            flip=self.mode == "convolve")
+        return choose_strategy(weights, geom)
 
     def band_of(self, kernel: Any, height: int, r0: int, r1: int
                 ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
@@ -337,12 +351,15 @@ class Pipeline:
 
         Each band computes only the convolution rows its pooling windows read
         (:meth:`ConvStage.run`'s ``rows``), so a 12 MP float32 response (46 MiB
-        a channel) is held a band at a time. The sums are the same as for the
-        whole image, though the core may choose another strategy for a band,
-        so the last bits of rounding may differ. Returns None, for stage by
+        a channel) is held a band at a time. Each band takes the strategy the
+        whole image would, so the sums are the same: to the bit for the direct
+        sum, and within float rounding where FFT blocks or BLAS products (long
+        separable filters) follow the band.
+        Returns None, for stage by
         stage, when the pipeline does not start that way, the image is small,
-        or its border mode reaches beyond a band (wrap, or a band smaller than
-        the padding it reflects).
+        it would fail (so errors name the image, not a band), or its border
+        mode reaches beyond a band (wrap, or a band smaller than the padding
+        it reflects).
         """
         conv, *rest = self.stages
         acts: list[ActivationStage] = []
@@ -354,10 +371,14 @@ class Pipeline:
         pool, after = rest[0], rest[1:]
         height = x.shape[0]
         try:
-            out_h = conv.out_shape(x.shape[:2])[0]
+            for kernel in conv.members():  # whatever would fail fails stage by stage
+                conv.strategy_for(x, kernel)
+            out_h, out_w = conv.out_shape(x.shape[:2])
         except ValueError:
             return None
-        (ph, _), (psy, _) = pool.size, pool.stride or pool.size
+        (ph, pw), (psy, _) = pool.size, pool.stride or pool.size
+        if ph > out_h or pw > out_w:
+            return None
         pooled = (out_h - ph) // psy + 1
         per_band = max(1, BAND_ROWS // psy)
         if conv.pad_mode == "wrap" or pooled <= per_band:
