@@ -136,8 +136,11 @@ class _Ahead:
                 # decode waited 0.11 -> 0.07 s)
                 size = min(self.identity[2], MAX_BLOCK)
                 im.decodermaxblock = max(im.decodermaxblock, size)
-            # the decoding, without the GIL, while numpy is imported
+            # the decoding, without the GIL, while numpy is imported: into our
+            # own memory when that is simple, else Pillow's
             buffer = decode_into_buffer(im, self.gray)
+            if buffer is None:
+                im.load()
             from imgconv.imageio import decode  # numpy: the main thread has imported it by now
 
             self.picture = decode(im, self.path, gray=self.gray, buffer=buffer)

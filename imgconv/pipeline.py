@@ -136,20 +136,19 @@ class ConvStage:
             pads = (pads[1], pads[0], pads[3], pads[2])
         return pads
 
-    def apply_kernel(self, x: NDArray[Any], kernel: Any, rows: tuple[int, int] | None = None
-                     ) -> NDArray[Any]:
+    def apply_kernel(self, x: NDArray[Any], kernel: Any, rows: tuple[int, int] | None = None,
+                     strategy: str | None = None) -> NDArray[Any]:
         """The response to one kernel; with ``rows = (r0, r1)``, only those output rows.
 
         Rows ``r0 .. r1 - 1`` of the whole response: the image rows they read,
-        with the padding that falls inside them (:meth:`band_of`), computed by
-        the strategy the whole image would take (:meth:`strategy_for`).
+        with the padding that falls inside them (:meth:`band_of`). ``strategy``
+        (None: the core's choice for what it is given) is the one the whole
+        image takes (:meth:`strategy_for`), so that a band computes the same.
         """
         from imgconv.core.conv import _correlate
 
         padding = self._padding_for(kernel)
-        strategy = None
         if rows is not None:
-            strategy = self.strategy_for(x, kernel)
             (a, b), padding = self.band_of(kernel, x.shape[0], *rows)
             x = x[a:b]
         try:
@@ -189,19 +188,25 @@ class ConvStage:
         a, b = max(0, first), min(height, end)
         return (a, b), (a - first, end - b, left, right)
 
-    def run(self, x: NDArray[Any], rows: tuple[int, int] | None = None) -> NDArray[Any]:
-        """The stage's response to ``x``; with ``rows``, only those output rows."""
+    def run(self, x: NDArray[Any], rows: tuple[int, int] | None = None,
+            strategies: Sequence[str | None] | None = None) -> NDArray[Any]:
+        """The stage's response to ``x``; with ``rows``, only those output rows.
+
+        ``strategies``: one per member (:meth:`members`), as for :meth:`apply_kernel`.
+        """
+        members = self.members()
+        chosen = list(strategies) if strategies is not None else [None] * len(members)
         if not hasattr(self.kernel, "kernels"):
-            return self.apply_kernel(x, self.kernel, rows)
+            return self.apply_kernel(x, self.kernel, rows, chosen[0])
         # A bank folds each member's response into one accumulator as it comes, so two
         # planes are alive rather than one per member; the arithmetic and its order are
         # imgconv.kernels.combine's.
-        how, members = self.kernel.combine, self.members()
-        acc = self.apply_kernel(x, members[0], rows)
+        how = self.kernel.combine
+        acc = self.apply_kernel(x, members[0], rows, chosen[0])
         if how == "magnitude":
             np.multiply(acc, acc, out=acc)
-        for kernel in members[1:]:
-            response = self.apply_kernel(x, kernel, rows)
+        for kernel, strategy in zip(members[1:], chosen[1:], strict=True):
+            response = self.apply_kernel(x, kernel, rows, strategy)
             if how == "magnitude":
                 np.multiply(response, response, out=response)
                 acc += response
@@ -259,15 +264,11 @@ class ActivationStage:
     def run(self, x: NDArray[Any], *, in_place: bool = False) -> NDArray[Any]:
         """The activation of ``x``; with ``in_place``, of a float array nothing else holds,
         written over it (a 12 MP float32 plane fewer at the peak)."""
+        from imgconv.core.conv import working_dtype
         from imgconv.core.pooling import activate
 
-        if in_place and x.dtype.kind == "f":
-            if self.kind == "relu":
-                np.maximum(x, 0, out=x)
-            elif self.kind == "abs":
-                np.abs(x, out=x)
-            return x
-        return activate(x, self.kind)
+        in_place = in_place and x.dtype == working_dtype(x.dtype)
+        return activate(x, self.kind, out=x if in_place else None)
 
     def value_range(self, lo: float, hi: float) -> tuple[float, float]:
         if self.kind == "relu":
@@ -354,12 +355,10 @@ class Pipeline:
         a channel) is held a band at a time. Each band takes the strategy the
         whole image would, so the sums are the same: to the bit for the direct
         sum, and within float rounding where FFT blocks or BLAS products (long
-        separable filters) follow the band.
-        Returns None, for stage by
-        stage, when the pipeline does not start that way, the image is small,
-        it would fail (so errors name the image, not a band), or its border
-        mode reaches beyond a band (wrap, or a band smaller than the padding
-        it reflects).
+        separable filters) follow the band. Returns None, for stage by stage,
+        when the pipeline does not start that way, the image is small, it would
+        fail (so errors name the image, not a band), or its border mode reaches
+        beyond a band (wrap, or a band smaller than the padding it reflects).
         """
         conv, *rest = self.stages
         acts: list[ActivationStage] = []
@@ -370,9 +369,8 @@ class Pipeline:
             return None
         pool, after = rest[0], rest[1:]
         height = x.shape[0]
-        try:
-            for kernel in conv.members():  # whatever would fail fails stage by stage
-                conv.strategy_for(x, kernel)
+        try:  # whatever would fail fails stage by stage, naming the whole image
+            strategies = [conv.strategy_for(x, kernel) for kernel in conv.members()]
             out_h, out_w = conv.out_shape(x.shape[:2])
         except ValueError:
             return None
@@ -392,7 +390,7 @@ class Pipeline:
                     return None
         result: NDArray[Any] | None = None
         for i0, i1 in bands:
-            y = conv.run(x, rows=(i0 * psy, (i1 - 1) * psy + ph))
+            y = conv.run(x, rows=(i0 * psy, (i1 - 1) * psy + ph), strategies=strategies)
             for act in acts:
                 y = act.run(y, in_place=True)
             part = pool.run(y)

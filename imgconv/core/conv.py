@@ -268,21 +268,21 @@ def correlate_into(
         if per_channel and _same_places(img, out):
             plane = np.empty(img.shape[:2], img.dtype)  # one buffer for every channel
             for c in range(img.shape[2]):  # channel c is read whole before it is written
-                copy_parallel(plane, img[:, :, c])
+                _copy_parallel(plane, img[:, :, c])
                 _run(plane, weights, geom, mode, fill, None, out=out[:, :, c], post=post)
             return out
         img = img.copy()
     return _run(img, weights, geom, mode, fill, None, out=out, post=post)
 
 
-def copy_parallel(dst: NDArray[Any], src: NDArray[Any]) -> None:
+def _copy_parallel(dst: NDArray[Any], src: NDArray[Any]) -> None:
     """``np.copyto(dst, src)`` in bands of rows on the thread pool (a strided gather is slow)."""
     threads = get_threads()
-    rows = dst.shape[0]
-    step = -(-rows // max(1, threads))
     if threads <= 1 or dst.size < PARALLEL_MIN_PIXELS:
         np.copyto(dst, src)
         return
+    rows = dst.shape[0]
+    step = -(-rows // threads)
     run_parallel(lambda r0: np.copyto(dst[r0 : r0 + step], src[r0 : r0 + step]),
                  range(0, rows, step), threads)
 

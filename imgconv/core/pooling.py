@@ -60,21 +60,30 @@ def pool(
     return out
 
 
-def activate(image: ArrayLike, kind: str = "relu") -> NDArray[Any]:
+def activate(image: ArrayLike, kind: str = "relu", *, out: NDArray[Any] | None = None
+             ) -> NDArray[Any]:
     """The detector stage: ``relu`` (max(x, 0)), ``abs`` (|x|) or ``none``.
+
+    ``out`` receives the result (it may be the image itself, in the working
+    dtype); by default a new array does.
 
     >>> activate([[-2.0, 3.0]], "relu")
     array([[0., 3.]])
+    >>> x = np.array([-1.5, 2.0]); activate(x, "abs", out=x) is x, x
+    (True, array([1.5, 2. ]))
     """
     if kind not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {kind!r}")
     x = np.asarray(image)
     x = x.astype(working_dtype(x.dtype), copy=False)
-    out: NDArray[Any]
+    result: NDArray[Any]
     if kind == "relu":
-        out = np.maximum(x, 0)
+        result = np.maximum(x, 0, out=out)
     elif kind == "abs":
-        out = np.abs(x)
+        result = np.abs(x, out=out)
+    elif out is None:
+        result = x.copy()
     else:
-        out = x.copy()
-    return out
+        np.copyto(out, x)
+        result = out
+    return result

@@ -111,7 +111,7 @@ class Padder:
         # the window's image columns [c0, c1) and its border columns on each side
         c0, c1 = min(max(self.c0, q0), q1), max(q0, min(self.c1, q1))
         sc0, sc1 = self.src_c0 + c0 - self.c0, self.src_c0 + c1 - self.c0
-        left = self.left_cols[q0 : c0] if q0 < self.c0 else self.left_cols[:0]
+        left = self.left_cols[q0:c0]  # empty when the window starts past the left border
         right = self.right_cols[max(0, c1 - self.c1) : max(0, q1 - self.c1)]
         # rows of the tile that come straight from the image, in order
         a = min(max(self.top, p0), p0 + count)
