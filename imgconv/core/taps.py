@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,38 @@ class Group:
         return 2 if self.size == 1 else self.size + 1
 
 
+#: Step operations. Each writes one register (0: the accumulator, 1: the
+#: scratch buffer) from shifted views ``a`` and ``b`` of the sources, itself,
+#: or the other register, elementwise in the register's dtype.
+COPY, SCALE, SUM, DIFF, ADD, SUB, MUL, ADD_SCRATCH, SUB_SCRATCH, ZERO = range(10)
+ACC, SCRATCH = 0, 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass over the tile: ``op`` of :data:`COPY` ... :data:`ZERO` into register ``reg``.
+
+    =============  ===========================
+    ``COPY``       ``R = a``
+    ``SCALE``      ``R = a * weight``
+    ``SUM``        ``R = a + b``
+    ``DIFF``       ``R = a - b``
+    ``ADD``        ``R = R + a``
+    ``SUB``        ``R = R - a``
+    ``MUL``        ``R = R * weight``
+    ``ADD_SCRATCH`` ``acc = acc + scratch``
+    ``SUB_SCRATCH`` ``acc = acc - scratch``
+    ``ZERO``       ``R = 0``
+    =============  ===========================
+    """
+
+    op: int
+    reg: int = ACC
+    a: Tap | None = None
+    b: Tap | None = None
+    weight: float = 1.0
+
+
 @dataclass(frozen=True)
 class Program:
     """A weighted sum of shifted, strided views of one or more source buffers."""
@@ -79,6 +111,44 @@ class Program:
         """Whether :meth:`run` needs a scratch buffer besides the accumulator."""
         return any(g.weight != 1.0 for g in self.groups[1:])
 
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        """The passes :meth:`run` makes, in order: one :class:`Step` per pass.
+
+        A pass is one numpy ufunc over the tile; keeping the list separate
+        from its execution lets another executor run the same operations.
+
+        >>> [s.op == SUM for s in build_program([((0, 0, 0), 1.0), ((0, 0, 1), 1.0)]).steps]
+        [True]
+        """
+        if not self.groups:
+            return (Step(ZERO),)
+        steps: list[Step] = []
+        for index, group in enumerate(self.groups):
+            if index == 0:
+                if group.size == 1:
+                    weight = group.weight if group.plus else -group.weight
+                    tap = (group.plus or group.minus)[0]
+                    steps.append(Step(COPY, a=tap) if weight == 1.0
+                                 else Step(SCALE, a=tap, weight=weight))
+                    continue
+                sign = _sum_steps(steps, ACC, group.plus, group.minus)
+                if sign * group.weight != 1.0:
+                    steps.append(Step(MUL, weight=sign * group.weight))
+            elif group.weight == 1.0:
+                steps += [Step(ADD, a=t) for t in group.plus]
+                steps += [Step(SUB, a=t) for t in group.minus]
+            else:
+                if group.size == 1:
+                    steps.append(Step(SCALE, SCRATCH, (group.plus or group.minus)[0],
+                                      weight=group.weight))
+                    sign = 1 if group.plus else -1
+                else:
+                    sign = _sum_steps(steps, SCRATCH, group.plus, group.minus)
+                    steps.append(Step(MUL, SCRATCH, weight=group.weight))
+                steps.append(Step(ADD_SCRATCH if sign > 0 else SUB_SCRATCH))
+        return tuple(steps)
+
     def run(
         self,
         sources: Sequence[NDArray[Any]],
@@ -89,78 +159,63 @@ class Program:
     ) -> None:
         """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups.
 
-        ``sources`` may have any real dtype (an integer image read in place):
-        every pass computes in ``acc``'s dtype.
+        ``sources`` is a sequence of 2-D buffers, or one 3-D array of them.
+        They may have any real dtype (an integer image read in place): every
+        pass computes in ``acc``'s dtype, one numpy ufunc per :class:`Step`.
         """
         rows, cols = shape
         sy, sx = stride
         scalar = acc.dtype.type
+        regs = (acc, scratch)
 
-        def view(tap: Tap) -> NDArray[Any]:
+        def view(tap: Tap | None) -> NDArray[Any]:
+            assert tap is not None
             src, dy, dx = tap
             return sources[src][
                 dy : dy + sy * (rows - 1) + 1 : sy, dx : dx + sx * (cols - 1) + 1 : sx
             ]
 
-        if not self.groups:
-            acc.fill(0)
-            return
-        for index, group in enumerate(self.groups):
-            plus = [view(t) for t in group.plus]
-            minus = [view(t) for t in group.minus]
-            if index == 0:
-                if group.size == 1:
-                    weight = group.weight if plus else -group.weight
-                    if weight == 1.0:
-                        np.copyto(acc, (plus or minus)[0])
-                    else:
-                        np.multiply((plus or minus)[0], scalar(weight), out=acc,
-                                    dtype=acc.dtype)
-                    continue
-                sign = _sum_into(acc, plus, minus)
-                if sign * group.weight != 1.0:
-                    np.multiply(acc, scalar(sign * group.weight), out=acc)
-            elif group.weight == 1.0:
-                for v in plus:
-                    np.add(acc, v, out=acc, dtype=acc.dtype)
-                for v in minus:
-                    np.subtract(acc, v, out=acc, dtype=acc.dtype)
-            else:
+        for step in self.steps:
+            op, reg = step.op, regs[step.reg]
+            assert reg is not None
+            # dtype=: a view may be of an integer image, which must not be summed in its own type
+            if op == ADD:
+                np.add(reg, view(step.a), out=reg, dtype=reg.dtype)
+            elif op == SUB:
+                np.subtract(reg, view(step.a), out=reg, dtype=reg.dtype)
+            elif op == SUM:
+                np.add(view(step.a), view(step.b), out=reg, dtype=reg.dtype)
+            elif op == DIFF:
+                np.subtract(view(step.a), view(step.b), out=reg, dtype=reg.dtype)
+            elif op == MUL:
+                np.multiply(reg, scalar(step.weight), out=reg)
+            elif op == SCALE:
+                np.multiply(view(step.a), scalar(step.weight), out=reg, dtype=reg.dtype)
+            elif op == COPY:
+                np.copyto(reg, view(step.a))
+            elif op in (ADD_SCRATCH, SUB_SCRATCH):
                 assert scratch is not None
-                if group.size == 1:
-                    np.multiply((plus or minus)[0], scalar(group.weight), out=scratch,
-                                dtype=acc.dtype)
-                    sign = 1 if plus else -1
-                else:
-                    sign = _sum_into(scratch, plus, minus)
-                    np.multiply(scratch, scalar(group.weight), out=scratch)
-                (np.add if sign > 0 else np.subtract)(acc, scratch, out=acc)
+                (np.add if op == ADD_SCRATCH else np.subtract)(acc, scratch, out=acc)
+            else:
+                reg.fill(0)
 
 
-def _sum_into(
-    target: NDArray[Any], plus: list[NDArray[Any]], minus: list[NDArray[Any]]
-) -> int:
-    """``target = sum(plus) - sum(minus)`` (two or more views) and return +1.
+def _sum_steps(steps: list[Step], reg: int, plus: tuple[Tap, ...], minus: tuple[Tap, ...]) -> int:
+    """Append ``R = sum(plus) - sum(minus)`` (two or more taps) and return +1.
 
-    With no ``plus`` views it writes ``sum(minus)`` and returns -1, leaving the
+    With no ``plus`` taps it writes ``sum(minus)`` and returns -1, leaving the
     sign to the multiply that follows rather than spending a pass on negation.
     """
     if plus:
-        first, pos, neg = plus[0], plus[1:], minus
-        sign = 1
+        first, pos, neg, sign = plus[0], list(plus[1:]), list(minus), 1
     else:
-        first, pos, neg, sign = minus[0], minus[1:], [], -1
-    # dtype=: the views may be of an integer image, which must not be summed in its own type
+        first, pos, neg, sign = minus[0], list(minus[1:]), [], -1
     if pos:
-        np.add(first, pos[0], out=target, dtype=target.dtype)
-        pos = pos[1:]
+        steps.append(Step(SUM, reg, first, pos.pop(0)))
     else:
-        np.subtract(first, neg[0], out=target, dtype=target.dtype)
-        neg = neg[1:]
-    for v in pos:
-        np.add(target, v, out=target)
-    for v in neg:
-        np.subtract(target, v, out=target)
+        steps.append(Step(DIFF, reg, first, neg.pop(0)))
+    steps += [Step(ADD, reg, t) for t in pos]
+    steps += [Step(SUB, reg, t) for t in neg]
     return sign
 
 
