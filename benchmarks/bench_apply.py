@@ -6,8 +6,11 @@ upscaled with Lanczos, plus fixed-seed grain, saved at quality 90), then runs,
 each in a fresh process, interleaved run by run:
 
 - ``imgconv apply IN -k sobel-x --output-map clip --quality Q -o OUT.jpg``
-  (as is, with ``--jobs 1`` and with ``--threads 1``), and ``imgconv --version``
-  (the fixed start-up cost every call pays);
+  (as is, with ``--jobs 1``, with ``--threads 1`` and, when numba is
+  installed, with ``--jit``, which pays numba's import and the load of the
+  compiled code from numba's cache in every run; the untimed warm-up run
+  compiles it if the cache is empty), and ``imgconv --version`` (the fixed
+  start-up cost every call pays);
 - Pillow's ``ImageFilter.Kernel`` in a separate Python process (load, filter,
   save JPEG). Pillow's 3x3 kernel correlates along x but convolves along y (its
   first kernel row weighs the row *below*), so it is given the sobel-x weights
@@ -152,6 +155,13 @@ def imgconv_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "imgconv"]
 
 
+def jit_installed() -> bool:
+    """Whether numba is importable: then ``imgconv apply --jit`` is timed too."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def imagemagick() -> list[str] | None:
     """``magick`` or ``convert`` if it is a real ImageMagick (not a stand-in script)."""
     for name in ("magick", "convert"):
@@ -262,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             Tool("imgconv apply --jobs 1", [*apply, "--jobs", "1"]),
             Tool("imgconv apply --threads 1", [*apply, "--threads", "1"]),
             Tool("imgconv --version", [*ic, "--version"], ext=""),
+            *([Tool("imgconv apply --jit", [*apply, "--jit"])] if jit_installed() else []),
             Tool("Pillow ImageFilter.Kernel",
                  [sys.executable, str(pillow_py), str(src), "{out}", q, *pillow_weights]),
             Tool("numpy+Pillow, no filter (floor)",

@@ -85,6 +85,7 @@ class Options:
     hash_inputs: bool = False
     debug: bool = False
     threads: int | None = None  # core threads per process (None: IMGCONV_THREADS or all cores)
+    jit: bool | None = None  # the compiled path (None: IMGCONV_JIT, else off)
     protected: frozenset[str] = frozenset()  # resolved input paths: never written
 
 
@@ -428,10 +429,12 @@ def _sha256(path: str, data: bytes | None = None) -> str:
 
 def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     """Filter one input into its output. Never raises for a bad file: the Result says why."""
+    from imgconv.core import jit
     from imgconv.core.threads import set_threads
 
     start = time.perf_counter()
     set_threads(options.threads)
+    jit.set_jit(options.jit)
     name = "<stdin>" if task.source.path == STDIO else task.source.path
     result = Result(name, task.target, "failed")
     try:

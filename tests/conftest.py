@@ -19,3 +19,19 @@ def imgconv_script() -> str:
     path = Path(sys.executable).parent / ("imgconv.exe" if os.name == "nt" else "imgconv")
     assert path.exists(), f"the imgconv console script is not installed beside {sys.executable}"
     return str(path)
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def executor(request):
+    """Run the test with tap programs on numpy's ufuncs, then on the compiled path.
+
+    The compiled path needs the ``jit`` extra (numba), which the README's test
+    command installs; without it the compiled half is skipped, and says why.
+    """
+    from imgconv.core import jit
+
+    if request.param == "compiled" and not jit.installed():
+        pytest.skip("the compiled path needs numba: pip install -e '.[test,jit]'")
+    jit.set_jit(request.param == "compiled")
+    yield request.param
+    jit.set_jit(None)

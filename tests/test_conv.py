@@ -13,6 +13,9 @@ from scipy import ndimage as ndi
 import imgconv
 from imgconv.core.strategies import STRATEGIES
 
+# every test runs on both executors of the tap programs (conftest.executor)
+pytestmark = pytest.mark.usefixtures("executor")
+
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 ALIASES = {"zero": ("constant", 0.0), "edge": ("nearest", None), "symmetric": ("reflect", None)}
 DTYPES = (np.float64, np.float32, np.uint8)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from imgconv.core import jit
 from imgconv.core.geometry import Geometry
 from imgconv.core.taps import (
     Program,
@@ -56,6 +57,15 @@ from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile
 #: 37 to 30 ms with 2 threads (35 -> 38 ms with 1), and `apply`'s uint8 RGB
 #: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
 TILE_BYTES = 768 * 1024
+
+#: Tiles are this many times larger when the compiled path is on
+#: (:mod:`imgconv.core.jit`): it streams a tile one row at a time, so the tile
+#: need not stay in the cache, and larger tiles spend less Python per pixel.
+#: On the README's 2-core Xeon (12 MP float32, medians of 21, interleaved)
+#: box 3x3, sobel-x, the diagonal and gaussian 5x5 took 13.3, 11.8, 12.7 and
+#: 23.3 ms against 14.8, 14.2, 14.4 and 25.5 ms with the numpy path's tiles;
+#: 4 times larger tiles were no faster and cost more memory.
+JIT_TILE_SCALE = 2
 
 
 def l2_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
@@ -143,8 +153,12 @@ def _readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
     return plane.dtype == dtype and plane.strides[1] == dtype.itemsize
 
 
-def tile_rows(width: int, itemsize: int, stride: int) -> int:
+def tile_rows(width: int, itemsize: int, stride: int, compiled: bool = False) -> int:
     """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`.
+
+    With ``compiled`` (the compiled path is on), :data:`JIT_TILE_SCALE` times
+    that. The cost model always takes the numpy path's tiles, so that the
+    strategy chosen, and so the rounding, does not depend on the path.
 
     An int16 tile (exact sums of an 8-bit image) so gets twice the rows of a
     float32 one: its passes are so quick that with several threads the Python
@@ -155,7 +169,8 @@ def tile_rows(width: int, itemsize: int, stride: int) -> int:
     ``imgconv apply`` 0.28 s against 0.29. A ``post`` that wants float32 gets
     the tile converted into a buffer twice a float32 tile's size.
     """
-    return max(1, TILE_BYTES // max(1, width * itemsize * stride))
+    budget = TILE_BYTES * (JIT_TILE_SCALE if compiled else 1)
+    return max(1, budget // max(1, width * itemsize * stride))
 
 
 def direct(
@@ -180,7 +195,7 @@ def direct(
     (sy, sx), (ey, ex) = geom.stride, geom.extent
     padder = Padder(plane, geom, mode, cval)
     program = program_2d(kernel, geom.dilation)
-    n = tile_rows(padder.width, dtype.itemsize, sy)
+    n = tile_rows(padder.width, dtype.itemsize, sy, jit.enabled())
     # Output columns [cl, cr) read only image columns. In tiles whose rows are
     # all image rows, the taps of those columns are views of the image itself
     # (no padded copy: a whole pass saved); only the few border columns on
@@ -277,7 +292,7 @@ def separable(
     width = padder.width
     col_programs = [column_program(u, dy) for u, _ in pairs]
     row = row_program([v for _, v in pairs], dx)
-    n = tile_rows(width, dtype.itemsize, sy)
+    n = tile_rows(width, dtype.itemsize, sy, jit.enabled())
     # (exact_int16 never gives an integer kernel that would take the products)
     bands = _column_matrices(pairs, dy, sy) if _column_gemm(col_programs) else None
     blocks = _row_matrices(pairs, dx) if _row_gemm(row, len(pairs), geom.extent[1]) else None
@@ -316,25 +331,23 @@ def separable(
         for r0, r1 in tiles:
             m = r1 - r0
             rows_in = (m - 1) * sy + ey
-            sources = []
+            # the partial sums as one (pairs, m, width) array: one source per pair
+            sources: list[NDArray[Any]] | NDArray[Any] = partial[:, :m]
             finite = False
             if from_image and padder.inside(r0 * sy, rows_in):
                 finite = vertical(padder.rows(r0 * sy, rows_in), m, slice(c0, c1))
                 for buf in partial:
                     padder.extend_columns(buf[:m])
-                    sources.append(buf[:m])
             else:
                 padder.fill(tile, r0 * sy, rows_in)
                 if bands is None and blocks is None and all(
                         _is_identity(p) for p in col_programs):
                     # each u is a single 1: the tile rows are the pass (the row
                     # products read the partial sums, so with them it still runs)
-                    for program in col_programs:
-                        d = program.groups[0].plus[0][1]
-                        sources.append(tile[d : d + sy * (m - 1) + 1 : sy])
+                    sources = [tile[d : d + sy * (m - 1) + 1 : sy] for d in (
+                        program.groups[0].plus[0][1] for program in col_programs)]
                 else:
                     finite = vertical(tile[:rows_in], m, slice(0, width))
-                    sources = [buf[:m] for buf in partial]
             dst = result[r0:r1]
             acc = accumulator(acc_buf[:m, :ow], dst, post)
             if blocks is not None and row_scratch is not None and (

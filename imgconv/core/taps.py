@@ -115,8 +115,9 @@ class Program:
     def steps(self) -> tuple[Step, ...]:
         """The passes :meth:`run` makes, in order: one :class:`Step` per pass.
 
-        A pass is one numpy ufunc over the tile; keeping the list separate
-        from its execution lets another executor run the same operations.
+        Both executors (numpy's ufuncs in :meth:`run`, and
+        :mod:`imgconv.core.jit` when it is on) run exactly these operations in
+        this order, in the same dtype, so they give the same bits.
 
         >>> [s.op == SUM for s in build_program([((0, 0, 0), 1.0), ((0, 0, 1), 1.0)]).steps]
         [True]
@@ -151,7 +152,7 @@ class Program:
 
     def run(
         self,
-        sources: Sequence[NDArray[Any]],
+        sources: Sequence[NDArray[Any]] | NDArray[Any],
         shape: tuple[int, int],
         stride: tuple[int, int],
         acc: NDArray[Any],
@@ -161,8 +162,15 @@ class Program:
 
         ``sources`` is a sequence of 2-D buffers, or one 3-D array of them.
         They may have any real dtype (an integer image read in place): every
-        pass computes in ``acc``'s dtype, one numpy ufunc per :class:`Step`.
+        pass computes in ``acc``'s dtype. With the compiled path on
+        (:func:`imgconv.core.jit.enabled`) the whole program is one compiled
+        call when :func:`imgconv.core.jit.run` takes the buffers, else one
+        numpy ufunc per :class:`Step`.
         """
+        from imgconv.core import jit
+
+        if jit.enabled() and jit.run(self.steps, sources, stride, acc, scratch):
+            return
         rows, cols = shape
         sy, sx = stride
         scalar = acc.dtype.type

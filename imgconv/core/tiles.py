@@ -12,9 +12,11 @@ whatever the number of threads.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -148,16 +150,37 @@ def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
     return [(r, min(r + tile_rows, rows)) for r in range(0, rows, tile_rows)]
 
 
-class _Queue(Iterator[TileT]):
-    """A thread-safe iterator over tiles: each worker takes the next tile when it is free."""
+class _Runs(Generic[TileT]):
+    """Tiles cut into one contiguous run per worker; a worker that runs out steals.
 
-    def __init__(self, tiles: list[TileT]) -> None:
-        self._tiles = iter(tiles)
+    Worker ``i`` takes its run's tiles front to back; when it has none left it
+    takes the last tile of the longest run still pending. So each thread
+    writes one contiguous part of the output, as a static split would, and
+    threads do not fault in the same pages of a fresh output together (on the
+    2-core Xeon of the README, a 12 MP float32 box 3x3 with the compiled path
+    took 14.1 ms against 16.6-22.5 ms with one shared queue of tiles), yet a
+    thread slowed by other work on the machine does not hold up the whole
+    image.
+    """
+
+    def __init__(self, tiles: list[TileT], workers: int) -> None:
+        cuts = [len(tiles) * i // workers for i in range(workers + 1)]
+        self._runs = [deque(tiles[a:b]) for a, b in itertools.pairwise(cuts)]
         self._lock = threading.Lock()
 
-    def __next__(self) -> TileT:
-        with self._lock:
-            return next(self._tiles)
+    def worker(self, index: int) -> Iterator[TileT]:
+        """The tiles worker ``index`` computes, one at a time."""
+        own = self._runs[index]
+        while True:
+            with self._lock:
+                if own:
+                    tile = own.popleft()
+                else:
+                    longest = max(self._runs, key=len)
+                    if not longest:
+                        return
+                    tile = longest.pop()
+            yield tile
 
 
 def run_bands(
@@ -169,17 +192,18 @@ def run_bands(
 
     Each call of ``band`` allocates its own scratch buffers once and reuses them
     for every tile it takes, so threads share nothing but the output. With
-    several threads, every worker runs ``band`` on one shared queue of tiles
-    and takes the next tile whenever it finishes one, so a thread slowed by
-    other work on the machine, or by costlier tiles, does not hold up the
+    several threads, each worker runs ``band`` over its own contiguous run of
+    tiles and then helps with the others' (:class:`_Runs`), so a thread slowed
+    by other work on the machine, or by costlier tiles, does not hold up the
     whole image.
     """
     count = get_threads()
     if count <= 1 or pixels < PARALLEL_MIN_PIXELS or len(tiles) <= 1:
         band(tiles)
         return
-    queue = _Queue(tiles)
-    run_parallel(lambda _: band(queue), range(min(count, len(tiles))), count)
+    workers = min(count, len(tiles))
+    runs = _Runs(tiles, workers)
+    run_parallel(lambda i: band(runs.worker(i)), range(workers), count)
 
 
 def accumulator(buffer: NDArray[Any], dst: NDArray[Any], post: Post | None) -> NDArray[Any]:

@@ -1,0 +1,206 @@
+"""The compiled path (imgconv.core.jit): the numpy executor's bits, its settings, its absence.
+
+test_conv.py and test_strategies.py run every strategy against scipy and the
+loop reference on both executors (conftest.executor); here the compiled one is
+compared with the numpy one bit for bit, and its switches are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_conv import make_image
+from test_strategies import geometries, worker
+from typer.testing import CliRunner
+
+from imgconv.cli import app
+from imgconv.core import jit, strategies
+from imgconv.core.taps import build_program, program_2d
+
+needs_numba = pytest.mark.skipif(not jit.installed(), reason="numba is not installed")
+
+
+@pytest.fixture
+def restore_jit():
+    yield
+    jit.set_jit(None)
+
+
+def both_paths(func):
+    """``func()`` with the numpy executor, then with the compiled one."""
+    try:
+        jit.set_jit(False)
+        plain = func()
+        jit.set_jit(True)
+        return plain, func()
+    finally:
+        jit.set_jit(None)
+
+
+@needs_numba
+@given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8, np.int8]),
+       strategy=st.sampled_from(["direct", "separable"]), read_only=st.booleans())
+def test_compiled_path_gives_the_numpy_bits(case, dtype, strategy, read_only):
+    # the same tile grid for both: the executors, not the tiling, are compared
+    # (uint8 and int8 take the int16 sums where they are exact)
+    image = make_image(case["shape"], dtype, seed=case["seed"])
+    if dtype == np.int8:
+        image = (image.astype(np.int16) - 100).clip(-128, 127).astype(np.int8)
+    image.flags.writeable = not read_only
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(strategies, "JIT_TILE_SCALE", 1)
+        if case["small"]:
+            mp.setattr(strategies, "TILE_BYTES", 64)
+        plain, compiled = both_paths(lambda: worker(
+            image, case["kernel"], strategy, padding=case["padding"], stride=case["stride"],
+            dilation=case["dilation"], pad_mode=case["mode"], cval=3.0))
+    np.testing.assert_array_equal(compiled, plain)
+
+
+@needs_numba
+@pytest.mark.parametrize("name", ["box", "sobel", "diagonal", "gaussian5", "rank2"])
+@pytest.mark.parametrize("layout", ["plane", "channels"])
+def test_public_results_do_not_depend_on_the_path(name, layout):
+    # with its own (larger) tiles too, for kernels whose passes all run compiled
+    kernels = {
+        "box": np.ones((3, 3)) / 9,
+        "sobel": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+        "diagonal": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
+        "gaussian5": np.outer([1.0, 4, 6, 4, 1], [1.0, 4, 6, 4, 1]) / 256,
+        "rank2": np.array([[1.0, 2, 1], [0, 0, 0], [-1, 3, -1]]),
+    }
+    shape = (300, 211) if layout == "plane" else (300, 211, 3)
+    image = make_image(shape, np.float32)
+    import imgconv
+
+    plain, compiled = both_paths(lambda: imgconv.correlate(image, kernels[name]))
+    np.testing.assert_array_equal(compiled, plain)
+
+
+@needs_numba
+def test_run_declines_what_it_cannot_take():
+    program = program_2d(np.array([[1.0, 2.0], [3.0, -4.0]]), (1, 1))
+    src = np.arange(30, dtype=np.float32).reshape(5, 6)
+    acc = np.empty((4, 5), np.float32)
+    scratch = np.empty_like(acc)
+    assert jit.run(program.steps, [src], (1, 1), acc, scratch)
+    expected = acc.copy()
+    # a column stride, a source in another dtype, several separate sources
+    assert not jit.run(program.steps, [src], (1, 2), acc[:, :3], scratch)
+    assert not jit.run(program.steps, [src.astype(np.uint8)], (1, 1), acc, scratch)
+    assert not jit.run(program.steps, [src, src], (1, 1), acc, scratch)
+    assert not jit.run(program.steps, [src.astype(np.int32)], (1, 1), acc.astype(np.int32),
+                       scratch.astype(np.int32))
+    # and the numpy executor, which takes them all, agrees where both run
+    acc2 = np.empty_like(acc)
+    jit.set_jit(False)
+    program.run([src], acc.shape, (1, 1), acc2, scratch)
+    jit.set_jit(None)
+    np.testing.assert_array_equal(acc2, expected)
+
+
+@needs_numba
+def test_every_step_kind_runs_compiled(restore_jit):
+    # weights that need each step: copy, scale, sum, diff, add, sub, mul, the
+    # scratch register both ways, and zero for an empty program
+    taps = [((0, 0, 0), 1.0), ((0, 0, 1), 1.0), ((0, 1, 0), -1.0), ((0, 1, 1), 0.5),
+            ((0, 2, 0), -0.25), ((0, 2, 1), -0.25), ((0, 0, 2), 3.0), ((0, 1, 2), -3.0)]
+    programs = [build_program(taps), build_program(taps[2:3]), build_program(taps[3:4]),
+                build_program([((0, 0, 0), -1.0), ((0, 1, 1), -1.0)]),
+                build_program([((0, 0, 0), 2.0), ((0, 1, 1), -0.5)]), build_program([]),
+                build_program([((0, 0, 0), 1.0)]),
+                build_program([((0, 0, 0), 0.5), ((0, 1, 1), 0.5), ((0, 0, 1), 1.0),
+                               ((0, 1, 0), -1.0)])]
+    ops = {step.op for p in programs for step in p.steps}
+    assert ops == set(range(10))
+    src = make_image((6, 7), np.float32)
+    for program in programs:
+        outs = []
+        for on in (False, True):
+            jit.set_jit(on)
+            acc = np.full((4, 5), np.nan, np.float32)
+            program.run([src], acc.shape, (1, 1), acc, np.empty_like(acc))
+            outs.append(acc)
+        np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_settings(monkeypatch, restore_jit):
+    monkeypatch.delenv(jit.ENV_VAR, raising=False)
+    assert not jit.enabled()  # off unless asked for
+    monkeypatch.setenv(jit.ENV_VAR, "0")
+    assert not jit.enabled()
+    monkeypatch.setenv(jit.ENV_VAR, "yes")
+    with pytest.raises(ValueError, match="IMGCONV_JIT must be 0 or 1, got 'yes'"):
+        jit.enabled()
+    jit.set_jit(False)
+    assert not jit.enabled()  # set_jit wins over the environment
+    monkeypatch.setattr(jit, "installed", lambda: False)
+    jit.set_jit(None)
+    monkeypatch.setenv(jit.ENV_VAR, "1")
+    with pytest.raises(jit.JitUnavailable, match=r"IMGCONV_JIT=1 needs numba.*imgconv\[jit\]"):
+        jit.enabled()
+    with pytest.raises(jit.JitUnavailable, match=r"needs numba.*imgconv\[jit\]"):
+        jit.set_jit(True)
+
+
+@needs_numba
+def test_set_jit_and_environment_turn_it_on(monkeypatch, restore_jit):
+    monkeypatch.setenv(jit.ENV_VAR, "1")
+    assert jit.enabled()
+    jit.set_jit(False)
+    assert not jit.enabled()
+
+
+def test_default_path_never_imports_numba():
+    code = ("import sys, numpy as np, imgconv\n"
+            "imgconv.correlate(np.ones((300, 300), np.float32), np.ones((3, 3)))\n"
+            "print('numba' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != jit.ENV_VAR}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env=env)
+    assert result.stdout.strip() == "False"
+
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.fromarray(make_image((40, 50, 3), np.uint8)).save(path)
+    return path
+
+
+@needs_numba
+def test_cli_jit_flag_gives_the_same_file(tmp_path, photo, restore_jit):
+    outs = []
+    for flag in ("--no-jit", "--jit"):
+        out = tmp_path / f"out{flag}.png"
+        result = runner.invoke(app, ["apply", str(photo), "-k", "diagonal-45", "-k", "box-blur",
+                                     flag, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_cli_jit_without_numba_is_a_usage_error(tmp_path, photo, monkeypatch, restore_jit):
+    monkeypatch.setattr(jit, "installed", lambda: False)
+    result = runner.invoke(app, ["apply", str(photo), "-k", "sobel-x", "--jit",
+                                 "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "--jit: the compiled path needs numba" in result.stderr
+    assert "Traceback" not in result.output
+    monkeypatch.setenv(jit.ENV_VAR, "maybe")
+    result = runner.invoke(app, ["apply", str(photo), "-k", "sobel-x",
+                                 "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "IMGCONV_JIT must be 0 or 1, got 'maybe'" in result.stderr
+    assert not (tmp_path / "o.png").exists()
