@@ -6,9 +6,13 @@ scipy.ndimage.correlate, of OpenCV's cv2.filter2D when ``opencv-python-headless`
 is installed (never a dependency), and of ``np.copyto`` (one read and one write
 of the image: the memory floor), with the ratios the goals are stated in. Every
 imgconv result is checked against scipy's (max abs error), and OpenCV's too, so
-a fast wrong answer shows. Times are medians over ``--repeats`` runs, with
-imgconv, np.copyto and OpenCV interleaved run by run, because a shared machine
-is noisy: the ratios compare runs made under the same load.
+a fast wrong answer shows. When numba is installed (``pip install
+'imgconv[jit]'``) imgconv is also timed with its compiled path on, its result
+compared with the numpy path's bit for bit, and its one-off start-up per
+process printed (warm disk cache, and empty cache: the first-run compile).
+Times are medians over ``--repeats`` runs, with imgconv (both paths),
+np.copyto and OpenCV interleaved run by run, because a shared machine is
+noisy: the ratios compare runs made under the same load.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -27,7 +34,7 @@ import scipy
 from scipy import ndimage as ndi
 
 import imgconv
-from imgconv.core import conv, set_threads
+from imgconv.core import conv, jit, set_threads
 from imgconv.core.strategies import STRATEGIES, choose_strategy
 from imgconv.core.threads import get_threads
 from imgconv.kernels import resolve
@@ -80,6 +87,40 @@ def paired_ms(funcs: list[Callable[[], Any]], repeats: int) -> list[tuple[float,
     return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
 
 
+def with_jit(func: Callable[[], Any]) -> Any:
+    """``func()`` with the compiled path on."""
+    jit.set_jit(True)
+    try:
+        return func()
+    finally:
+        jit.set_jit(None)
+
+
+def jit_start_up() -> tuple[float, float]:
+    """Seconds a fresh process spends on the compiled path before its first tile.
+
+    ``(warm, cold)``: with numba's disk cache as the benchmark's own runs leave
+    it, and with an empty cache (``NUMBA_CACHE_DIR`` a new folder), which is
+    what the first run after an install pays. Each is the median of 3 fresh
+    processes timing ``jit._kernel()`` after numpy and imgconv are imported.
+    """
+    code = ("import time, numpy, imgconv.core.jit as j\n"
+            "t = time.perf_counter(); j._kernel(); print(time.perf_counter() - t)")
+
+    def once(env: dict[str, str]) -> float:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env=env)
+        return float(done.stdout)
+
+    once(dict(os.environ))  # fills the cache if it is empty
+    warm = statistics.median(once(dict(os.environ)) for _ in range(3))
+    colds = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as cache:
+            colds.append(once({**os.environ, "NUMBA_CACHE_DIR": cache}))
+    return warm, statistics.median(colds)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -110,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time every imgconv strategy on every kernel")
     parser.add_argument("--kernels", default=None,
                         help="comma-separated subset of kernel names, e.g. 'box 3x3,box 15x15'")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="do not time the compiled path even if numba is installed")
     parser.add_argument("--no-scipy", action="store_true",
                         help="skip timing scipy (slow); results are still checked against it")
     args = parser.parse_args(argv)
@@ -125,9 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels:
         wanted = [k.strip() for k in args.kernels.split(",")]
         chosen = {k: v for k, v in chosen.items() if k in wanted}
-    header = (f"{'kernel':<14} {'strategy':>9} {'imgconv':>9} {'scipy':>9} {'OpenCV':>9} "
-              f"{'copyto':>7} {'scipy/imgconv':>13} {'imgconv/OpenCV':>14} "
-              f"{'err vs scipy':>12} {'cv2 err':>8}")
+    compiled = jit.installed() and not args.no_jit
+    if compiled:
+        warm, cold = jit_start_up()
+        print(f"compiled path (numba {metadata.version('numba')}): start-up {warm:.2f} s per "
+              f"process (import numba, load the kernel from its disk cache), {cold:.2f} s when "
+              "the cache is empty (compile)\n")
+    else:
+        print("compiled path not timed: " + ("--no-jit" if args.no_jit else
+              "numba is not installed (pip install 'imgconv[jit]')") + "\n")
+    header = (f"{'kernel':<14} {'strategy':>9} {'imgconv':>9} {'compiled':>9} {'scipy':>9} "
+              f"{'OpenCV':>9} {'copyto':>7} {'scipy/imgconv':>13} {'imgconv/OpenCV':>14} "
+              f"{'scipy/comp':>10} {'comp/OpenCV':>11} {'err vs scipy':>12} {'comp bits':>9} "
+              f"{'cv2 err':>8}")
     print(header)
     print("-" * len(header))
     for name, kernel in chosen.items():
@@ -140,8 +193,15 @@ def main(argv: list[str] | None = None) -> int:
             anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
             contenders.append(lambda k=k32, a=anchor: cv2.filter2D(
                 image, -1, k, anchor=a, borderType=cv2.BORDER_REFLECT))
+        if compiled:
+            contenders.append(lambda k=kernel: with_jit(
+                lambda: imgconv.correlate(image, k, pad_mode=args.mode)))
         timed = paired_ms(contenders, args.repeats)
         (ours, result), (floor, _) = timed[0], timed[1]
+        comp_ms, comp_bits = float("nan"), "-"
+        if compiled:
+            comp_ms, comp_out = timed[-1]
+            comp_bits = "same" if np.array_equal(comp_out, result) else "differ"
         if args.no_scipy:
             theirs = float("nan")
             expected = ndi.correlate(image, k32, mode=args.mode)
@@ -156,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
         geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
                                      k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
-        print(f"{name:<14} {choose_strategy(k32, geom):>9} {ours:>9.1f} {theirs:>9.1f} "
-              f"{cv_ms:>9.1f} {floor:>7.1f} {theirs / ours:>13.1f} {ours / cv_ms:>14.2f} "
-              f"{err:>12.2e} {cv_err:>8.1e}")
+        print(f"{name:<14} {choose_strategy(k32, geom):>9} {ours:>9.1f} {comp_ms:>9.1f} "
+              f"{theirs:>9.1f} {cv_ms:>9.1f} {floor:>7.1f} {theirs / ours:>13.1f} "
+              f"{ours / cv_ms:>14.2f} {theirs / comp_ms:>10.1f} {comp_ms / cv_ms:>11.2f} "
+              f"{err:>12.2e} {comp_bits:>9} {cv_err:>8.1e}")
         if args.strategies:
             for strategy in STRATEGIES:
                 ms, res = median_ms(
@@ -168,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeats,
                 )
                 e = float(np.abs(res.astype(np.float64) - expected).max())
-                print(f"{'':<14} {strategy:>9} {ms:>9.1f} {'':>9} {'':>9} {'':>7} "
-                      f"{theirs / ms:>13.1f} {ms / cv_ms:>14.2f} {e:>12.2e}")
-    print("\ntimes in ms; err = max |difference| from scipy.ndimage.correlate (float64 of it)")
+                print(f"{'':<14} {strategy:>9} {ms:>9.1f} {'':>9} {'':>9} {'':>9} {'':>7} "
+                      f"{theirs / ms:>13.1f} {ms / cv_ms:>14.2f} {'':>10} {'':>11} {e:>12.2e}")
+    print("\ntimes in ms; compiled = imgconv with the compiled path on (IMGCONV_JIT=1); "
+          "err = max |difference| from scipy.ndimage.correlate (float64 of it); comp bits: "
+          "whether the compiled path's result equals the numpy path's bit for bit")
     return 0
 
 
