@@ -63,24 +63,45 @@ def test_compiled_path_gives_the_numpy_bits(case, dtype, strategy, read_only):
     np.testing.assert_array_equal(compiled, plain)
 
 
+KERNELS = {
+    "box": np.ones((3, 3)) / 9,
+    "sobel": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+    "diagonal": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
+    "gaussian5": np.outer([1.0, 4, 6, 4, 1], [1.0, 4, 6, 4, 1]) / 256,
+    "rank2": np.array([[1.0, 2, 1], [0, 0, 0], [-1, 3, -1]]),
+}
+
+
 @needs_numba
-@pytest.mark.parametrize("name", ["box", "sobel", "diagonal", "gaussian5", "rank2"])
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("strategy", ["direct", "separable"])
 @pytest.mark.parametrize("layout", ["plane", "channels"])
-def test_public_results_do_not_depend_on_the_path(name, layout):
-    # with its own (larger) tiles too, for kernels whose passes all run compiled
-    kernels = {
-        "box": np.ones((3, 3)) / 9,
-        "sobel": np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
-        "diagonal": np.array([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]),
-        "gaussian5": np.outer([1.0, 4, 6, 4, 1], [1.0, 4, 6, 4, 1]) / 256,
-        "rank2": np.array([[1.0, 2, 1], [0, 0, 0], [-1, 3, -1]]),
-    }
+def test_each_strategy_gives_the_same_bits_on_both_paths(name, strategy, layout):
+    # on the compiled path's own (larger) tiles, several threads, an image of many tiles
     shape = (300, 211) if layout == "plane" else (300, 211, 3)
     image = make_image(shape, np.float32)
-    import imgconv
-
-    plain, compiled = both_paths(lambda: imgconv.correlate(image, kernels[name]))
+    plain, compiled = both_paths(lambda: worker(image, KERNELS[name], strategy))
     np.testing.assert_array_equal(compiled, plain)
+
+
+@needs_numba
+@pytest.mark.parametrize(("name", "numpy_path", "compiled_path"), [
+    ("box", "separable", "direct"), ("sobel", "separable", "direct"),
+    ("diagonal", "direct", "direct"), ("gaussian5", "separable", "direct"),
+])
+def test_the_compiled_path_prefers_direct_sums(name, numpy_path, compiled_path):
+    from imgconv.core.geometry import Geometry
+
+    g = Geometry((3000, 4000), (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
+    kernel = KERNELS[name].astype(np.float32)
+    if kernel.shape == (5, 5):
+        g = Geometry((3000, 4000), (5, 5), (2, 2, 2, 2), (1, 1), (1, 1))
+    chosen = both_paths(lambda: strategies.choose_strategy(kernel, g))
+    assert chosen == (numpy_path, compiled_path)
+    # a large dense kernel still goes to the FFT
+    big = np.random.default_rng(0).standard_normal((15, 15)).astype(np.float32)
+    g15 = Geometry((3000, 4000), (15, 15), (7, 7, 7, 7), (1, 1), (1, 1))
+    assert both_paths(lambda: strategies.choose_strategy(big, g15)) == ("fft", "fft")
 
 
 @needs_numba
@@ -88,7 +109,7 @@ def test_run_declines_what_it_cannot_take():
     program = program_2d(np.array([[1.0, 2.0], [3.0, -4.0]]), (1, 1))
     src = np.arange(30, dtype=np.float32).reshape(5, 6)
     acc = np.empty((4, 5), np.float32)
-    scratch = np.empty_like(acc)
+    scratch = np.zeros_like(acc)
     assert jit.run(program.steps, [src], (1, 1), acc, scratch)
     expected = acc.copy()
     # a column stride, a source in another dtype, several separate sources
@@ -97,6 +118,11 @@ def test_run_declines_what_it_cannot_take():
     assert not jit.run(program.steps, [src, src], (1, 1), acc, scratch)
     assert not jit.run(program.steps, [src.astype(np.int32)], (1, 1), acc.astype(np.int32),
                        scratch.astype(np.int32))
+    # and a program longer than MAX_STEPS (a 9x9 of distinct weights: 161 steps)
+    long = program_2d(np.random.default_rng(0).standard_normal((9, 9)), (1, 1))
+    assert len(long.steps) > jit.MAX_STEPS
+    assert not jit.run(long.steps, [np.zeros((12, 13), np.float32)], (1, 1),
+                       np.empty((4, 5), np.float32), None)
     # and the numpy executor, which takes them all, agrees where both run
     acc2 = np.empty_like(acc)
     jit.set_jit(False)
@@ -204,3 +230,42 @@ def test_cli_jit_without_numba_is_a_usage_error(tmp_path, photo, monkeypatch, re
     assert result.exit_code == 2
     assert "IMGCONV_JIT must be 0 or 1, got 'maybe'" in result.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_generated_source_is_written_once_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(jit, "cache_dir", lambda: tmp_path / "jit")
+    module = jit._import("VALUE = 1\n")
+    assert module.VALUE == 1
+    (path,) = (tmp_path / "jit").glob("imgconv_jit_*.py")
+    assert path.read_text() == "VALUE = 1\n"
+    path.write_text("VALUE = 2\n")  # a file that is not what its name says is replaced
+    assert jit._import("VALUE = 1\n").VALUE == 1
+    assert path.read_text() == "VALUE = 1\n"
+
+
+def test_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(jit, "cache_dir", lambda: blocker / "jit")  # cannot be created
+    module = jit._import("VALUE = 3\n")
+    assert module.VALUE == 3
+    assert os.path.dirname(module.__file__) == str(jit._fallback_dir())
+
+
+@needs_numba
+def test_a_second_process_loads_the_kernels_from_the_disk_cache(tmp_path):
+    code = ("import numpy as np, imgconv\n"
+            "from imgconv.core import jit\n"
+            "jit.set_jit(True)\n"
+            "imgconv.correlate(np.ones((40, 50), np.float32), [[1, 2, 1], [0, 0, 0], [-1, 2, 1]])\n"
+            "import sys\n"
+            "mods = [m for n, m in sys.modules.items() if n.startswith('imgconv_jit_')]\n"
+            "print(sum(m.kernel.stats.cache_hits.get(s, 0) for m in mods"
+            " for s in m.kernel.signatures),"
+            " sum(sum(m.kernel.stats.cache_misses.values()) for m in mods))\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env=env).stdout.split() for _ in range(2)]
+    (hits1, misses1), (hits2, misses2) = [(int(a), int(b)) for a, b in runs]
+    assert misses1 > 0 and hits1 == 0  # compiled in the first process
+    assert hits2 == misses1 and misses2 == 0  # loaded, not compiled, in the second

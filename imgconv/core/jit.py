@@ -1,24 +1,27 @@
 """The optional compiled path: a tap program run as one numba call per tile.
 
 The numpy executor of :meth:`imgconv.core.taps.Program.run` makes one ufunc
-call per :class:`~imgconv.core.taps.Step`, each over the whole tile. Between
-those calls the thread holds the GIL, and on a 2-core machine two threads
-handing it to each other cost more than a 3x3 kernel's arithmetic. Here the
-same steps run in one compiled call that releases the GIL, row by row, so each
-row of the accumulator stays in the L1 cache across all the steps.
+call per :class:`~imgconv.core.taps.Step`, each a pass over the whole tile.
+Between those calls the thread holds the GIL, and on a 2-core machine two
+threads handing it to each other cost more than a 3x3 kernel's arithmetic.
+Here the same steps run in one compiled call that releases the GIL: a kernel
+generated for the program's shape (:func:`source`) sums each output pixel in
+the CPU's registers and stores it once.
 
 The operations and their order are the numpy executor's exactly, in the same
-dtype and without fast-math, so the two paths give the same bits; the tests
-check that, and run every strategy against scipy with the path on and off.
+dtype and without fast-math, so a strategy gives the same bits on both paths;
+the tests check that, and run every strategy against scipy with the path on
+and off. (With it on, the cost model picks ``direct`` more often, which
+rounds differently from ``separable``.)
 
 numba is an optional extra (``pip install 'imgconv[jit]'``), imported only
 when the path is first used. Whether it is used is, in order of precedence:
 :func:`set_jit` (what ``imgconv apply --jit/--no-jit`` calls), the
 environment variable ``IMGCONV_JIT`` (``1`` or ``0``), then off. It is off by
 default because a process pays for it once: on the README's 2-core Xeon,
-importing numba and loading the kernel from numba's disk cache take 0.4 s and
-about 130 MB (1.6 s to compile it when the cache is empty), against 0.3 s for
-a whole ``imgconv apply`` of a 12 MP JPEG without it.
+importing numba and loading a kernel from numba's disk cache take about 0.4 s
+and 130 MB, against 0.3 s for a whole ``imgconv apply`` of a 12 MP JPEG
+without it; and each new program shape compiles once per machine (0.3-1.2 s).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,7 @@ from imgconv.core.taps import (
     ADD,
     ADD_SCRATCH,
     COPY,
+    DIFF,
     MUL,
     SCALE,
     SUB,
@@ -95,17 +102,26 @@ def _tap(tap: tuple[int, int, int] | None) -> tuple[int, int, int]:
     return (0, 0, 0) if tap is None else tap
 
 
+#: Longer programs (direct sums of large dense kernels, which the cost model
+#: sends to the FFT or the separable passes) run on the numpy executor: each
+#: program shape is compiled once per machine, at about 20 ms a step on the
+#: README's Xeon (0.34 s for a random 3x3's 17 steps, 0.9 s for a 5x5's 49).
+MAX_STEPS = 64
+
+
 @functools.lru_cache(maxsize=256)
 def _encoded(
     steps: tuple[Step, ...], dtype: np.dtype[Any]
-) -> tuple[NDArray[np.int64], NDArray[Any]]:
-    """The steps as the kernel reads them: ``(op, reg, *a, *b)`` rows and the weights."""
-    ops = np.array([(s.op, s.reg, *_tap(s.a), *_tap(s.b)) for s in steps], dtype=np.int64)
-    weights = np.array([s.weight for s in steps], dtype=dtype)
-    return ops, weights
+) -> tuple[tuple[tuple[int, int], ...], NDArray[np.int64], NDArray[Any]]:
+    """The steps as the kernel takes them: ``(op, reg)`` pairs, ``(*a, *b)`` rows, weights."""
+    shape = tuple((s.op, s.reg) for s in steps)
+    taps = np.array([(*_tap(s.a), *_tap(s.b)) for s in steps], dtype=np.int64).reshape(-1, 6)
+    # a ZERO step's register takes its "weight": 0
+    weights = np.array([0.0 if s.op == ZERO else s.weight for s in steps], dtype=dtype)
+    return shape, taps, weights
 
 
-def _flat(a: NDArray[Any]) -> tuple[NDArray[Any], tuple[int, ...]] | None:
+def _flat(a: NDArray[Any], writeable: bool) -> tuple[NDArray[Any], tuple[int, ...]] | None:
     """``a``'s memory as one contiguous 1-D view from its first element to its last.
 
     With the strides in elements; None when its last axis is not contiguous or
@@ -118,7 +134,7 @@ def _flat(a: NDArray[Any]) -> tuple[NDArray[Any], tuple[int, ...]] | None:
     steps = tuple(st // item for st in a.strides)
     length = 1 + sum((n - 1) * st for n, st in zip(a.shape, steps, strict=True))
     flat = np.lib.stride_tricks.as_strided(a, shape=(length,), strides=(item,),
-                                           writeable=a.flags.writeable)
+                                           writeable=writeable)
     return flat, steps
 
 
@@ -133,8 +149,10 @@ def run(
 
     It can when the sources are one 3-D array, or a single 2-D one, in
     ``acc``'s dtype, which is one of :data:`DTYPES` (the strategies' tiles
-    always are), every row is contiguous and the column stride is 1;
-    otherwise the caller runs the numpy executor.
+    always are), every row is contiguous, the column stride is 1 and there are
+    at most :data:`MAX_STEPS` steps; otherwise the caller runs the numpy
+    executor. ``scratch`` is not needed: the kernel keeps both registers in
+    the CPU's.
     """
     if isinstance(sources, np.ndarray) and sources.ndim == 3:
         stack = sources
@@ -144,98 +162,146 @@ def run(
         return False
     dtype = acc.dtype
     if (stride[1] != 1 or dtype not in DTYPES or stack.dtype != dtype
-            or (scratch is not None and scratch.dtype != dtype)):
+            or len(steps) > MAX_STEPS):
         return False
     if acc.size == 0:
         return True
-    src, dst = _flat(stack), _flat(acc)
-    tmp = dst if scratch is None else _flat(scratch)
-    if src is None or dst is None or tmp is None:
+    # the sources always as read-only views: one compiled variant per dtype
+    src, dst = _flat(stack, writeable=False), _flat(acc, writeable=True)
+    if src is None or dst is None:
         return False
-    ops, weights = _encoded(steps, dtype)
+    shape, taps, weights = _encoded(steps, dtype)
     rows, cols = acc.shape
-    _kernel()(src[0], src[1][0], src[1][1], ops, weights, stride[0],
-              dst[0], dst[1][0], tmp[0], tmp[1][0], rows, cols)
+    kernel(shape)(src[0], src[1][0], src[1][1], stride[0], taps, weights,
+                  dst[0], dst[1][0], rows, cols)
     return True
 
 
+_lock = threading.Lock()
+
+
 @functools.cache
-def _kernel() -> Any:
-    """The compiled kernel, built (or loaded from numba's disk cache) on first use."""
-    import numba
-    from numba import types
-
-    i64 = types.int64
-    signatures = [
-        # the sources are typed read-only, so that a read-only image can be read in place
-        types.void(types.Array(t, 1, "C", readonly=True), i64, i64, i64[:, :], t[:], i64,
-                   t[::1], i64, t[::1], i64, i64, i64)
-        for t in (types.float32, types.float64, types.int16)
-    ]
-    return numba.njit(signatures, nogil=True, cache=True)(_rows)
+def _kernel_cached(shape: tuple[tuple[int, int], ...]) -> Any:
+    module = _import(source(shape))
+    return module.kernel
 
 
-def _rows(
-    src: NDArray[Any],
-    src_pitch: int,
-    row_pitch: int,
-    ops: NDArray[np.int64],
-    weights: NDArray[Any],
-    sy: int,
-    acc: NDArray[Any],
-    acc_pitch: int,
-    scratch: NDArray[Any],
-    scratch_pitch: int,
-    rows: int,
-    cols: int,
-) -> None:  # pragma: no cover - runs compiled; the tests compare it with the numpy executor
-    """Every step over one output row, then the next row (plain Python: numba compiles it).
+def kernel(shape: tuple[tuple[int, int], ...]) -> Any:
+    """The compiled kernel for a program of this shape (its ``(op, reg)`` pairs).
 
-    Arrays are flat (see :func:`_flat`): row ``r`` of the accumulator starts
-    at ``r * acc_pitch``; a step's view ``a`` reads source ``a[0]``, row
-    ``r * sy + a[1]``, from column ``a[2]``. Each operand is sliced to a
-    contiguous row before the loop, so LLVM vectorizes the loops.
+    Its source (:func:`source`) is written once to :func:`cache_dir` and
+    imported from there, so that numba caches its machine code on disk beside
+    it: a later process loads it instead of compiling it again.
     """
-    for r in range(rows):
-        ta = acc[r * acc_pitch : r * acc_pitch + cols]
-        ts = scratch[r * scratch_pitch : r * scratch_pitch + cols]
-        for k in range(ops.shape[0]):
-            op = ops[k, 0]
-            w = weights[k]
-            t = ta if ops[k, 1] == 0 else ts
-            if op == ADD_SCRATCH:
-                for c in range(cols):
-                    ta[c] = ta[c] + ts[c]
-            elif op == SUB_SCRATCH:
-                for c in range(cols):
-                    ta[c] = ta[c] - ts[c]
-            elif op == MUL:
-                for c in range(cols):
-                    t[c] = t[c] * w
-            elif op == ZERO:
-                for c in range(cols):
-                    t[c] = 0
-            else:
-                i = ops[k, 2] * src_pitch + (r * sy + ops[k, 3]) * row_pitch + ops[k, 4]
-                a = src[i : i + cols]
-                if op == ADD:
-                    for c in range(cols):
-                        t[c] = t[c] + a[c]
-                elif op == SUB:
-                    for c in range(cols):
-                        t[c] = t[c] - a[c]
-                elif op == COPY:
-                    for c in range(cols):
-                        t[c] = a[c]
-                elif op == SCALE:
-                    for c in range(cols):
-                        t[c] = a[c] * w
-                else:
-                    j = ops[k, 5] * src_pitch + (r * sy + ops[k, 6]) * row_pitch + ops[k, 7]
-                    b = src[j : j + cols]
-                    if op == SUM:
-                        for c in range(cols):
-                            t[c] = a[c] + b[c]
-                    else:  # DIFF
-                        for c in range(cols):
-                            t[c] = a[c] - b[c]
+    with _lock:  # the pool's threads may ask for the same kernel at once
+        return _kernel_cached(shape)
+
+
+def source(shape: tuple[tuple[int, int], ...]) -> str:
+    """Python source of the kernel for one program shape, for numba to compile.
+
+    Every step becomes one line of the loop over a row's columns, on two
+    scalar registers ``x`` (the accumulator) and ``s`` (the scratch), in the
+    order and dtype of the numpy executor: the same operations, so the same
+    bits, but each output is summed in the CPU's registers and stored once
+    rather than passed over once per step. The taps and weights stay
+    run-time arrays, so every program of the same shape shares the kernel
+    (box 3x3 and any other 3x3 of equal weights, say).
+
+    >>> print(source(((SUM, 0), (MUL, 0))).split("for c in range(cols):")[1].strip())
+    x = a0[c] + b0[c]
+                x = x * w1
+                o[c] = x
+    """
+    views = []
+    loop = []
+    for k, (op, reg) in enumerate(shape):
+        r = "x" if reg == 0 else "s"
+        operands = {SUM: 2, DIFF: 2, COPY: 1, SCALE: 1, ADD: 1, SUB: 1}.get(op, 0)
+        for n in range(operands):
+            name, j = "ab"[n] + str(k), 3 * n
+            views += [f"        i = (taps[{k}, {j}] * src_pitch + (r * sy + taps[{k}, {j + 1}])"
+                      f" * row_pitch + taps[{k}, {j + 2}])",
+                      f"        {name} = src[i : i + cols]"]
+        if op in (SCALE, MUL, ZERO):
+            views.append(f"        w{k} = w[{k}]")
+        a, b, w = f"a{k}[c]", f"b{k}[c]", f"w{k}"
+        loop.append(f"            {r} = " + {
+            COPY: a, SCALE: f"{a} * {w}", SUM: f"{a} + {b}", DIFF: f"{a} - {b}",
+            ADD: f"{r} + {a}", SUB: f"{r} - {a}", MUL: f"{r} * {w}", ZERO: w,
+            ADD_SCRATCH: "x + s", SUB_SCRATCH: "x - s"}[op])
+    return "\n".join([
+        f'"""A tap program kernel generated by imgconv.core.jit for {shape}."""',
+        "",
+        "import numba",
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True)",
+        "def kernel(src, src_pitch, row_pitch, sy, taps, w, acc, acc_pitch, rows, cols):",
+        "    for r in range(rows):",
+        "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
+        *views,
+        "        for c in range(cols):",
+        *loop,
+        "            o[c] = x",
+        "",
+    ])
+
+
+def cache_dir() -> Path:
+    """Where generated kernels and numba's cache of them live: ``$XDG_CACHE_HOME/imgconv/jit``.
+
+    ``~/.cache/imgconv/jit`` when ``XDG_CACHE_HOME`` is unset. A folder that
+    cannot be written is replaced by a temporary one for the process (kernels
+    are then compiled anew by each process).
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "imgconv" / "jit"
+
+
+@functools.cache
+def _fallback_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="imgconv-jit-"))
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    """``folder/name`` holding ``text``: kept if it already does, else written atomically."""
+    import tempfile
+
+    path = folder / name
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _import(text: str) -> Any:
+    """Import the module whose source is ``text`` from a file named by its hash."""
+    import hashlib  # here: it loads OpenSSL, which the numpy path never needs
+
+    name = "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    try:
+        path = _write(cache_dir(), name + ".py", text)
+    except OSError:
+        path = _write(_fallback_dir(), name + ".py", text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # registered first, as an import would: numba's disk cache finds the
+    # module again by name when it loads the compiled code in a later process
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
