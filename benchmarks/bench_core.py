@@ -223,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
         geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
                                      k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
-        print(f"{name:<14} {choose_strategy(k32, geom):>9} {ours:>9.1f} {comp_ms:>9.1f} "
+        chosen = choose_strategy(k32, geom)
+        if compiled:
+            on_jit = with_jit(lambda k=k32, g=geom: choose_strategy(k, g))
+            chosen = chosen if on_jit == chosen else f"{chosen[:3]}/{on_jit[:3]}"
+        print(f"{name:<14} {chosen:>9} {ours:>9.1f} {comp_ms:>9.1f} "
               f"{theirs:>9.1f} {cv_ms:>9.1f} {floor:>7.1f} {theirs / ours:>13.1f} "
               f"{ours / cv_ms:>14.2f} {theirs / comp_ms:>10.1f} {comp_ms / cv_ms:>11.2f} "
               f"{err:>12.2e} {comp_bits:>9} {cv_err:>8.1e}")
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 e = float(np.abs(res.astype(np.float64) - expected).max())
                 print(f"{'':<14} {strategy:>9} {ms:>9.1f} {'':>9} {'':>9} {'':>9} {'':>7} "
                       f"{theirs / ms:>13.1f} {ms / cv_ms:>14.2f} {'':>10} {'':>11} {e:>12.2e}")
-    print("\ntimes in ms; compiled = imgconv with the compiled path on (IMGCONV_JIT=1); "
+    print("\ntimes in ms; strategy a/b: the numpy path's choice / the compiled path's; "
+          "compiled = imgconv with the compiled path on (IMGCONV_JIT=1); "
           "err = max |difference| from scipy.ndimage.correlate (float64 of it); comp bits: "
           "whether the compiled path's result equals the numpy path's bit for bit")
     return 0
