@@ -32,35 +32,62 @@ def restore_jit():
     jit.set_jit(None)
 
 
-def both_paths(func):
-    """``func()`` with the numpy executor, then with the compiled one."""
+def both_paths(func, monkeypatch=None):
+    """``func()`` with the numpy executor, then with the compiled one.
+
+    With ``monkeypatch``, also checks that the compiled one did run a kernel.
+    """
+    runs = []
+    if monkeypatch is not None:
+        run = jit.run
+        monkeypatch.setattr(jit, "run", lambda *a: run(*a) and not runs.append(1))
     try:
         jit.set_jit(False)
         plain = func()
+        assert not runs
         jit.set_jit(True)
-        return plain, func()
+        compiled = func()
     finally:
         jit.set_jit(None)
+    assert monkeypatch is None or runs, "the compiled path ran no kernel"
+    return plain, compiled
+
+
+def assert_same_bits(actual, expected):
+    """Equal bit for bit, signed zeros included; NaNs only need to be NaN in both.
+
+    (numpy's 0 * inf is a NaN with the sign bit clear, the compiled code's has
+    it set: both are the same quiet NaN to every later operation.)
+    """
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if actual.dtype.kind == "f":
+        nan = np.isnan(expected)
+        np.testing.assert_array_equal(np.isnan(actual), nan)
+        actual, expected = actual[~nan], expected[~nan]
+    np.testing.assert_array_equal(actual.view(f"u{actual.itemsize}"),
+                                  expected.view(f"u{expected.itemsize}"))
 
 
 @needs_numba
 @given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8, np.int8]),
        strategy=st.sampled_from(["direct", "separable"]), read_only=st.booleans())
 def test_compiled_path_gives_the_numpy_bits(case, dtype, strategy, read_only):
-    # the same tile grid for both: the executors, not the tiling, are compared
+    # each path on its own tile grid (direct's are larger when compiled)
     # (uint8 and int8 take the int16 sums where they are exact)
     image = make_image(case["shape"], dtype, seed=case["seed"])
     if dtype == np.int8:
         image = (image.astype(np.int16) - 100).clip(-128, 127).astype(np.int8)
     image.flags.writeable = not read_only
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(strategies, "JIT_TILE_SCALE", 1)
         if case["small"]:
             mp.setattr(strategies, "TILE_BYTES", 64)
         plain, compiled = both_paths(lambda: worker(
             image, case["kernel"], strategy, padding=case["padding"], stride=case["stride"],
-            dilation=case["dilation"], pad_mode=case["mode"], cval=3.0))
-    np.testing.assert_array_equal(compiled, plain)
+            dilation=case["dilation"], pad_mode=case["mode"], cval=3.0),
+            # (a zero kernel's program reads nothing; separable's matrix
+            # products may take both passes)
+            mp if strategy == "direct" and case["kernel"].any() else None)
+    assert_same_bits(compiled, plain)
 
 
 KERNELS = {
@@ -75,33 +102,22 @@ KERNELS = {
 @needs_numba
 @pytest.mark.parametrize("name", sorted(KERNELS))
 @pytest.mark.parametrize("strategy", ["direct", "separable"])
-@pytest.mark.parametrize("layout", ["plane", "channels"])
-def test_each_strategy_gives_the_same_bits_on_both_paths(name, strategy, layout):
-    # on the compiled path's own (larger) tiles, several threads, an image of many tiles
-    shape = (300, 211) if layout == "plane" else (300, 211, 3)
+@pytest.mark.parametrize("layout", ["plane", "channels", "nan"])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf - inf, in the pool
+def test_each_strategy_gives_the_same_bits_on_both_paths(name, strategy, layout, monkeypatch):
+    # each path's own tiles, over an image large enough for the thread pool
+    # (gaussian5 takes separable's matrix products; "nan": its tiles that are
+    # not finite are recomputed pass by pass)
+    shape = (600, 301, 3) if layout == "channels" else (1500, 701)
     image = make_image(shape, np.float32)
-    plain, compiled = both_paths(lambda: worker(image, KERNELS[name], strategy))
-    np.testing.assert_array_equal(compiled, plain)
-
-
-@needs_numba
-@pytest.mark.parametrize(("name", "numpy_path", "compiled_path"), [
-    ("box", "separable", "direct"), ("sobel", "separable", "direct"),
-    ("diagonal", "direct", "direct"), ("gaussian5", "separable", "direct"),
-])
-def test_the_compiled_path_prefers_direct_sums(name, numpy_path, compiled_path):
-    from imgconv.core.geometry import Geometry
-
-    g = Geometry((3000, 4000), (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
-    kernel = KERNELS[name].astype(np.float32)
-    if kernel.shape == (5, 5):
-        g = Geometry((3000, 4000), (5, 5), (2, 2, 2, 2), (1, 1), (1, 1))
-    chosen = both_paths(lambda: strategies.choose_strategy(kernel, g))
-    assert chosen == (numpy_path, compiled_path)
-    # a large dense kernel still goes to the FFT
-    big = np.random.default_rng(0).standard_normal((15, 15)).astype(np.float32)
-    g15 = Geometry((3000, 4000), (15, 15), (7, 7, 7, 7), (1, 1), (1, 1))
-    assert both_paths(lambda: strategies.choose_strategy(big, g15)) == ("fft", "fft")
+    if layout == "nan":
+        image[700, 350] = np.nan
+        image[20, :40] = np.inf
+    # (separable's matrix products take both of gaussian5's passes but on the NaN's tiles)
+    products_only = strategy == "separable" and name == "gaussian5" and layout != "nan"
+    plain, compiled = both_paths(lambda: worker(image, KERNELS[name], strategy),
+                                 None if products_only else monkeypatch)
+    assert_same_bits(compiled, plain)
 
 
 @needs_numba
@@ -109,26 +125,39 @@ def test_run_declines_what_it_cannot_take():
     program = program_2d(np.array([[1.0, 2.0], [3.0, -4.0]]), (1, 1))
     src = np.arange(30, dtype=np.float32).reshape(5, 6)
     acc = np.empty((4, 5), np.float32)
-    scratch = np.zeros_like(acc)
-    assert jit.run(program.steps, [src], (1, 1), acc, scratch)
-    expected = acc.copy()
-    # a column stride, a source in another dtype, several separate sources
-    assert not jit.run(program.steps, [src], (1, 2), acc[:, :3], scratch)
-    assert not jit.run(program.steps, [src.astype(np.uint8)], (1, 1), acc, scratch)
-    assert not jit.run(program.steps, [src, src], (1, 1), acc, scratch)
-    assert not jit.run(program.steps, [src.astype(np.int32)], (1, 1), acc.astype(np.int32),
-                       scratch.astype(np.int32))
+    assert jit.run(program.steps, [src], (1, 1), acc)
+    # a source in another dtype, several separate sources, an unsupported
+    # dtype, a read-only accumulator
+    assert not jit.run(program.steps, [src.astype(np.uint8)], (1, 1), acc)
+    assert not jit.run(program.steps, [src, src], (1, 1), acc)
+    assert not jit.run(program.steps, [src.astype(np.int32)], (1, 1), acc.astype(np.int32))
+    frozen = np.zeros_like(acc)
+    frozen.flags.writeable = False
+    assert not jit.run(program.steps, [src], (1, 1), frozen)
+    assert not frozen.any()
     # and a program longer than MAX_STEPS (a 9x9 of distinct weights: 161 steps)
     long = program_2d(np.random.default_rng(0).standard_normal((9, 9)), (1, 1))
     assert len(long.steps) > jit.MAX_STEPS
     assert not jit.run(long.steps, [np.zeros((12, 13), np.float32)], (1, 1),
-                       np.empty((4, 5), np.float32), None)
-    # and the numpy executor, which takes them all, agrees where both run
-    acc2 = np.empty_like(acc)
+                       np.empty((4, 5), np.float32))
+
+
+@needs_numba
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2), (3, 3)])
+def test_run_agrees_with_the_numpy_executor(stride, restore_jit):
+    program = program_2d(np.array([[1.0, 2.0], [3.0, -4.0]]), (1, 1))
+    src = make_image((11, 13), np.float32)
+    rows, cols = (11 - 2) // stride[0] + 1, (13 - 2) // stride[1] + 1
+    acc = np.empty((rows, cols), np.float32)
+    assert jit.run(program.steps, [src], stride, acc)
+    expected = np.empty_like(acc)
     jit.set_jit(False)
-    program.run([src], acc.shape, (1, 1), acc2, scratch)
-    jit.set_jit(None)
-    np.testing.assert_array_equal(acc2, expected)
+    program.run([src], acc.shape, stride, expected, np.empty_like(acc))
+    assert_same_bits(acc, expected)
+    # one row or one column more would read past the source: refused, not read
+    for more in ((rows + 1, cols), (rows, cols + 1)):
+        with pytest.raises(ValueError, match="reads up to index"):
+            jit.run(program.steps, [src], stride, np.empty(more, np.float32))
 
 
 @needs_numba
@@ -166,13 +195,15 @@ def test_settings(monkeypatch, restore_jit):
         jit.enabled()
     jit.set_jit(False)
     assert not jit.enabled()  # set_jit wins over the environment
-    monkeypatch.setattr(jit, "installed", lambda: False)
+    monkeypatch.setattr(jit, "_numba_problem", lambda: "which is not installed")
     jit.set_jit(None)
     monkeypatch.setenv(jit.ENV_VAR, "1")
     with pytest.raises(jit.JitUnavailable, match=r"IMGCONV_JIT=1 needs numba.*imgconv\[jit\]"):
         jit.enabled()
     with pytest.raises(jit.JitUnavailable, match=r"needs numba.*imgconv\[jit\]"):
         jit.set_jit(True)
+    with pytest.raises(TypeError, match="set_jit takes True, False or None, not 'yes'"):
+        jit.set_jit("yes")
 
 
 @needs_numba
@@ -218,12 +249,12 @@ def test_cli_jit_flag_gives_the_same_file(tmp_path, photo, restore_jit):
 
 
 def test_cli_jit_without_numba_is_a_usage_error(tmp_path, photo, monkeypatch, restore_jit):
-    monkeypatch.setattr(jit, "installed", lambda: False)
+    monkeypatch.setattr(jit, "_numba_problem", lambda: "which is not installed")
     result = runner.invoke(app, ["apply", str(photo), "-k", "sobel-x", "--jit",
                                  "-o", str(tmp_path / "o.png")])
     assert result.exit_code == 2
-    assert "--jit: the compiled path needs numba" in result.stderr
-    assert "Traceback" not in result.output
+    assert "--jit: the compiled path needs numba, which is not installed" in result.stderr
+    assert isinstance(result.exception, SystemExit)  # a usage error, not a crash
     monkeypatch.setenv(jit.ENV_VAR, "maybe")
     result = runner.invoke(app, ["apply", str(photo), "-k", "sobel-x",
                                  "-o", str(tmp_path / "o.png")])
@@ -232,12 +263,31 @@ def test_cli_jit_without_numba_is_a_usage_error(tmp_path, photo, monkeypatch, re
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_broken_numba_is_a_usage_error_too(tmp_path, photo):
+    fake = tmp_path / "site" / "numba"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('llvmlite is missing')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    env.pop(jit.ENV_VAR, None)
+    out = tmp_path / "o.png"
+    done = subprocess.run([sys.executable, "-m", "imgconv", "apply", str(photo), "-k", "sobel-x",
+                           "--jit", "-o", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    assert ("--jit: the compiled path needs numba, which fails to import "
+            "(ImportError: llvmlite is missing)") in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 def test_generated_source_is_written_once_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(jit, "cache_dir", lambda: tmp_path / "jit")
     module = jit._import("VALUE = 1\n")
     assert module.VALUE == 1
     (path,) = (tmp_path / "jit").glob("imgconv_jit_*.py")
     assert path.read_text() == "VALUE = 1\n"
+    before = path.stat()
+    assert jit._import("VALUE = 1\n").VALUE == 1  # read, not written again
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     path.write_text("VALUE = 2\n")  # a file that is not what its name says is replaced
     assert jit._import("VALUE = 1\n").VALUE == 1
     assert path.read_text() == "VALUE = 1\n"
@@ -250,6 +300,19 @@ def test_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch
     module = jit._import("VALUE = 3\n")
     assert module.VALUE == 3
     assert os.path.dirname(module.__file__) == str(jit._fallback_dir())
+
+
+def test_a_cache_numba_cannot_use_falls_back_too(tmp_path, monkeypatch):
+    # numba raises RuntimeError ("no locator") at import when it cannot cache
+    # beside the source: the module is imported again from the fallback folder
+    monkeypatch.setattr(jit, "cache_dir", lambda: tmp_path / "jit")
+    text = ("if 'imgconv-jit-' not in __file__:\n"
+            "    raise RuntimeError('cannot cache function: no locator available')\n"
+            "VALUE = 4\n")
+    module = jit._import(text)
+    assert module.VALUE == 4
+    assert os.path.dirname(module.__file__) == str(jit._fallback_dir())
+    assert sys.modules[module.__name__] is module
 
 
 @needs_numba

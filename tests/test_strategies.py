@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from test_conv import assert_matches, make_image
 
 import imgconv
-from imgconv.core import conv, strategies, threads
+from imgconv.core import conv, strategies, threads, tiles
 from imgconv.core.geometry import Geometry, resolve_padding
 from imgconv.core.strategies import STRATEGIES, choose_strategy, costs
 from imgconv.core.taps import build_program, low_rank, program_2d
@@ -150,14 +150,19 @@ def test_one_row_and_one_column_images(strategy):
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_threads_give_identical_results(small_tiles, restore_threads, strategy):
-    image = make_image((300, 257, 2), np.uint8)
+def test_threads_give_identical_results(small_tiles, restore_threads, strategy, monkeypatch):
+    # 300 x 260 outputs a plane: above PARALLEL_MIN_PIXELS, so the pool runs
+    image = make_image((300, 520, 2), np.uint8)
     kernel = dense_kernel(7, 6)
     threads.set_threads(1)
     one = worker(image, kernel, strategy, stride=(1, 2))
+    pooled = []
+    run_parallel = tiles.run_parallel
+    monkeypatch.setattr(tiles, "run_parallel", lambda *a: pooled.append(1) or run_parallel(*a))
     for count in (2, 3):
         threads.set_threads(count)
         np.testing.assert_array_equal(worker(image, kernel, strategy, stride=(1, 2)), one)
+    assert pooled
     expected = np.stack([ndi.correlate(image[:, :, c].astype(np.float64), kernel, mode="reflect")
                          for c in range(2)], -1)[:, ::2]
     assert_matches(one, expected, np.float32, kernel, image)

@@ -65,19 +65,34 @@ class JitUnavailable(RuntimeError):
 
 
 def installed() -> bool:
-    """Whether numba can be imported (checked without importing it)."""
+    """Whether numba is installed (checked without importing it)."""
     return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def _numba_problem() -> str | None:
+    """Why numba cannot be used here, else None; imports it the first time it is asked."""
+    if not installed():
+        return "which is not installed"
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # a broken install: say so now, not from inside a tile
+        return f"which fails to import ({type(exc).__name__}: {exc})"
+    return None
 
 
 def set_jit(on: bool | None) -> None:
     """Use the compiled path for every later call (``None``: back to ``IMGCONV_JIT``).
 
-    Raises :class:`JitUnavailable` when ``on`` is true and numba is missing.
+    Raises :class:`JitUnavailable` when ``on`` is true and numba cannot be
+    imported (this imports it).
     """
     global _requested
-    if on and not installed():
+    if on is not None and not isinstance(on, bool):
+        raise TypeError(f"set_jit takes True, False or None, not {on!r}")
+    if on and (problem := _numba_problem()):
         raise JitUnavailable(
-            "the compiled path needs numba, which is not installed: pip install 'imgconv[jit]'"
+            f"the compiled path needs numba, {problem}: pip install 'imgconv[jit]'"
         )
     _requested = on
 
@@ -91,9 +106,9 @@ def enabled() -> bool:
         return False
     if value != "1":
         raise ValueError(f"{ENV_VAR} must be 0 or 1, got {value!r}")
-    if not installed():
+    if problem := _numba_problem():
         raise JitUnavailable(
-            f"{ENV_VAR}=1 needs numba, which is not installed: pip install 'imgconv[jit]'"
+            f"{ENV_VAR}=1 needs numba, {problem}: pip install 'imgconv[jit]'"
         )
     return True
 
@@ -112,13 +127,21 @@ MAX_STEPS = 64
 @functools.lru_cache(maxsize=256)
 def _encoded(
     steps: tuple[Step, ...], dtype: np.dtype[Any]
-) -> tuple[tuple[tuple[int, int], ...], NDArray[np.int64], NDArray[Any]]:
-    """The steps as the kernel takes them: ``(op, reg)`` pairs, ``(*a, *b)`` rows, weights."""
+) -> tuple[tuple[tuple[int, int], ...], NDArray[np.int64], NDArray[Any], NDArray[np.int64]]:
+    """The steps as the kernel takes them: ``(op, reg)`` pairs, ``(*a, *b)`` rows, weights.
+
+    And the largest source, row and column offset a step reads (to check the
+    sources' bounds, which the kernel does not).
+    """
     shape = tuple((s.op, s.reg) for s in steps)
     taps = np.array([(*_tap(s.a), *_tap(s.b)) for s in steps], dtype=np.int64).reshape(-1, 6)
     # a ZERO step's register takes its "weight": 0
     weights = np.array([0.0 if s.op == ZERO else s.weight for s in steps], dtype=dtype)
-    return shape, taps, weights
+    reads = np.array([t for s in steps for t in (s.a, s.b) if t is not None], np.int64)
+    if (reads < 0).any():
+        raise ValueError("a tap offset is negative")
+    reach = reads.reshape(-1, 3).max(axis=0, initial=-1)  # all -1: reads nothing
+    return shape, taps, weights, reach
 
 
 def _flat(a: NDArray[Any], writeable: bool) -> tuple[NDArray[Any], tuple[int, ...]] | None:
@@ -143,16 +166,15 @@ def run(
     sources: Sequence[NDArray[Any]] | NDArray[Any],
     stride: tuple[int, int],
     acc: NDArray[Any],
-    scratch: NDArray[Any] | None,
 ) -> bool:
     """Run ``steps`` compiled, as :meth:`~imgconv.core.taps.Program.run` would; False if it can't.
 
     It can when the sources are one 3-D array, or a single 2-D one, in
     ``acc``'s dtype, which is one of :data:`DTYPES` (the strategies' tiles
-    always are), every row is contiguous, the column stride is 1 and there are
+    always are), ``acc`` is writeable, every row is contiguous and there are
     at most :data:`MAX_STEPS` steps; otherwise the caller runs the numpy
-    executor. ``scratch`` is not needed: the kernel keeps both registers in
-    the CPU's.
+    executor. No scratch buffer: the kernel keeps both registers in the CPU's.
+    Raises ValueError when a step would read outside the sources.
     """
     if isinstance(sources, np.ndarray) and sources.ndim == 3:
         stack = sources
@@ -161,43 +183,51 @@ def run(
     else:
         return False
     dtype = acc.dtype
-    if (stride[1] != 1 or dtype not in DTYPES or stack.dtype != dtype
+    if (dtype not in DTYPES or stack.dtype != dtype or not acc.flags.writeable
             or len(steps) > MAX_STEPS):
         return False
     if acc.size == 0:
         return True
+    shape, taps, weights, reach = _encoded(steps, dtype)
+    rows, cols = acc.shape
+    sy, sx = stride
+    last = (int(reach[0]), int(reach[1]) + (rows - 1) * sy, int(reach[2]) + (cols - 1) * sx)
+    if reach[0] >= 0 and any(i >= n for i, n in zip(last, stack.shape, strict=True)):
+        raise ValueError(f"the program reads up to index {last} of sources of shape "
+                         f"{stack.shape}")
     # the sources always as read-only views: one compiled variant per dtype
     src, dst = _flat(stack, writeable=False), _flat(acc, writeable=True)
     if src is None or dst is None:
         return False
-    shape, taps, weights = _encoded(steps, dtype)
-    rows, cols = acc.shape
-    kernel(shape)(src[0], src[1][0], src[1][1], stride[0], taps, weights,
-                  dst[0], dst[1][0], rows, cols)
+    kernel(shape, sx != 1)(src[0], src[1][0], src[1][1], sy, sx, taps, weights,
+                           dst[0], dst[1][0], rows, cols)
     return True
 
 
 _lock = threading.Lock()
+_kernels: dict[tuple[tuple[tuple[int, int], ...], bool], Any] = {}
 
 
-@functools.cache
-def _kernel_cached(shape: tuple[tuple[int, int], ...]) -> Any:
-    module = _import(source(shape))
-    return module.kernel
-
-
-def kernel(shape: tuple[tuple[int, int], ...]) -> Any:
+def kernel(shape: tuple[tuple[int, int], ...], strided: bool = False) -> Any:
     """The compiled kernel for a program of this shape (its ``(op, reg)`` pairs).
 
-    Its source (:func:`source`) is written once to :func:`cache_dir` and
-    imported from there, so that numba caches its machine code on disk beside
-    it: a later process loads it instead of compiling it again.
+    ``strided``: the variant that takes every ``sx``-th column (the stride-1
+    one lets LLVM vectorize over contiguous columns). Its source
+    (:func:`source`) is written once to :func:`cache_dir` and imported from
+    there, so that numba caches its machine code on disk beside it: a later
+    process loads it instead of compiling it again.
     """
-    with _lock:  # the pool's threads may ask for the same kernel at once
-        return _kernel_cached(shape)
+    key = (shape, strided)
+    found = _kernels.get(key)
+    if found is None:
+        with _lock:  # the pool's threads may ask for the same new kernel at once
+            found = _kernels.get(key)
+            if found is None:
+                found = _kernels[key] = _import(source(shape, strided)).kernel
+    return found
 
 
-def source(shape: tuple[tuple[int, int], ...]) -> str:
+def source(shape: tuple[tuple[int, int], ...], strided: bool = False) -> str:
     """Python source of the kernel for one program shape, for numba to compile.
 
     Every step becomes one line of the loop over a row's columns, on two
@@ -206,7 +236,8 @@ def source(shape: tuple[tuple[int, int], ...]) -> str:
     bits, but each output is summed in the CPU's registers and stored once
     rather than passed over once per step. The taps and weights stay
     run-time arrays, so every program of the same shape shares the kernel
-    (box 3x3 and any other 3x3 of equal weights, say).
+    (box 3x3 and any other 3x3 of equal weights, say). ``strided`` reads
+    every ``sx``-th column; without it ``sx`` must be 1.
 
     >>> print(source(((SUM, 0), (MUL, 0))).split("for c in range(cols):")[1].strip())
     x = a0[c] + b0[c]
@@ -215,6 +246,7 @@ def source(shape: tuple[tuple[int, int], ...]) -> str:
     """
     views = []
     loop = []
+    span, col = ("(cols - 1) * sx + 1", "c * sx") if strided else ("cols", "c")
     for k, (op, reg) in enumerate(shape):
         r = "x" if reg == 0 else "s"
         operands = {SUM: 2, DIFF: 2, COPY: 1, SCALE: 1, ADD: 1, SUB: 1}.get(op, 0)
@@ -222,22 +254,23 @@ def source(shape: tuple[tuple[int, int], ...]) -> str:
             name, j = "ab"[n] + str(k), 3 * n
             views += [f"        i = (taps[{k}, {j}] * src_pitch + (r * sy + taps[{k}, {j + 1}])"
                       f" * row_pitch + taps[{k}, {j + 2}])",
-                      f"        {name} = src[i : i + cols]"]
+                      f"        {name} = src[i : i + {span}]"]
         if op in (SCALE, MUL, ZERO):
             views.append(f"        w{k} = w[{k}]")
-        a, b, w = f"a{k}[c]", f"b{k}[c]", f"w{k}"
+        a, b, w = f"a{k}[{col}]", f"b{k}[{col}]", f"w{k}"
         loop.append(f"            {r} = " + {
             COPY: a, SCALE: f"{a} * {w}", SUM: f"{a} + {b}", DIFF: f"{a} - {b}",
             ADD: f"{r} + {a}", SUB: f"{r} - {a}", MUL: f"{r} * {w}", ZERO: w,
             ADD_SCRATCH: "x + s", SUB_SCRATCH: "x - s"}[op])
+    variant = " (strided)" if strided else ""
     return "\n".join([
-        f'"""A tap program kernel generated by imgconv.core.jit for {shape}."""',
+        f'"""A tap program kernel generated by imgconv.core.jit for {shape}{variant}."""',
         "",
         "import numba",
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        "def kernel(src, src_pitch, row_pitch, sy, taps, w, acc, acc_pitch, rows, cols):",
+        "def kernel(src, src_pitch, row_pitch, sy, sx, taps, w, acc, acc_pitch, rows, cols):",
         "    for r in range(rows):",
         "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
         *views,
@@ -261,9 +294,14 @@ def cache_dir() -> Path:
 
 @functools.cache
 def _fallback_dir() -> Path:
+    """A temporary folder for this process's kernels, removed when it exits."""
+    import atexit
+    import shutil
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="imgconv-jit-"))
+    path = tempfile.mkdtemp(prefix="imgconv-jit-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -289,19 +327,30 @@ def _write(folder: Path, name: str, text: str) -> Path:
 
 
 def _import(text: str) -> Any:
-    """Import the module whose source is ``text`` from a file named by its hash."""
+    """Import the module whose source is ``text`` from a file named by its hash.
+
+    From :func:`cache_dir`, else (it cannot be written, or numba cannot
+    cache there) from :func:`_fallback_dir`.
+    """
     import hashlib  # here: it loads OpenSSL, which the numpy path never needs
 
     name = "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
     try:
-        path = _write(cache_dir(), name + ".py", text)
-    except OSError:
-        path = _write(_fallback_dir(), name + ".py", text)
+        return _load(name, _write(cache_dir(), name + ".py", text))
+    except (OSError, RuntimeError):  # numba: "cannot cache function ...: no locator"
+        return _load(name, _write(_fallback_dir(), name + ".py", text))
+
+
+def _load(name: str, path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # registered first, as an import would: numba's disk cache finds the
     # module again by name when it loads the compiled code in a later process
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module

@@ -58,9 +58,11 @@ from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile
 #: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
 TILE_BYTES = 768 * 1024
 
-#: Tiles are this many times larger when the compiled path is on
+#: ``direct``'s tiles are this many times larger when the compiled path is on
 #: (:mod:`imgconv.core.jit`): it streams a tile one row at a time, so the tile
 #: need not stay in the cache, and larger tiles spend less Python per pixel.
+#: (``separable`` keeps its tiles: its matrix products and its per-tile
+#: fallback round by tile, and its bits must not depend on the path.)
 #: On the README's 2-core Xeon (12 MP float32, medians of 21, interleaved)
 #: box 3x3, sobel-x, the diagonal and gaussian 5x5 took 13.3, 11.8, 12.7 and
 #: 23.3 ms against 14.8, 14.2, 14.4 and 25.5 ms with the numpy path's tiles;
@@ -165,9 +167,9 @@ def _readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
 def tile_rows(width: int, itemsize: int, stride: int, compiled: bool = False) -> int:
     """Output rows per tile so that one tile buffer is about :data:`TILE_BYTES`.
 
-    With ``compiled`` (the compiled path is on), :data:`JIT_TILE_SCALE` times
-    that. The cost model always takes the numpy path's tiles, so that the
-    strategy chosen, and so the rounding, does not depend on the path.
+    With ``compiled`` (``direct`` on the compiled path), :data:`JIT_TILE_SCALE`
+    times that: ``direct``'s sums do not depend on the tile grid, so neither do
+    its bits. The cost model prices both paths with the numpy path's tiles.
 
     An int16 tile (exact sums of an 8-bit image) so gets twice the rows of a
     float32 one: its passes are so quick that with several threads the Python
@@ -301,7 +303,9 @@ def separable(
     width = padder.width
     col_programs = [column_program(u, dy) for u, _ in pairs]
     row = row_program([v for _, v in pairs], dx)
-    n = tile_rows(width, dtype.itemsize, sy, jit.enabled())
+    # the numpy path's tiles on both paths: the GEMM bands and the finiteness
+    # fallback below work tile by tile, so the tile grid is part of the rounding
+    n = tile_rows(width, dtype.itemsize, sy)
     # (exact_int16 never gives an integer kernel that would take the products)
     bands = _column_matrices(pairs, dy, sy) if _column_gemm(col_programs) else None
     blocks = _row_matrices(pairs, dx) if _row_gemm(row, len(pairs), geom.extent[1]) else None

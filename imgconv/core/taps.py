@@ -169,7 +169,7 @@ class Program:
         """
         from imgconv.core import jit
 
-        if jit.enabled() and jit.run(self.steps, sources, stride, acc, scratch):
+        if jit.enabled() and jit.run(self.steps, sources, stride, acc):
             return
         rows, cols = shape
         sy, sx = stride
