@@ -323,7 +323,8 @@ def apply_command(
         typer.Option(
             "--jit/--no-jit",
             help="Sum the filter's taps in code compiled by numba (pip install "
-            "'imgconv\\[jit]'): faster filtering, 0.3 s more start-up per process. "
+            "'imgconv\\[jit]'): faster filtering, but numba's start-up (about 0.5 s) "
+            "in every process. "
             "[default: IMGCONV_JIT, else off]",
             rich_help_panel=PANEL_RUN,
             show_default=False,

@@ -18,10 +18,11 @@ numba is an optional extra (``pip install 'imgconv[jit]'``), imported only
 when the path is first used. Whether it is used is, in order of precedence:
 :func:`set_jit` (what ``imgconv apply --jit/--no-jit`` calls), the
 environment variable ``IMGCONV_JIT`` (``1`` or ``0``), then off. It is off by
-default because a process pays for it once: on the README's 2-core Xeon,
-importing numba and loading a kernel from numba's disk cache take about 0.4 s
-and 130 MB, against 0.3 s for a whole ``imgconv apply`` of a 12 MP JPEG
-without it; and each new program shape compiles once per machine (0.3-1.2 s).
+default because a process pays for it once: importing numba and loading a
+kernel from numba's disk cache take longer, and more memory, than a whole
+``imgconv apply`` of a 12 MP JPEG without it, and each new program shape
+compiles once per machine (about 20 ms a step). ``benchmarks/bench_core.py``
+measures both; README.md ("Compiled path") has the figures.
 """
 
 from __future__ import annotations

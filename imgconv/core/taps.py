@@ -68,18 +68,18 @@ ACC, SCRATCH = 0, 1
 class Step:
     """One pass over the tile: ``op`` of :data:`COPY` ... :data:`ZERO` into register ``reg``.
 
-    =============  ===========================
-    ``COPY``       ``R = a``
-    ``SCALE``      ``R = a * weight``
-    ``SUM``        ``R = a + b``
-    ``DIFF``       ``R = a - b``
-    ``ADD``        ``R = R + a``
-    ``SUB``        ``R = R - a``
-    ``MUL``        ``R = R * weight``
-    ``ADD_SCRATCH`` ``acc = acc + scratch``
-    ``SUB_SCRATCH`` ``acc = acc - scratch``
-    ``ZERO``       ``R = 0``
-    =============  ===========================
+    ===============  =========================
+    ``COPY``         ``R = a``
+    ``SCALE``        ``R = a * weight``
+    ``SUM``          ``R = a + b``
+    ``DIFF``         ``R = a - b``
+    ``ADD``          ``R = R + a``
+    ``SUB``          ``R = R - a``
+    ``MUL``          ``R = R * weight``
+    ``ADD_SCRATCH``  ``acc = acc + scratch``
+    ``SUB_SCRATCH``  ``acc = acc - scratch``
+    ``ZERO``         ``R = 0``
+    ===============  =========================
     """
 
     op: int
