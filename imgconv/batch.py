@@ -479,7 +479,13 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                 raise ImageError(
                     f"{target}: cannot create the folder {target.parent}: a file is in the way"
                 ) from None
-            write_atomic(target, write, overwrite=options.overwrite)
+            except OSError as exc:
+                raise ImageError(f"{target}: cannot create the folder {target.parent} "
+                                 f"({exc.strerror or exc})") from None
+            try:
+                write_atomic(target, write, overwrite=options.overwrite)
+            except OSError as exc:  # the output's fault, not the input's: name it
+                raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
         result.status = "written"
     except ImgconvError as exc:
         result.reason = str(exc)

@@ -690,7 +690,8 @@ def check_command(
                     f"{result.tolerance:.3g}",
                     "[green]ok" if ok else "[red]FAIL",
                 )
-        stdout.print(table)
+        if table.row_count:  # no empty table when no input could be checked
+            stdout.print(table)
         for line in errors:
             print_error(line)
         if failed or errors:

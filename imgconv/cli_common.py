@@ -46,22 +46,37 @@ class Stream:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._name == "stderr", highlight=False)
+            # Outside a terminal nothing is wrapped to an assumed 80 columns: a
+            # table is as wide as its cells (a long path stays on one line)
+            width = None if self.file_is_terminal() else 100_000
+            self._console = Console(stderr=self._name == "stderr", highlight=False,
+                                    width=width)
         return self._console
+
+    def file_is_terminal(self) -> bool:
+        try:
+            return self.file.isatty()
+        except (AttributeError, ValueError):
+            return False
 
     @property
     def is_terminal(self) -> bool:
         """Whether this stream is a terminal, as Rich would decide."""
         if any(name in os.environ for name in RICH_TERMINAL_VARIABLES):  # even if empty
             return self.console.is_terminal
-        try:
-            return self.file.isatty()
-        except (AttributeError, ValueError):
-            return False
+        return self.file_is_terminal()
 
     def print(self, *objects: Any, **options: Any) -> None:
-        """Rich's ``Console.print``: for tables and styled text."""
-        self.console.print(*objects, **options)
+        """Rich's ``Console.print``: for tables and styled text.
+
+        Outside a terminal, without the padding Rich adds at the ends of lines.
+        """
+        if self.file_is_terminal():
+            self.console.print(*objects, **options)
+            return
+        with self.console.capture() as captured:
+            self.console.print(*objects, **options)
+        self.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
     def line(self, text: str, style: str | None = None, prefix: str = "") -> None:
         """One line of text (never markup), not wrapped; ``prefix`` in ``style`` in a terminal."""

@@ -926,3 +926,26 @@ def test_jpeg_filtered_over_its_own_memory_is_the_same(tmp_path, monkeypatch, ke
     expected = np.stack([ndi.correlate(pixels[:, :, c], weights, mode="reflect")
                          for c in range(3)], axis=2)
     assert_within_one_level(np.asarray(Image.open(png)), np.clip(np.rint(expected), 0, 255))
+
+
+def test_an_output_that_cannot_be_written_is_named_not_the_input(gray_png, tmp_path, monkeypatch):
+    from imgconv import batch
+
+    def refuse(path, write, *, overwrite):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(batch, "write_atomic", refuse)
+    out = tmp_path / "ro" / "x.png"
+    result = invoke("apply", gray_png, "-k", "sobel", "-o", out)
+    assert result.exit_code == 1
+    assert f"error: {out}: cannot write (Permission denied)" in result.stderr
+    assert f"error: {gray_png}" not in result.stderr
+
+    def no_folder(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", no_folder)
+    result = invoke("apply", gray_png, "-k", "sobel", "-o", out)
+    assert result.exit_code == 1
+    assert (f"error: {out}: cannot create the folder {out.parent} (Permission denied)"
+            in result.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,42 @@ def test_rich_decides_when_its_variables_are_set_even_empty(no_terminal_variable
     assert Stream("stderr").is_terminal
     monkeypatch.setenv("FORCE_COLOR", "")  # Rich: not a terminal, whatever isatty says
     assert not Stream("stderr").is_terminal
+
+
+def test_tables_outside_a_terminal_are_not_wrapped_or_padded(no_terminal_variables, tmp_path):
+    # list, show and check print Rich tables; in a pipe, a row stays one line
+    # (not folded at an assumed 80 columns) and no line ends in padding
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from imgconv.cli import app
+
+    deep = tmp_path / ("a" * 60) / ("b" * 60)
+    deep.mkdir(parents=True)
+    photo = deep / "camera.png"
+    shutil.copy(Path(__file__).resolve().parent.parent / "sample_images" / "camera.png", photo)
+    runner = CliRunner()
+    for args in (["list"], ["show", "sobel-x"], ["check", str(photo), "-k", "sobel"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert lines and all(line == line.rstrip() for line in lines), args
+    (row,) = [line for line in lines if "camera.png" in line]
+    assert str(photo) in row and row.split()[-2] == "ok"  # then the table's edge
+    listing = runner.invoke(app, ["list"]).stdout
+    assert any(line.startswith("box ") and "(box:N, box:HxW)" in line
+               for line in listing.splitlines())
+
+
+def test_check_prints_no_table_when_no_input_could_be_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from imgconv.cli import app
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    result = CliRunner().invoke(app, ["check", str(bad), "-k", "sobel"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {bad}: not a readable image")
