@@ -19,7 +19,7 @@ PANEL_RUN = "Running"
 Inputs = Annotated[
     list[str],
     typer.Argument(
-        metavar="INPUT",
+        metavar="INPUT...",
         help="Image files, folders, glob patterns, or - for standard input.",
         show_default=False,
     ),
@@ -459,7 +459,8 @@ def apply_command(
                 f"note: {subfolders} sub-folder(s) not read; add --recursive to include them"
             )
         if dry_run:
-            _print_plan(tasks, pipeline, stdin, max_pixels)
+            _print_plan(tasks, pipeline, stdin, max_pixels,
+                        "replaced" if overwrite else "skipped" if skip_existing else None)
             return
         options = batch.Options(
             pipeline=pipeline,
@@ -569,8 +570,12 @@ def _run_with_progress(
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=tick))
 
 
-def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int) -> None:
-    """The --dry-run report: the pipeline's plan for the first input, then each input's output."""
+def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int,
+                existing: str | None) -> None:
+    """The --dry-run report: the pipeline's plan for the first input, then each input's output.
+
+    ``existing``: what happens to an output that exists ("replaced", "skipped"; None: it fails).
+    """
     from imgconv.errors import ImgconvError
     from imgconv.imageio import read_header
 
@@ -603,7 +608,10 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
             )
             continue
         out = shapes[-1]
-        exists = " (exists)" if t.target != "-" and Path(t.target).exists() else ""
+        exists = ""
+        if t.target != "-" and Path(t.target).exists():
+            exists = (f" (exists: {existing})" if existing else
+                      " (exists: would fail; --overwrite replaces it)")
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
 
 

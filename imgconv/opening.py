@@ -48,7 +48,8 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
         try:
             im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except FileNotFoundError:
-            raise ImageError(f"{name}: no such file") from None
+            what = "folder" if name.endswith(("/", os.sep)) else "file"  # "photos/": a folder
+            raise ImageError(f"{name}: no such {what}") from None
         except IsADirectoryError:
             raise ImageError(f"{name}: is a folder, not an image") from None
         except (OSError, SyntaxError, ValueError) as exc:

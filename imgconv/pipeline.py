@@ -678,7 +678,7 @@ class Pipeline:
                         raise UsageError("pool must be a mapping {op, size, stride}")
                     _check_keys(spec, ("op", "size", "stride"), "pool")
                     stages.append(pool_stage(spec.get("op"), spec.get("size"),
-                                             spec.get("stride")))
+                                             spec.get("stride"), POOL_KEYS))
             except UsageError as exc:
                 raise UsageError(f"{where}: {exc}") from None
         output = doc.get("output", "auto")
@@ -726,13 +726,20 @@ def conv_stage(
                      parse_pair(dilation, "--dilation"), kernel)
 
 
-def pool_stage(op: object, size: object, stride: object) -> PoolStage:
-    _choice(op, POOL_OPS, "--pool")
+#: How errors name a pooling stage's settings: as the command line's flags, or
+#: as a pipeline file's keys
+POOL_FLAGS = {"op": "--pool", "size": "--pool-size", "stride": "--pool-stride"}
+POOL_KEYS = {"op": "pool op", "size": "pool size", "stride": "pool stride"}
+
+
+def pool_stage(op: object, size: object, stride: object,
+               names: dict[str, str] = POOL_FLAGS) -> PoolStage:
+    _choice(op, POOL_OPS, names["op"])
     if size is None:
-        raise UsageError("--pool needs --pool-size N or N,M")
+        raise UsageError(f"{names['op']} needs {names['size']} N or N,M")
     return PoolStage(
-        str(op), parse_pair(size, "--pool-size"),
-        None if stride is None else parse_pair(stride, "--pool-stride"),
+        str(op), parse_pair(size, names["size"]),
+        None if stride is None else parse_pair(stride, names["stride"]),
     )
 
 

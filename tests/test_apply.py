@@ -362,6 +362,18 @@ def test_dry_run_writes_nothing(tmp_path, gray_png):
     assert "will clip" in text or "fits" in text
 
 
+def test_dry_run_says_what_an_existing_output_would_get(tmp_path, gray_png):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"keep me")
+    for flags, expected in (([], "(exists: would fail; --overwrite replaces it)"),
+                            (["--overwrite"], "(exists: replaced)"),
+                            (["--skip-existing"], "(exists: skipped)")):
+        result = invoke("apply", gray_png, "-k", "sobel", "-o", out, "--dry-run", *flags)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[-1].endswith(expected), result.stdout
+    assert out.read_bytes() == b"keep me"
+
+
 def test_stdin_to_stdout(gray_png):
     result = invoke("apply", "-", "-k", "box-blur", "-o", "-", "--format", "png",
                     input=gray_png.read_bytes())
@@ -460,12 +472,26 @@ def test_bad_pipeline_yaml(tmp_path, gray_png):
     spec.write_text("stages: [kernel: [}\n")
     result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
     assert result.exit_code == 2 and "not valid YAML" in result.stderr
+    # a file's errors name its keys, not the command line's flags
+    spec.write_text("stages:\n  - kernel: sobel\n  - pool: {op: max}\n")
+    result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert f"error: {spec}: stage 2: pool op needs pool size N or N,M" in result.stderr
+    assert "--pool" not in result.stderr
 
 
 def test_missing_input_is_exit_1(tmp_path):
     result = invoke("apply", tmp_path / "nope.png", "-k", "box-blur", "-o", tmp_path / "o.png")
     assert result.exit_code == 1
     assert "nope.png: no such file" in result.stderr
+    result = invoke("apply", f"{tmp_path / 'photos'}/", "-k", "box-blur",
+                    "--out-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'photos'}/: no such folder" in result.stderr
+    # a pattern that matches nothing is a usage error: nothing to filter at all
+    result = invoke("apply", f"{tmp_path}/*.png", "-k", "box-blur", "--out-dir", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "*.png: the pattern matches no image files" in result.stderr
 
 
 def test_several_inputs_with_output_file(tmp_path, gray_png, rgb_png):
