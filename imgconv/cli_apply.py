@@ -228,7 +228,7 @@ def apply_command(
             "--name",
             metavar="TEMPLATE",
             help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
-            "[default: {stem}{ext}]",
+            "\\[default: {stem}{ext}]",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -289,7 +289,7 @@ def apply_command(
         typer.Option(
             "--depth",
             metavar="DEPTH",
-            help="8, 16 (png/tiff, one channel) or float (tiff). [default: the input's]",
+            help="8, 16 (png/tiff, one channel) or float (tiff). \\[default: the input's]",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -301,7 +301,7 @@ def apply_command(
             "-j",
             metavar="N",
             min=1,
-            help="Files in parallel. [default: number of CPUs]",
+            help="Files in parallel. \\[default: number of CPUs]",
             rich_help_panel=PANEL_RUN,
             show_default=False,
         ),
@@ -312,7 +312,7 @@ def apply_command(
             "--threads",
             metavar="N",
             min=1,
-            help="Core threads per file. [default: IMGCONV_THREADS, else all "
+            help="Core threads per file. \\[default: IMGCONV_THREADS, else all "
             "cores with --jobs 1 and 1 per job otherwise]",
             rich_help_panel=PANEL_RUN,
             show_default=False,
@@ -323,9 +323,9 @@ def apply_command(
         typer.Option(
             "--jit/--no-jit",
             help="Sum the filter's taps in code compiled by numba (pip install "
-            "'imgconv\\[jit]'): faster filtering, but numba's start-up (about 0.5 s) "
-            "in every process. "
-            "[default: IMGCONV_JIT, else off]",
+            "'imgconv\\[jit]'): faster filtering of float images (not much of 8-bit "
+            "ones), but numba's start-up (about 0.6 s) in every process. "
+            "\\[default: IMGCONV_JIT, else off]",
             rich_help_panel=PANEL_RUN,
             show_default=False,
         ),
@@ -426,19 +426,7 @@ def apply_command(
             batch.check_alpha_mode(alpha, pipeline)
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
-            from imgconv.core import jit as compiled
-            from imgconv.core.threads import get_threads, set_threads
-
-            try:
-                set_threads(threads)
-                get_threads()  # checks IMGCONV_THREADS
-                compiled.set_jit(jit)
-                compiled.enabled()  # checks IMGCONV_JIT
-            except (ValueError, compiled.JitUnavailable) as exc:
-                message = str(exc)
-                if jit and isinstance(exc, compiled.JitUnavailable):
-                    message = "--jit: " + message
-                raise UsageError(message) from None
+            _check_core_settings(threads, jit)
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
             sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir)
@@ -570,6 +558,27 @@ def _run_with_progress(
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=tick))
 
 
+def _check_core_settings(threads: int | None, jit: bool | None) -> None:
+    """Apply --threads and --jit, and check them and the environment's defaults, up front.
+
+    A bad ``IMGCONV_THREADS`` or ``IMGCONV_JIT``, or ``--jit`` (or
+    ``IMGCONV_JIT=1``) without a working numba, is a usage error (exit 2).
+    """
+    from imgconv.core import jit as compiled
+    from imgconv.core.threads import get_threads, set_threads
+
+    try:
+        set_threads(threads)
+        get_threads()  # checks IMGCONV_THREADS
+        compiled.set_jit(jit)
+        compiled.enabled()  # checks IMGCONV_JIT
+    except (ValueError, compiled.JitUnavailable) as exc:
+        message = str(exc)
+        if jit and isinstance(exc, compiled.JitUnavailable):
+            message = "--jit: " + message
+        raise UsageError(message) from None
+
+
 def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int,
                 existing: str | None) -> None:
     """The --dry-run report: the pipeline's plan for the first input, then each input's output.
@@ -647,6 +656,7 @@ def check_command(
     from imgconv.imageio import load
 
     with report_errors(debug):
+        _check_core_settings(None, None)
         pipeline = _build_pipeline(
             kernel,
             pipeline_file,

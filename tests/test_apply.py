@@ -975,3 +975,13 @@ def test_an_output_that_cannot_be_written_is_named_not_the_input(gray_png, tmp_p
     assert result.exit_code == 1
     assert (f"error: {out}: cannot create the folder {out.parent} (Permission denied)"
             in result.stderr)
+
+
+def test_help_shows_the_defaults_that_rich_could_read_as_markup():
+    result = runner.invoke(app, ["apply", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for default in ("[default: {stem}{ext}]", "[default: the input's]",
+                    "[default: number of CPUs]", "[default: IMGCONV_THREADS, else all",
+                    "[default: IMGCONV_JIT, else off]", "pip install 'imgconv[jit]'"):
+        assert default in text, default

@@ -56,8 +56,9 @@ def both_paths(func, monkeypatch=None):
 def assert_same_bits(actual, expected):
     """Equal bit for bit, signed zeros included; NaNs only need to be NaN in both.
 
-    (numpy's 0 * inf is a NaN with the sign bit clear, the compiled code's has
-    it set: both are the same quiet NaN to every later operation.)
+    (When two NaNs of opposite sign meet in an addition, which one survives
+    depends on the operand order the hardware uses, and LLVM's vectorized
+    loop and its scalar tail differ from numpy's loops there.)
     """
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     if actual.dtype.kind == "f":
@@ -143,11 +144,14 @@ def test_run_declines_what_it_cannot_take():
 
 
 @needs_numba
-@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2), (3, 3)])
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2), (3, 3), (1, jit.DENSE_MAX_STRIDE),
+                                    (2, jit.DENSE_MAX_STRIDE + 1)])
 def test_run_agrees_with_the_numpy_executor(stride, restore_jit):
+    # column strides: up to DENSE_MAX_STRIDE every column is summed, then
+    # every sx-th kept; above it only the kept columns are read
     program = program_2d(np.array([[1.0, 2.0], [3.0, -4.0]]), (1, 1))
-    src = make_image((11, 13), np.float32)
-    rows, cols = (11 - 2) // stride[0] + 1, (13 - 2) // stride[1] + 1
+    src = make_image((11, 43), np.float32)
+    rows, cols = (11 - 2) // stride[0] + 1, (43 - 2) // stride[1] + 1
     acc = np.empty((rows, cols), np.float32)
     assert jit.run(program.steps, [src], stride, acc)
     expected = np.empty_like(acc)
@@ -158,10 +162,13 @@ def test_run_agrees_with_the_numpy_executor(stride, restore_jit):
     for more in ((rows + 1, cols), (rows, cols + 1)):
         with pytest.raises(ValueError, match="reads up to index"):
             jit.run(program.steps, [src], stride, np.empty(more, np.float32))
+    for bad in ((0, 1), (1, 0), (-1, 1)):
+        with pytest.raises(ValueError, match="strides must be >= 1"):
+            jit.run(program.steps, [src], bad, acc)
 
 
 @needs_numba
-def test_every_step_kind_runs_compiled(restore_jit):
+def test_every_step_kind_runs_compiled():
     # weights that need each step: copy, scale, sum, diff, add, sub, mul, the
     # scratch register both ways, and zero for an empty program
     taps = [((0, 0, 0), 1.0), ((0, 0, 1), 1.0), ((0, 1, 0), -1.0), ((0, 1, 1), 0.5),
@@ -174,15 +181,18 @@ def test_every_step_kind_runs_compiled(restore_jit):
                                ((0, 1, 0), -1.0)])]
     ops = {step.op for p in programs for step in p.steps}
     assert ops == set(range(10))
-    src = make_image((6, 7), np.float32)
+    src = make_image((6, 7), np.float32) - 100  # signs of both kinds, zeros among them
+    src[0, :3] = 0.0
+
+    def run(program):
+        acc = np.full((4, 5), np.nan, np.float32)
+        program.run([src], acc.shape, (1, 1), acc, np.empty_like(acc))
+        return acc
+
     for program in programs:
-        outs = []
-        for on in (False, True):
-            jit.set_jit(on)
-            acc = np.full((4, 5), np.nan, np.float32)
-            program.run([src], acc.shape, (1, 1), acc, np.empty_like(acc))
-            outs.append(acc)
-        np.testing.assert_array_equal(outs[1], outs[0])
+        with pytest.MonkeyPatch.context() as mp:
+            plain, compiled = both_paths(lambda p=program: run(p), mp)
+        assert_same_bits(compiled, plain)
 
 
 def test_settings(monkeypatch, restore_jit):
@@ -276,6 +286,11 @@ def test_a_broken_numba_is_a_usage_error_too(tmp_path, photo):
     assert ("--jit: the compiled path needs numba, which fails to import "
             "(ImportError: llvmlite is missing)") in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+    # check has no --jit, but IMGCONV_JIT=1 asks for the path just the same
+    done = subprocess.run([sys.executable, "-m", "imgconv", "check", str(photo), "-k", "sobel-x"],
+                          capture_output=True, text=True, env={**env, jit.ENV_VAR: "1"})
+    assert done.returncode == 2, done.stderr
+    assert "error: IMGCONV_JIT=1 needs numba, which fails to import" in done.stderr
 
 
 def test_generated_source_is_written_once_and_checked(tmp_path, monkeypatch):
@@ -332,3 +347,41 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache(tmp_path):
     (hits1, misses1), (hits2, misses2) = [(int(a), int(b)) for a, b in runs]
     assert misses1 > 0 and hits1 == 0  # compiled in the first process
     assert hits2 == misses1 and misses2 == 0  # loaded, not compiled, in the second
+
+
+@needs_numba
+def test_a_corrupt_numba_cache_falls_back_to_a_fresh_compile(tmp_path):
+    # numba reads its cache at a kernel's first call, not at import
+    code = ("import numpy as np, imgconv\n"
+            "from imgconv.core import jit\n"
+            "jit.set_jit(True)\n"
+            "print(imgconv.correlate(np.arange(30.0).reshape(5, 6), [[1, 2], [3, 4]]).sum())\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env=env)
+    indexes = list((tmp_path / "imgconv" / "jit").rglob("*.nbi"))
+    assert indexes
+    for index in indexes:
+        index.write_bytes(b"garbage")
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+
+
+@needs_numba
+def test_worker_processes_remove_their_fallback_folders(tmp_path, photo):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    second = tmp_path / "second.png"
+    second.write_bytes(photo.read_bytes())
+    env = {**os.environ, "XDG_CACHE_HOME": str(blocker), "TMPDIR": str(temp)}
+    done = subprocess.run([sys.executable, "-m", "imgconv", "apply", str(photo), str(second),
+                           "-k", "sobel-x", "--jit", "--jobs", "2",
+                           "--out-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 2
+    assert not list(temp.glob("imgconv-jit-*"))

@@ -21,7 +21,7 @@ environment variable ``IMGCONV_JIT`` (``1`` or ``0``), then off. It is off by
 default because a process pays for it once: importing numba and loading a
 kernel from numba's disk cache take longer, and more memory, than a whole
 ``imgconv apply`` of a 12 MP JPEG without it, and each new program shape
-compiles once per machine (about 20 ms a step). ``benchmarks/bench_core.py``
+compiles once per machine (tenths of a second). ``benchmarks/bench_core.py``
 measures both; README.md ("Compiled path") has the figures.
 """
 
@@ -59,6 +59,9 @@ ENV_VAR = "IMGCONV_JIT"
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int16))
 
 _requested: bool | None = None
+
+#: a kernel's key: its program shape and its variant (see :func:`source`)
+Key = tuple[tuple[tuple[int, int], ...], str]
 
 
 class JitUnavailable(RuntimeError):
@@ -192,6 +195,8 @@ def run(
     shape, taps, weights, reach = _encoded(steps, dtype)
     rows, cols = acc.shape
     sy, sx = stride
+    if sy < 1 or sx < 1:
+        raise ValueError(f"strides must be >= 1, got {stride}")
     last = (int(reach[0]), int(reach[1]) + (rows - 1) * sy, int(reach[2]) + (cols - 1) * sx)
     if reach[0] >= 0 and any(i >= n for i, n in zip(last, stack.shape, strict=True)):
         raise ValueError(f"the program reads up to index {last} of sources of shape "
@@ -200,35 +205,71 @@ def run(
     src, dst = _flat(stack, writeable=False), _flat(acc, writeable=True)
     if src is None or dst is None:
         return False
-    kernel(shape, sx != 1)(src[0], src[1][0], src[1][1], sy, sx, taps, weights,
-                           dst[0], dst[1][0], rows, cols)
+    variant = "unit" if sx == 1 else "dense" if sx <= DENSE_MAX_STRIDE else "gather"
+    _call((shape, variant), (src[0], src[1][0], src[1][1], sy, sx, taps, weights,
+                             dst[0], dst[1][0], rows, cols))
     return True
 
 
+#: kernels that have run once in this process (numba has loaded or compiled them)
+_proven: set[Key] = set()
+
+
+def _call(key: Key, args: tuple[Any, ...]) -> None:
+    """Call the kernel for ``key``; if its first call fails, once more from the fallback folder.
+
+    numba loads (or compiles) a kernel at its first call, so a cache it cannot
+    read (a corrupt index, say) shows there, not at import: the kernel is then
+    imported anew from :func:`_fallback_dir`, with a cache of its own.
+    """
+    fn = kernel(*key)
+    if key in _proven:
+        fn(*args)
+        return
+    try:
+        fn(*args)
+    except Exception:
+        with _lock:
+            text = source(*key)
+            name = _module_name(text)
+            module = _load(name, _write(_fallback_dir(), name + ".py", text))
+            fn = _kernels[key] = module.kernel
+        fn(*args)  # fails again: a real error, raised
+    _proven.add(key)
+
+
 _lock = threading.Lock()
-_kernels: dict[tuple[tuple[tuple[int, int], ...], bool], Any] = {}
+_kernels: dict[Key, Any] = {}
 
 
-def kernel(shape: tuple[tuple[int, int], ...], strided: bool = False) -> Any:
+def kernel(shape: tuple[tuple[int, int], ...], variant: str = "unit") -> Any:
     """The compiled kernel for a program of this shape (its ``(op, reg)`` pairs).
 
-    ``strided``: the variant that takes every ``sx``-th column (the stride-1
-    one lets LLVM vectorize over contiguous columns). Its source
-    (:func:`source`) is written once to :func:`cache_dir` and imported from
-    there, so that numba caches its machine code on disk beside it: a later
-    process loads it instead of compiling it again.
+    ``variant`` is how it takes a column stride ``sx`` (:func:`source`). Its
+    source is written once to :func:`cache_dir` and imported from there, so
+    that numba caches its machine code on disk beside it: a later process
+    loads it instead of compiling it again.
     """
-    key = (shape, strided)
+    key = (shape, variant)
     found = _kernels.get(key)
     if found is None:
         with _lock:  # the pool's threads may ask for the same new kernel at once
             found = _kernels.get(key)
             if found is None:
-                found = _kernels[key] = _import(source(shape, strided)).kernel
+                found = _kernels[key] = _import(source(shape, variant)).kernel
     return found
 
 
-def source(shape: tuple[tuple[int, int], ...], strided: bool = False) -> str:
+#: Column strides up to this compute every column of a row (the loop LLVM
+#: vectorizes) and keep every ``sx``-th; larger ones read only the columns
+#: they keep. On the README's EPYC (12 MP float32, compiled ``direct``,
+#: medians of 9, dense against gather): gaussian 5x5 at column stride 2, 4,
+#: 8, 12, 16: 12.9/40.1, 11.3/22.9, 11.2/13.5, 8.7/8.7, 8.5/7.1 ms; the
+#: diagonal 8.9/15.4, 6.8/9.0, 6.4/6.8, 8.0/6.8, 5.2/5.2 ms.
+DENSE_MAX_STRIDE = 8
+
+
+def source(shape: tuple[tuple[int, int], ...], variant: str = "unit") -> str:
     """Python source of the kernel for one program shape, for numba to compile.
 
     Every step becomes one line of the loop over a row's columns, on two
@@ -237,8 +278,12 @@ def source(shape: tuple[tuple[int, int], ...], strided: bool = False) -> str:
     bits, but each output is summed in the CPU's registers and stored once
     rather than passed over once per step. The taps and weights stay
     run-time arrays, so every program of the same shape shares the kernel
-    (box 3x3 and any other 3x3 of equal weights, say). ``strided`` reads
-    every ``sx``-th column; without it ``sx`` must be 1.
+    (box 3x3 and any other 3x3 of equal weights, say).
+
+    ``variant``: ``"unit"`` for column stride 1; ``"dense"`` sums every
+    column of a row into a row buffer and keeps every ``sx``-th (the same
+    sums: a contiguous loop is several times faster than a strided one);
+    ``"gather"`` reads only every ``sx``-th column (for wide strides).
 
     >>> print(source(((SUM, 0), (MUL, 0))).split("for c in range(cols):")[1].strip())
     x = a0[c] + b0[c]
@@ -247,7 +292,8 @@ def source(shape: tuple[tuple[int, int], ...], strided: bool = False) -> str:
     """
     views = []
     loop = []
-    span, col = ("(cols - 1) * sx + 1", "c * sx") if strided else ("cols", "c")
+    span = "cols" if variant == "unit" else "(cols - 1) * sx + 1"
+    col = "c * sx" if variant == "gather" else "c"
     for k, (op, reg) in enumerate(shape):
         r = "x" if reg == 0 else "s"
         operands = {SUM: 2, DIFF: 2, COPY: 1, SCALE: 1, ADD: 1, SUB: 1}.get(op, 0)
@@ -263,21 +309,27 @@ def source(shape: tuple[tuple[int, int], ...], strided: bool = False) -> str:
             COPY: a, SCALE: f"{a} * {w}", SUM: f"{a} + {b}", DIFF: f"{a} - {b}",
             ADD: f"{r} + {a}", SUB: f"{r} - {a}", MUL: f"{r} * {w}", ZERO: w,
             ADD_SCRATCH: "x + s", SUB_SCRATCH: "x - s"}[op])
-    variant = " (strided)" if strided else ""
+    if variant == "dense":
+        before = ["    line = np.empty((cols - 1) * sx + 1, acc.dtype)"]
+        body = [f"        for c in range({span}):", *loop, "            line[c] = x",
+                "        for c in range(cols):", "            o[c] = line[c * sx]"]
+    else:
+        before = []
+        body = ["        for c in range(cols):", *loop, "            o[c] = x"]
     return "\n".join([
-        f'"""A tap program kernel generated by imgconv.core.jit for {shape}{variant}."""',
+        f'"""A tap program kernel generated by imgconv.core.jit for {shape} ({variant})."""',
         "",
         "import numba",
+        "import numpy as np",
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
         "def kernel(src, src_pitch, row_pitch, sy, sx, taps, w, acc, acc_pitch, rows, cols):",
+        *before,
         "    for r in range(rows):",
         "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
         *views,
-        "        for c in range(cols):",
-        *loop,
-        "            o[c] = x",
+        *body,
         "",
     ])
 
@@ -293,16 +345,27 @@ def cache_dir() -> Path:
     return Path(root) / "imgconv" / "jit"
 
 
-@functools.cache
+_fallback: dict[int, Path] = {}
+
+
 def _fallback_dir() -> Path:
-    """A temporary folder for this process's kernels, removed when it exits."""
-    import atexit
+    """A temporary folder for this process's kernels, removed when it exits.
+
+    One per process: a worker forked by ``apply --jobs`` makes its own, and
+    removes it as it exits (multiprocessing runs its finalizers, not atexit's).
+    """
     import shutil
     import tempfile
+    from multiprocessing import util
 
-    path = tempfile.mkdtemp(prefix="imgconv-jit-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return Path(path)
+    pid = os.getpid()
+    if pid not in _fallback:
+        path = tempfile.mkdtemp(prefix="imgconv-jit-")
+        # a Finalize runs at the exit of the process that made it, and only there
+        util.Finalize(None, shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
+                      exitpriority=0)
+        _fallback[pid] = Path(path)
+    return _fallback[pid]
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -333,13 +396,17 @@ def _import(text: str) -> Any:
     From :func:`cache_dir`, else (it cannot be written, or numba cannot
     cache there) from :func:`_fallback_dir`.
     """
-    import hashlib  # here: it loads OpenSSL, which the numpy path never needs
-
-    name = "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    name = _module_name(text)
     try:
         return _load(name, _write(cache_dir(), name + ".py", text))
     except (OSError, RuntimeError):  # numba: "cannot cache function ...: no locator"
         return _load(name, _write(_fallback_dir(), name + ".py", text))
+
+
+def _module_name(text: str) -> str:
+    import hashlib  # here: it loads OpenSSL, which the numpy path never needs
+
+    return "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _load(name: str, path: Path) -> Any:

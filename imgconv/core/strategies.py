@@ -52,7 +52,7 @@ from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
 #: should stay in a core's L2 cache between the passes of one tile. Each tile
 #: also costs some Python per pass, run under the GIL, so with several threads
-#: small tiles queue for it: on the 2-core benchmark machine (2 MiB L2 per
+#: small tiles queue for it: on the 2-core Xeon of earlier tables (2 MiB L2 per
 #: core), 768 KiB against 384 KiB took sobel-x on a 12 MP float32 image from
 #: 37 to 30 ms with 2 threads (35 -> 38 ms with 1), and `apply`'s uint8 RGB
 #: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
