@@ -427,6 +427,26 @@ def _sha256(path: str, data: bytes | None = None) -> str:
     return digest.hexdigest()
 
 
+#: :func:`output_conflict`'s answer for an output that --skip-existing skips
+SKIP = "skip"
+
+
+def output_conflict(target: Path, name: str, options: Options) -> str | None:
+    """Why ``target`` (the output of input ``name``) must not be written, :data:`SKIP`, or None.
+
+    The error message when it is an input, or exists (a dangling link too)
+    without --overwrite or --skip-existing. --dry-run asks the same question.
+    """
+    if os.path.realpath(target) in options.protected:
+        return f"{name}: output {target} is an input; refusing to write it"
+    if target.exists() or target.is_symlink():
+        if options.skip_existing:
+            return SKIP
+        if not options.overwrite:
+            return f"{target}: already exists (use --overwrite to replace it)"
+    return None
+
+
 def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     """Filter one input into its output. Never raises for a bad file: the Result says why."""
     from imgconv.core import jit
@@ -439,15 +459,12 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     result = Result(name, task.target, "failed")
     try:
         if task.target != STDIO:
-            target = Path(task.target)
-            if os.path.realpath(target) in options.protected:
-                raise ImageError(f"{name}: output {target} is an input; refusing to write it")
-            if target.exists() or target.is_symlink():
-                if options.skip_existing:
-                    result.status, result.reason = "skipped", "output exists"
-                    return result
-                if not options.overwrite:
-                    raise ImageError(f"{target}: already exists (use --overwrite to replace it)")
+            conflict = output_conflict(Path(task.target), name, options)
+            if conflict == SKIP:
+                result.status, result.reason = "skipped", "output exists"
+                return result
+            if conflict is not None:
+                raise ImageError(conflict)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
         picture = load(data if data is not None else task.source.path, gray=options.gray,
@@ -639,7 +656,19 @@ def _interrupt(signum: int, frame: Any) -> None:
     """
     if _in_job:
         raise KeyboardInterrupt
-    os._exit(128 + signum)
+    _exit(128 + signum)
+
+
+def _exit(code: int) -> None:
+    """End a worker at once, removing the compiled path's temporary folder if it made one.
+
+    (``os._exit`` skips the finalizer that would remove it.)
+    """
+    if "imgconv.core.jit" in sys.modules:
+        from imgconv.core import jit
+
+        jit.remove_fallback_dir()
+    os._exit(code)
 
 
 def _worker_init() -> None:
@@ -674,7 +703,7 @@ class _Job:
             # in a worker process: the temporary file is already gone (write_atomic's
             # finally ran); exit instead of taking the next queued file
             if os.getpid() != self.parent:
-                os._exit(130)
+                _exit(130)
             raise
 
 

@@ -446,10 +446,6 @@ def apply_command(
             stderr.line(
                 f"note: {subfolders} sub-folder(s) not read; add --recursive to include them"
             )
-        if dry_run:
-            _print_plan(tasks, pipeline, stdin, max_pixels,
-                        "replaced" if overwrite else "skipped" if skip_existing else None)
-            return
         options = batch.Options(
             pipeline=pipeline,
             gray=gray,
@@ -467,6 +463,9 @@ def apply_command(
             jit=jit,
             protected=frozenset(os.path.realpath(s.path) for s in sources if s.path != batch.STDIO),
         )
+        if dry_run:
+            _print_plan(tasks, pipeline, stdin, options)
+            return
         executor = batch.make_executor(jobs or os.cpu_count() or 1, len(tasks))
         try:
             results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
@@ -579,12 +578,13 @@ def _check_core_settings(threads: int | None, jit: bool | None) -> None:
         raise UsageError(message) from None
 
 
-def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels: int,
-                existing: str | None) -> None:
+def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: Any) -> None:
     """The --dry-run report: the pipeline's plan for the first input, then each input's output.
 
-    ``existing``: what happens to an output that exists ("replaced", "skipped"; None: it fails).
+    An output that would not be written says why, as the run would
+    (:func:`imgconv.batch.output_conflict`).
     """
+    from imgconv import batch
     from imgconv.errors import ImgconvError
     from imgconv.imageio import read_header
 
@@ -595,7 +595,7 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
     for t in tasks:
         try:
             source = stdin if t.source.path == "-" and stdin is not None else t.source.path
-            headers.append(read_header(source, max_pixels))
+            headers.append(read_header(source, options.max_pixels))
         except ImgconvError as exc:
             headers.append(str(exc))
     h, w, full = next((x for x in headers if isinstance(x, tuple)), (0, 0, 255.0))
@@ -618,9 +618,15 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, max_pixels
             continue
         out = shapes[-1]
         exists = ""
-        if t.target != "-" and Path(t.target).exists():
-            exists = (f" (exists: {existing})" if existing else
-                      " (exists: would fail; --overwrite replaces it)")
+        if t.target != "-":
+            target = Path(t.target)
+            conflict = batch.output_conflict(target, t.source.path, options)
+            if conflict == batch.SKIP:
+                exists = " (exists: skipped)"
+            elif conflict is not None:
+                exists = f" (would fail: {conflict})"
+            elif target.exists() or target.is_symlink():
+                exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
 
 

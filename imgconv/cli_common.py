@@ -74,9 +74,17 @@ class Stream:
         if self.file_is_terminal():
             self.console.print(*objects, **options)
             return
+        import re
+
         with self.console.capture() as captured:
             self.console.print(*objects, **options)
-        self.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        # the spaces before a line's end, or before the colour codes that end it (FORCE_COLOR)
+        padding = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
+        lines = captured.get().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self.file.write("".join(padding.sub(r"\1", line) + "\n" for line in lines))
+        self.file.flush()  # as Rich does: in order with stderr when both go to one log
 
     def line(self, text: str, style: str | None = None, prefix: str = "") -> None:
         """One line of text (never markup), not wrapped; ``prefix`` in ``style`` in a terminal."""

@@ -365,12 +365,21 @@ def test_dry_run_writes_nothing(tmp_path, gray_png):
 def test_dry_run_says_what_an_existing_output_would_get(tmp_path, gray_png):
     out = tmp_path / "o.png"
     out.write_bytes(b"keep me")
-    for flags, expected in (([], "(exists: would fail; --overwrite replaces it)"),
-                            (["--overwrite"], "(exists: replaced)"),
-                            (["--skip-existing"], "(exists: skipped)")):
-        result = invoke("apply", gray_png, "-k", "sobel", "-o", out, "--dry-run", *flags)
+    dangling = tmp_path / "link.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    for target, flags, expected in (
+            (out, [], f"(would fail: {out}: already exists (use --overwrite to replace it))"),
+            (out, ["--overwrite"], "(exists: replaced)"),
+            (out, ["--skip-existing"], "(exists: skipped)"),
+            (dangling, [], f"(would fail: {dangling}: already exists"),
+            (gray_png, ["--overwrite"], f"(would fail: {gray_png}: output {gray_png} is an input")):
+        result = invoke("apply", gray_png, "-k", "sobel", "-o", target, "--dry-run", *flags)
         assert result.exit_code == 0, result.output
-        assert result.stdout.splitlines()[-1].endswith(expected), result.stdout
+        assert expected in result.stdout.splitlines()[-1], result.stdout
+        if "would fail" in expected:  # as the run itself says
+            real = invoke("apply", gray_png, "-k", "sobel", "-o", target, *flags)
+            assert real.exit_code == 1
+            assert expected.removeprefix("(would fail: ").rstrip(")") in real.stderr
     assert out.read_bytes() == b"keep me"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def test_rich_decides_when_its_variables_are_set_even_empty(no_terminal_variable
     assert not Stream("stderr").is_terminal
 
 
-def test_tables_outside_a_terminal_are_not_wrapped_or_padded(no_terminal_variables, tmp_path):
+def test_tables_outside_a_terminal_are_not_wrapped_or_padded(no_terminal_variables, tmp_path,
+                                                              monkeypatch):
     # list, show and check print Rich tables; in a pipe, a row stays one line
     # (not folded at an assumed 80 columns) and no line ends in padding
     import shutil
@@ -73,6 +75,17 @@ def test_tables_outside_a_terminal_are_not_wrapped_or_padded(no_terminal_variabl
         assert lines and all(line == line.rstrip() for line in lines), args
     (row,) = [line for line in lines if "camera.png" in line]
     assert str(photo) in row and row.split()[-2] == "ok"  # then the table's edge
+    # with colour forced (a pipe to less -R), padding before the closing codes goes too
+    from imgconv import cli_common
+
+    monkeypatch.setattr(cli_common.stdout, "_console", None)  # decided anew, as in a new process
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    coloured = runner.invoke(app, ["check", str(photo), "-k", "sobel"])
+    assert "\x1b[" in coloured.stdout
+    assert not [line for line in coloured.stdout.split("\n")
+                if re.search(r" (\x1b\[[0-9;]*m)*$", line)]
+    monkeypatch.setattr(cli_common.stdout, "_console", None)
+    monkeypatch.delenv("FORCE_COLOR")
     listing = runner.invoke(app, ["list"]).stdout
     assert any(line.startswith("box ") and "(box:N, box:HxW)" in line
                for line in listing.splitlines())

@@ -351,22 +351,30 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache(tmp_path):
 
 @needs_numba
 def test_a_corrupt_numba_cache_falls_back_to_a_fresh_compile(tmp_path):
-    # numba reads its cache at a kernel's first call, not at import
+    # numba reads its cache at a kernel's first call in each dtype, not at import
     code = ("import numpy as np, imgconv\n"
             "from imgconv.core import jit\n"
             "jit.set_jit(True)\n"
-            "print(imgconv.correlate(np.arange(30.0).reshape(5, 6), [[1, 2], [3, 4]]).sum())\n")
+            "x = np.arange(30.0).reshape(5, 6)\n"
+            "for dtype in (np.float32, np.float64):\n"
+            "    print(imgconv.correlate(x.astype(dtype), [[1, 2], [3, 4]]).sum())\n")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env=env)
-    indexes = list((tmp_path / "imgconv" / "jit").rglob("*.nbi"))
-    assert indexes
-    for index in indexes:
-        index.write_bytes(b"garbage")
-    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == first.stdout
+    cache = tmp_path / "imgconv" / "jit" / "__pycache__"
+    # the second dtype's machine code (its first call comes after float32's ran
+    # fine), then every index
+    for pattern in ("*.2.nbc", "*.nbi"):
+        broken = list(cache.glob(pattern))
+        assert broken
+        for path in broken:
+            path.write_bytes(b"garbage")
+        for _ in range(2):  # recompiled in a fallback folder; then the cache is whole again
+            again = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                   text=True, env=env)
+            assert again.returncode == 0, again.stderr
+            assert again.stdout == first.stdout
+        assert not any(p.read_bytes() == b"garbage" for p in cache.iterdir())
 
 
 @needs_numba

@@ -206,36 +206,55 @@ def run(
     if src is None or dst is None:
         return False
     variant = "unit" if sx == 1 else "dense" if sx <= DENSE_MAX_STRIDE else "gather"
-    _call((shape, variant), (src[0], src[1][0], src[1][1], sy, sx, taps, weights,
-                             dst[0], dst[1][0], rows, cols))
+    _call((shape, variant), dtype, (src[0], src[1][0], src[1][1], sy, sx, taps, weights,
+                                    dst[0], dst[1][0], rows, cols))
     return True
 
 
-#: kernels that have run once in this process (numba has loaded or compiled them)
-_proven: set[Key] = set()
+#: (kernel key, dtype) pairs that have run once in this process: numba loads
+#: (or compiles) each dtype's machine code at that dtype's first call
+_proven: set[tuple[Key, np.dtype[Any]]] = set()
 
 
-def _call(key: Key, args: tuple[Any, ...]) -> None:
-    """Call the kernel for ``key``; if its first call fails, once more from the fallback folder.
+def _call(key: Key, dtype: np.dtype[Any], args: tuple[Any, ...]) -> None:
+    """Call the kernel for ``key``; if its first call in a dtype fails, again from the fallback.
 
-    numba loads (or compiles) a kernel at its first call, so a cache it cannot
-    read (a corrupt index, say) shows there, not at import: the kernel is then
-    imported anew from :func:`_fallback_dir`, with a cache of its own.
+    numba reads its cache at the first call in each dtype, not at import, so a
+    cache it cannot read (a corrupt index, say) shows there. That cache's
+    files are then removed, so that the next process compiles the kernel
+    afresh, and this process imports it anew from :func:`_fallback_dir`, with
+    a cache of its own.
     """
     fn = kernel(*key)
-    if key in _proven:
+    proof = (key, dtype)
+    if proof in _proven:
         fn(*args)
         return
     try:
         fn(*args)
     except Exception:
         with _lock:
-            text = source(*key)
-            name = _module_name(text)
-            module = _load(name, _write(_fallback_dir(), name + ".py", text))
-            fn = _kernels[key] = module.kernel
+            if _kernels.get(key) is fn:  # not yet replaced by another thread
+                _forget_cache(fn)
+                text = source(*key)
+                name = _module_name(text)
+                _kernels[key] = _load(name, _write(_fallback_dir(), name + ".py", text)).kernel
+            fn = _kernels[key]
         fn(*args)  # fails again: a real error, raised
-    _proven.add(key)
+    _proven.add(proof)
+
+
+def _forget_cache(fn: Any) -> None:
+    """Remove numba's cache files of the kernel ``fn`` (they are named after its module)."""
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return
+    import contextlib
+
+    for stale in (Path(path).parent / "__pycache__").glob(Path(path).stem + ".*"):
+        with contextlib.suppress(OSError):  # a folder we may not write: left as it is
+            stale.unlink()
 
 
 _lock = threading.Lock()
@@ -366,6 +385,15 @@ def _fallback_dir() -> Path:
                       exitpriority=0)
         _fallback[pid] = Path(path)
     return _fallback[pid]
+
+
+def remove_fallback_dir() -> None:
+    """Remove this process's fallback folder now, if it has one (before an ``os._exit``)."""
+    import shutil
+
+    path = _fallback.pop(os.getpid(), None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
