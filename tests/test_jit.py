@@ -330,6 +330,15 @@ def test_a_cache_numba_cannot_use_falls_back_too(tmp_path, monkeypatch):
     assert sys.modules[module.__name__] is module
 
 
+def test_the_fallback_folder_can_be_removed_before_an_immediate_exit():
+    folder = jit._fallback_dir()
+    assert folder.is_dir()
+    jit.remove_fallback_dir()  # what a --jobs worker does before os._exit
+    assert not folder.exists()
+    jit.remove_fallback_dir()  # nothing left to do
+    assert jit._fallback_dir() != folder and jit._fallback_dir().is_dir()
+
+
 @needs_numba
 def test_a_second_process_loads_the_kernels_from_the_disk_cache(tmp_path):
     code = ("import numpy as np, imgconv\n"

@@ -236,9 +236,7 @@ def _call(key: Key, dtype: np.dtype[Any], args: tuple[Any, ...]) -> None:
         with _lock:
             if _kernels.get(key) is fn:  # not yet replaced by another thread
                 _forget_cache(fn)
-                text = source(*key)
-                name = _module_name(text)
-                _kernels[key] = _load(name, _write(_fallback_dir(), name + ".py", text)).kernel
+                _kernels[key] = _import_from(_fallback_dir(), source(*key)).kernel
             fn = _kernels[key]
         fn(*args)  # fails again: a real error, raised
     _proven.add(proof)
@@ -364,14 +362,16 @@ def cache_dir() -> Path:
     return Path(root) / "imgconv" / "jit"
 
 
-_fallback: dict[int, Path] = {}
+#: each process's fallback folder and the finalizer that removes it
+_fallback: dict[int, tuple[Path, Any]] = {}
 
 
 def _fallback_dir() -> Path:
     """A temporary folder for this process's kernels, removed when it exits.
 
     One per process: a worker forked by ``apply --jobs`` makes its own, and
-    removes it as it exits (multiprocessing runs its finalizers, not atexit's).
+    removes it as it exits (multiprocessing runs its finalizers, not atexit's;
+    :func:`remove_fallback_dir` runs it before an ``os._exit``).
     """
     import shutil
     import tempfile
@@ -381,19 +381,16 @@ def _fallback_dir() -> Path:
     if pid not in _fallback:
         path = tempfile.mkdtemp(prefix="imgconv-jit-")
         # a Finalize runs at the exit of the process that made it, and only there
-        util.Finalize(None, shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
-                      exitpriority=0)
-        _fallback[pid] = Path(path)
-    return _fallback[pid]
+        _fallback[pid] = (Path(path), util.Finalize(
+            None, shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, exitpriority=0))
+    return _fallback[pid][0]
 
 
 def remove_fallback_dir() -> None:
     """Remove this process's fallback folder now, if it has one (before an ``os._exit``)."""
-    import shutil
-
-    path = _fallback.pop(os.getpid(), None)
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
+    found = _fallback.pop(os.getpid(), None)
+    if found is not None:
+        found[1]()  # the finalizer: runs once, then is forgotten
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -424,20 +421,18 @@ def _import(text: str) -> Any:
     From :func:`cache_dir`, else (it cannot be written, or numba cannot
     cache there) from :func:`_fallback_dir`.
     """
-    name = _module_name(text)
     try:
-        return _load(name, _write(cache_dir(), name + ".py", text))
+        return _import_from(cache_dir(), text)
     except (OSError, RuntimeError):  # numba: "cannot cache function ...: no locator"
-        return _load(name, _write(_fallback_dir(), name + ".py", text))
+        return _import_from(_fallback_dir(), text)
 
 
-def _module_name(text: str) -> str:
+def _import_from(folder: Path, text: str) -> Any:
+    """Import ``text`` as a module from ``folder``, in a file named by the text's hash."""
     import hashlib  # here: it loads OpenSSL, which the numpy path never needs
 
-    return "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def _load(name: str, path: Path) -> Any:
+    name = "imgconv_jit_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    path = _write(folder, name + ".py", text)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
