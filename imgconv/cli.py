@@ -7,20 +7,28 @@ happen inside the commands, never at start-up.
 
 from __future__ import annotations
 
-import gc
 import sys
 from typing import Annotated
 
 import typer
 
 from imgconv import __version__, cli_apply, cli_kernels
-from imgconv.cli_common import print_error, stderr, stdout
+from imgconv.cli_common import (
+    OutputFailed,
+    ReaderGone,
+    StreamClosed,
+    guard_standard_streams,
+    print_error,
+    silence_stdout,
+    stderr,
+    stdout,
+)
+from imgconv.errors import ImgconvError
 
 app = typer.Typer(
     name="imgconv",
     help="Filter images with convolution kernels: exact, fast and safe.",
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode="rich",
 )
 
@@ -52,12 +60,15 @@ app.command("check")(cli_apply.check_command)
 
 def main() -> None:
     """Console-script entry point: usage errors are one ``error:`` line too, exit code 2."""
+    guard_standard_streams()
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
         ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            stdout.line(ctx.get_help())
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # Typer's rich help printed itself while the error was made; plain help did not
+            if exc.format_message():
+                stdout.write(exc.format_message() + "\n")
             code = 0
         else:
             command = ctx.command_path if ctx is not None else "imgconv"
@@ -66,6 +77,17 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         stderr.line("interrupted")
         code = 130
+    except StreamClosed as exc:  # imgconv apply - <&-
+        print_error(exc.strerror or str(exc))
+        code = 1
+    except ImgconvError as exc:  # one raised outside a command's report_errors
+        if isinstance(exc, OutputFailed):  # imgconv list >&- (or >/dev/full)
+            silence_stdout()
+        print_error(str(exc))
+        code = exc.exit_code
+    except ReaderGone:  # imgconv show sobel | head -1: quiet, as if SIGPIPE had ended it
+        silence_stdout()
+        code = 141
     except Exception as exc:  # a bug: one line, the traceback only with --debug
         if "--debug" in sys.argv:
             raise
@@ -74,18 +96,3 @@ def main() -> None:
         )
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def script() -> None:
-    """The ``imgconv`` command (and ``python -m imgconv``): :func:`main`, then a quick exit.
-
-    The process ends with the run, so nothing needs collecting: frozen objects
-    are left out of the garbage collector's passes while the interpreter tears
-    down, which otherwise walk every object typer, Pillow and numpy made
-    (80-110 ms a call). :func:`main` itself leaves the collector alone, for
-    callers that go on running.
-    """
-    try:
-        main()
-    finally:
-        gc.freeze()

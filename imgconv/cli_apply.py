@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from imgconv.cli_common import print_error, print_warning, report_errors, stderr, stdout
+from imgconv.cli_common import (
+    print_error,
+    print_warning,
+    printable,
+    report_errors,
+    stderr,
+    stdout,
+)
 from imgconv.errors import UsageError
 
 PANEL_CONV = "Convolution"
@@ -480,7 +487,7 @@ def apply_command(
             )
         failed = [r for r in results if r.status == "failed"]
         for r in failed:
-            print_error(_with_file(r))
+            print_error(_with_file(r), multiline=debug)
         if not quiet:
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
@@ -707,7 +714,7 @@ def check_command(
                 ok = mx <= result.tolerance
                 failed += not ok
                 table.add_row(
-                    Text(source.path),  # a path is text, not markup
+                    Text(printable(source.path)),  # a path is text, not markup
                     str(c),
                     f"{mx:.3g}",
                     f"{mean:.3g}",

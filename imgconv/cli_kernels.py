@@ -45,7 +45,7 @@ def show_command(
 
         info = describe(resolve(spec))
     if json_:
-        typer.echo(_json(info))
+        stdout.write(_json(info) + "\n")
         return
     from imgconv import cli_kernel_views
 
@@ -71,7 +71,7 @@ def list_command(
                 f"no kernel has the tag {tag!r}{suggest(tag, tags)}; tags: {', '.join(tags)}"
             )
     if json_:
-        typer.echo(_json([r.to_json() for r in rows]))
+        stdout.write(_json([r.to_json() for r in rows]) + "\n")
         return
     from imgconv import cli_kernel_views
 

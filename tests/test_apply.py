@@ -913,9 +913,11 @@ def test_apply_imports_only_what_it_uses(tmp_path, rgb_png):
     # peak memory, and is only for --manifest; Rich (50 ms) only draws in a terminal;
     # numpy.ma (15 ms, via np.unique) and PIL.ImageOps (20 ms) are not needed for a
     # photo that is not rotated; PyYAML (15 ms) is for kernel files, not built-ins
+    # and the extras (numba, dask, distributed, tifffile, zarr) are never imported by it
     unwanted = ("scipy", "hashlib", "_hashlib", "rich", "numpy.ma", "PIL.ImageOps",
-                "imgconv.cli_kernel_views", "yaml")
-    code = ("import sys\nfrom imgconv.cli import script as main\n"
+                "imgconv.cli_kernel_views", "yaml", "numba", "dask", "distributed", "tifffile",
+                "zarr", "imagecodecs")
+    code = ("import sys\nfrom imgconv.__main__ import script as main\n"
             f"sys.argv = ['imgconv', 'apply', {str(rgb_png)!r}, '-k', 'sobel-x', '-o', "
             f"{str(tmp_path / 'o.jpg')!r}]\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"

@@ -48,7 +48,7 @@ def test_help_imports_no_heavy_modules():
 
 
 def test_main_leaves_the_garbage_collector_alone():
-    # only the command (imgconv.cli.script) freezes it on its way out
+    # only the command (imgconv.__main__.script) freezes it on its way out
     code = ("import gc, sys\nfrom imgconv.cli import main\n"
             "sys.argv = ['imgconv', '--version']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
