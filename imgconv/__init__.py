@@ -28,3 +28,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(core, name)
     raise AttributeError(f"module 'imgconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily loaded ones, for ``dir()`` and completion."""
+    return sorted({*globals(), *__all__})

@@ -56,3 +56,7 @@ def test_main_leaves_the_garbage_collector_alone():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.split()[-1] == "0"
+
+
+def test_dir_lists_the_lazily_loaded_api():
+    assert {"correlate", "convolve", "pool", "activate", "__version__"} <= set(dir(imgconv))
