@@ -230,7 +230,10 @@ def plan(
         if name is not None:
             raise UsageError("--name goes with --out-dir, not -o")
         if output == STDIO and fmt is None:
-            raise UsageError("-o - (standard output) needs --format")
+            fmt = EXTENSIONS.get(Path(sources[0].path).suffix.lower())  # as the input
+            if fmt is None or sources[0].path == STDIO:
+                raise UsageError("-o - (standard output) needs --format when the input's "
+                                 "extension does not name a format")
         if Path(output).is_dir():
             raise UsageError(f"-o {output}: is a folder; use --out-dir {output}")
         ext = Path(output).suffix.lower()
@@ -471,6 +474,7 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                        max_pixels=options.max_pixels)
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
+        check_size(options.pipeline, picture, options.max_pixels, name)
         array, alpha, notes = render(picture, options, task.fmt, name)
         result.notes.extend(notes)
         result.output_shape = list(array.shape)
@@ -514,6 +518,13 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     finally:
         result.seconds = time.perf_counter() - start
     return result
+
+
+def check_size(pipeline: Pipeline, picture: Picture, max_pixels: int, name: str) -> None:
+    """Refuse an image on which a stage's result would exceed ``max_pixels``, before computing."""
+    problem = pipeline.size_problem(picture.shape[:2], max_pixels)  # type: ignore[arg-type]
+    if problem is not None:
+        raise ImageError(f"{name}: {problem} (--max-pixels)")
 
 
 def _depth_of(array: Any) -> str:

@@ -1,8 +1,10 @@
 """The independent reference: a pipeline computed with scipy.ndimage, and the comparison.
 
-"same" padding is scipy.ndimage's own (its ``origin`` places a YAML anchor);
-scipy has no explicit padding, so that is done with ``numpy.pad`` first (then
-the valid part of scipy's result is kept). Dilation spreads the kernel's taps
+Every padding, "same" included, is done with ``numpy.pad`` first, and only the
+valid part of scipy's result is kept: scipy's own reflecting borders read
+outside its buffer when a kernel is much larger than the image (a 31x31 box on
+a 2x3 image gave NaN or 1e178), and its "constant" mode over an already padded
+array never takes that path. Dilation spreads the kernel's taps
 with zeros, stride takes every s-th output; activation and pooling are plain
 numpy.
 """
@@ -38,17 +40,6 @@ def _correlate_plane(
     w = _dilate(np.asarray(weights, dtype=np.float64), stage.dilation)
     if stage.mode == "convolve":
         w = w[::-1, ::-1]
-    if stage.padding == "same":
-        # scipy's own centring: its origin shifts the kernel from e // 2 to d·a, the anchor
-        kh, kw = weights.shape[:2]
-        ay, ax = kernel.anchor if kernel.anchor is not None else (kh // 2, kw // 2)
-        if stage.mode == "convolve":
-            ay, ax = kh - 1 - ay, kw - 1 - ax
-        (dy, dx), (ey, ex) = stage.dilation, w.shape
-        same = ndimage.correlate(plane.astype(np.float64), w, mode=stage.pad_mode,
-                                 cval=stage.cval, origin=(dy * ay - ey // 2, dx * ax - ex // 2))
-        strided: NDArray[Any] = same[:: stage.stride[0], :: stage.stride[1]]
-        return strided
     top, bottom, left, right = stage.pads(kernel)
     padded = np.pad(plane.astype(np.float64), ((top, bottom), (left, right)),
                     mode=_NUMPY_PAD[stage.pad_mode],  # type: ignore[call-overload]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -428,6 +429,11 @@ def apply_command(
                 pool_size=pool_size,
                 pool_stride=pool_stride,
             )
+            _check_size(pipeline, max_pixels)
+            _check_tol(tol)
+            if output == batch.STDIO and not dry_run and stdout.file_is_terminal():
+                raise UsageError("-o -: standard output is a terminal; redirect it to a file "
+                                 "or a pipe")
             if overwrite and skip_existing:
                 raise UsageError("--overwrite and --skip-existing contradict each other")
             batch.check_alpha_mode(alpha, pipeline)
@@ -443,8 +449,10 @@ def apply_command(
             batch.check_depth(tasks, depth)
             if manifest and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
-            if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
-                stderr.line(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
+            if not quiet:
+                for line in _ignored_options(tasks, cval=cval, pad_mode=pad_mode, tol=tol,
+                                             verify=verify, quality=quality):
+                    stderr.line(f"note: {line}")
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
@@ -491,9 +499,42 @@ def apply_command(
         if not quiet:
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
-            stderr.line(f"written {written}, skipped {skipped}, failed {len(failed)}")
+            summary = f"written {written}, skipped {skipped}, failed {len(failed)}"
+            errors = [r.max_error for r in results if r.max_error is not None]
+            if errors:
+                summary += f"; verified: largest |imgconv - scipy| = {max(errors):.3g}"
+            stderr.line(summary)
         if failed:
             raise typer.Exit(1)
+
+
+def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float | None,
+                     verify: bool, quality: int | None) -> list[str]:
+    """A line for each option given that this run will not use."""
+    lines = []
+    if cval != 0.0 and pad_mode not in ("constant", "grid-constant"):
+        lines.append(f"--cval is used only with --pad-mode constant, not {pad_mode}")
+    if tol is not None and not verify:
+        lines.append("--tol is used only with --verify")
+    lossy = ("jpg", "webp")
+    if quality is not None and any(t.fmt not in lossy for t in tasks):
+        formats = sorted({t.fmt for t in tasks if t.fmt not in lossy})
+        every = "" if any(t.fmt in lossy for t in tasks) else ", and no output is either"
+        lines.append(f"--quality is used only for jpg and webp outputs, not "
+                     f"{', '.join(formats)}{every}")
+    return lines
+
+
+def _check_tol(tol: float | None) -> None:
+    if tol is not None and not math.isfinite(tol):
+        raise UsageError(f"--tol must be a finite number >= 0, got {tol}")
+
+
+def _check_size(pipeline: Any, max_pixels: int) -> None:
+    """Refuse geometry (padding, dilation) that would be too large for any image, up front."""
+    problem = pipeline.size_problem((1, 1), max_pixels)
+    if problem is not None:
+        raise UsageError(f"{problem}, even for a 1x1 image (--max-pixels)")
 
 
 def _with_file(result: Any) -> str:
@@ -685,6 +726,8 @@ def check_command(
             pool_size=pool_size,
             pool_stride=pool_stride,
         )
+        _check_size(pipeline, max_pixels)
+        _check_tol(tol)
         sources = batch.expand_inputs(inputs, recursive=recursive)
         if not sources:
             raise UsageError("no input images found")
@@ -702,6 +745,7 @@ def check_command(
                     gray=gray,
                     max_pixels=max_pixels,
                 )
+                batch.check_size(pipeline, picture, max_pixels, source.path)
                 ours = pipeline.run(picture.pixels)
                 result = compare(ours, reference(pipeline, picture.pixels), tol)
             except ImgconvError as exc:

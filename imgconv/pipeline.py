@@ -48,13 +48,21 @@ def _choice(value: object, choices: Sequence[str], name: str) -> str:
     return value
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The largest padding, stride, dilation or pooling number accepted (2**31 - 1)
+MAX_GEOMETRY = 2**31 - 1
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.replace(" ", "").split(","))
+        numbers = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
         raise UsageError(
-            f"{name} must be whole numbers separated by commas, got {text!r}"
+            f"{name} must be whole numbers separated by commas, got {text[:40]!r}"
         ) from None
+    if any(abs(n) > MAX_GEOMETRY for n in numbers):
+        raise UsageError(f"{name} takes numbers up to {MAX_GEOMETRY}, got {text[:40]!r}")
+    return numbers
 
 
 def parse_pair(value: object, name: str) -> tuple[int, int]:
@@ -516,6 +524,30 @@ class Pipeline:
             out.append(shape)
         return out
 
+    def size_problem(self, shape: tuple[int, int], max_pixels: int) -> str | None:
+        """Why running on an image of ``shape`` would make an array too large, or None.
+
+        Each stage's result may have at most ``max_pixels`` pixels and each
+        convolution's padded input at most four times that (the padding is
+        materialized), worked out by the output-size formula before anything
+        is computed.
+        """
+        for n, stage in enumerate(self.stages, 1):
+            if isinstance(stage, ActivationStage):
+                continue
+            if isinstance(stage, ConvStage):
+                for kernel in stage.members():
+                    top, bottom, left, right = stage.pads(kernel)
+                    padded = (shape[0] + top + bottom, shape[1] + left + right)
+                    if padded[0] * padded[1] > 4 * max_pixels:
+                        return (f"stage {n} ({stage.spec}) would pad the image to "
+                                f"{_pixels(padded)}, more than 4 x the limit of {max_pixels:,}")
+            shape = stage.out_shape(shape)
+            if shape[0] * shape[1] > max_pixels and min(shape) > 0:
+                what = f"stage {n}" + (f" ({stage.spec})" if isinstance(stage, ConvStage) else "")
+                return f"{what} would make {_pixels(shape)}, more than the limit of {max_pixels:,}"
+        return None
+
     def plan(self, shape: tuple[int, int], full: float = 255.0) -> list[str]:
         """The --dry-run report for an input of ``shape`` with values in ``0 .. full``.
 
@@ -685,6 +717,14 @@ class Pipeline:
         return cls(tuple(stages), _choice(output, OUTPUT_MAPPINGS, "output"))
 
 
+def _pixels(shape: tuple[int, int]) -> str:
+    """``3x4 = 12 pixels``; past a trillion pixels, the count alone, rounded."""
+    count = shape[0] * shape[1]
+    if count < 10**12:
+        return f"{shape[0]}x{shape[1]} = {count:,} pixels"
+    return f"about {float(count):.3g} pixels"
+
+
 def _span(lo: float, hi: float) -> str:
     return f"{lo:.6g} .. {hi:.6g}"
 
@@ -721,6 +761,8 @@ def conv_stage(
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc).replace("pad_mode", "--pad-mode").replace("cval", "--cval")
                          ) from None
+    if abs(fill) > FLOAT32_MAX:  # the stages work in float32: it would become infinity
+        raise UsageError(f"--cval must be within float32's range (about ±3.4e38), got {fill:g}")
     kernel = resolve(spec)
     return ConvStage(spec, mode, pad, canonical, fill, parse_pair(stride, "--stride"),
                      parse_pair(dilation, "--dilation"), kernel)

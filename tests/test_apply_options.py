@@ -1,0 +1,160 @@
+"""imgconv apply's options at their edges: size limits, refused values, ignored options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imgconv.cli import app
+from imgconv.pipeline import Pipeline
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def one_pixel(tmp_path: Path) -> Path:
+    path = tmp_path / "one.png"
+    Image.new("L", (1, 1), 7).save(path)
+    return path
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(path)
+    return path
+
+
+# --- every stage's size is bounded by --max-pixels, from the formula, before computing -----
+
+def test_padding_beyond_max_pixels_is_refused_up_front(one_pixel, tmp_path):
+    out = tmp_path / "out.png"
+    result = invoke("apply", one_pixel, "-k", "sobel", "--padding", "20000", "--max-pixels", "1",
+                    "-o", out)
+    assert result.exit_code == 2
+    assert "would pad the image to 40001x40001" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--padding", "100000"), ("--dilation", "100000"),
+                                           ("--padding", "2000000000,0")])
+def test_huge_geometry_is_a_usage_error(small, tmp_path, option, value):
+    result = invoke("apply", small, "-k", "sobel", option, value, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2, result.output
+    assert "more than 4 x the limit of 100,000,000" in result.output
+    assert "internal error" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--padding", "--stride", "--dilation", "--pool-size"])
+def test_numbers_past_two_to_the_31_are_refused(small, tmp_path, option):
+    extra = ["--pool", "max"] if option == "--pool-size" else []
+    result = invoke("apply", small, "-k", "sobel", option, "9" * 30, *extra,
+                    "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {option}")
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_stage_larger_than_max_pixels_fails_that_file_only(small, one_pixel, tmp_path):
+    # 20x30 padded by 5 gives 28x38 = 1,064 pixels; the 1x1 image's 9x9 result is within 1,000
+    result = invoke("apply", small, one_pixel, "-k", "sobel", "--padding", "5",
+                    "--max-pixels", "1000", "--out-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "small.png: stage 1 (sobel) would make 28x38 = 1,064 pixels, more than the limit " \
+           "of 1,000" in result.output
+    assert (tmp_path / "out" / "one.png").exists()
+    assert not (tmp_path / "out" / "small.png").exists()
+
+
+def test_check_applies_the_same_limit(small):
+    result = invoke("check", small, "-k", "sobel", "--padding", "5", "--max-pixels", "1000")
+    assert result.exit_code == 1
+    assert "would make 28x38" in result.output
+
+
+def test_size_problem_follows_every_stage():
+    pipeline = Pipeline.from_options(["box:3"], padding="valid", pool="max", pool_size="2")
+    assert pipeline.size_problem((10, 10), 64) is None  # 8x8, then 4x4
+    assert "stage 1 (box:3) would make 9x9" in str(pipeline.size_problem((11, 11), 64))
+    # a pooled result far below the limit does not excuse a stage before it
+    assert pipeline.size_problem((11, 11), 81) is None
+
+
+# --- values that are refused ----------------------------------------------------------------
+
+@pytest.mark.parametrize("tol", ["nan", "inf"])
+@pytest.mark.parametrize("command", ["apply", "check"])
+def test_tol_must_be_finite(small, tmp_path, tol, command):
+    out = ["--verify", "-o", tmp_path / "o.png"] if command == "apply" else []
+    result = invoke(command, small, "-k", "sobel", "--tol", tol, *out)
+    assert result.exit_code == 2
+    assert f"--tol must be a finite number >= 0, got {tol}" in result.output
+
+
+def test_cval_must_fit_float32(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--pad-mode", "constant", "--cval", "1e308",
+                    "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "--cval must be within float32's range" in result.output
+
+
+def test_stdout_output_takes_the_input_format(small):
+    result = runner.invoke(app, ["apply", str(small), "-k", "sobel", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.startswith(b"\x89PNG")
+
+
+def test_stdout_output_from_stdin_still_needs_a_format(small):
+    result = runner.invoke(app, ["apply", "-", "-k", "sobel", "-o", "-"],
+                           input=small.read_bytes())
+    assert result.exit_code == 2
+    assert "needs --format" in result.output
+
+
+def test_binary_output_to_a_terminal_is_refused(small, monkeypatch):
+    from imgconv import cli_common
+
+    monkeypatch.setattr(cli_common.Stream, "file_is_terminal", lambda self: True)
+    result = invoke("apply", small, "-k", "sobel", "-o", "-", "--format", "png")
+    assert result.exit_code == 2
+    assert "standard output is a terminal" in result.output
+
+
+# --- options that would be ignored say so; --verify reports what it found --------------------
+
+def test_tol_without_verify_is_noted(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--tol", "1", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    assert "note: --tol is used only with --verify" in result.output
+
+
+def test_quality_for_lossless_outputs_is_noted(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--quality", "80", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    assert "note: --quality is used only for jpg and webp outputs, not png" in result.output
+    result = invoke("apply", small, "-k", "sobel", "--quality", "80", "-o", tmp_path / "o.jpg")
+    assert "--quality" not in result.output
+
+
+def test_quiet_hides_the_notes(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--tol", "1", "-q", "-o", tmp_path / "o.png")
+    assert result.output == ""
+
+
+def test_a_successful_verify_reports_its_largest_error(small, tmp_path):
+    result = invoke("apply", small, "-k", "gaussian:sigma=1.5", "--verify",
+                    "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    summary = result.output.splitlines()[-1]
+    assert summary.startswith("written 1, skipped 0, failed 0; verified: largest |imgconv - "
+                              "scipy| = ")
+    assert float(summary.rsplit("= ", 1)[1]) < 1e-3
