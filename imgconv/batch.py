@@ -400,11 +400,11 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
         if alpha_mode == "copy":
             out_alpha = follow_geometry(picture.alpha, pipeline)
 
-    if clipped > CLIP_WARNING_FRACTION and how != "normalize":
-        others = ", ".join(m for m in ("abs", "offset", "normalize") if m != how)
+    remedies = pipeline.clipping_remedies(how)
+    if clipped > CLIP_WARNING_FRACTION and remedies:
         notes.append(
             f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
-            f"try --output-map {others}"
+            f"try --output-map {' or '.join(remedies)}"
         )
     if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")

@@ -504,6 +504,26 @@ class Pipeline:
             return str(getattr(stage.kernel, "output", None) or "clip")
         return "clip"
 
+    def clipping_remedies(self, how: str) -> tuple[str, ...]:
+        """The output maps that would keep what ``how`` clips, given the result's sign.
+
+        Empty where clipping is expected: every kernel keeps brightness (its
+        weights sum to 1, as sharpen's do), so what goes past black or white is
+        the overshoot that such a filter makes. A result that cannot be negative
+        (a gradient magnitude, after ReLU) is helped by ``normalize`` alone: abs
+        changes nothing and offset clips more. A signed result (a derivative)
+        shows its strength with ``abs`` and its sign with ``offset``.
+        """
+        if how == "normalize":
+            return ()
+        if all(abs(float(np.sum(k.weights)) + k.bias - 1) < 1e-6
+               for s in self.conv_stages for k in s.members()):
+            return ()
+        lo, _ = self.value_range(0.0, 1.0)
+        if lo >= 0 or how != "clip":
+            return ("normalize",)
+        return ("abs", "offset", "normalize")
+
     def all_weights_nonnegative(self) -> bool:
         return all(
             float(np.min(k.weights)) >= 0 for s in self.conv_stages for k in s.members()

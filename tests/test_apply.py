@@ -190,7 +190,8 @@ def test_clip_warning_when_much_is_lost(gray_png, tmp_path):
     result = invoke("apply", gray_png, "-k", "sobel-x", "--output-map", "clip",
                     "-o", tmp_path / "o.png")
     assert result.exit_code == 0
-    assert "were clipped by --output-map clip; try --output-map abs" in result.stderr
+    assert ("were clipped by --output-map clip; try --output-map abs or offset or normalize"
+            in result.stderr)
 
 
 # --- alpha --------------------------------------------------------------------------------

@@ -158,3 +158,31 @@ def test_a_successful_verify_reports_its_largest_error(small, tmp_path):
     assert summary.startswith("written 1, skipped 0, failed 0; verified: largest |imgconv - "
                               "scipy| = ")
     assert float(summary.rsplit("= ", 1)[1]) < 1e-3
+
+
+# --- the clipping note suggests only what fits the result's sign ----------------------------
+
+@pytest.fixture
+def noise(tmp_path: Path) -> Path:
+    path = tmp_path / "noise.png"
+    noise = np.random.default_rng(2).integers(0, 256, (24, 24), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    return path
+
+
+@pytest.mark.parametrize("args, advice", [
+    (["-k", "sobel-x", "--output-map", "clip"], "try --output-map abs or offset or normalize"),
+    (["-k", "sobel", "--output-map", "clip"], "try --output-map normalize"),  # never negative
+    (["-k", "sobel-x", "--activation", "relu"], "try --output-map normalize"),
+    (["-k", "sobel-x", "--output-map", "abs"], "try --output-map normalize"),
+    (["-k", "sharpen"], None),  # brightness kept: the halos are meant to clip
+    (["-k", "sharpen", "-k", "sharpen"], None),
+])
+def test_clipping_advice_fits_the_kernel(noise, tmp_path, args, advice):
+    result = invoke("apply", noise, *args, "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    notes = [line for line in result.output.splitlines() if "clipped" in line]
+    if advice is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].endswith(advice), notes
