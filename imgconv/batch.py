@@ -34,6 +34,7 @@ from imgconv.imageio import (
     output_array,
     write_atomic,
 )
+from imgconv.opening import check_regular
 from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
 
 if TYPE_CHECKING:
@@ -420,6 +421,7 @@ def _sha256(path: str, data: bytes | None = None) -> str:
 
     if data is not None:
         return hashlib.sha256(data).hexdigest()
+    check_regular(path)  # a FIFO would block the open below
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

@@ -17,7 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.opening import EXIF_ORIENTATION, decode_into_buffer, display_name, open_image, take
+from imgconv.opening import (
+    EXIF_ORIENTATION,
+    decode_into_buffer,
+    display_name,
+    file_kind,
+    open_image,
+    take,
+)
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # output format name -> (Pillow format, file extension)
@@ -331,14 +338,34 @@ def _umask() -> int:
     return mask
 
 
+#: The library's words for an output that exists; the CLI checks first and names its flag.
+ALREADY_EXISTS = "already exists (pass overwrite=True to replace it)"
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace what is not a regular file (a link to one is replaced as before)."""
+    try:
+        kind = file_kind(os.lstat(path).st_mode)
+        if kind == "symbolic link":
+            kind = file_kind(os.stat(path).st_mode)
+    except FileNotFoundError:  # absent, or a dangling link: nothing to protect
+        return
+    if kind is not None:
+        raise ImageError(f"{path}: is a {kind}, not a regular file; refusing to replace it")
+
+
 def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
     """Create ``path`` through a temporary file in its folder, so it is whole or absent.
 
     ``write(stream)`` fills the temporary file. Without ``overwrite`` the final
     step is ``os.link``, which fails rather than replace a file that appeared
     meanwhile; with it, ``os.replace``. On any failure, including Ctrl-C, the
-    temporary file is removed and nothing else is touched.
+    temporary file is removed and nothing else is touched. Only a regular file
+    (or a link to one) is ever replaced: a folder, device node, FIFO or socket
+    is refused before anything is written.
     """
+    if overwrite:
+        _check_replaceable(path)
     folder = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
     tmp = Path(tmp_name)
@@ -350,20 +377,17 @@ def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
         # mkstemp makes the file private (0600); give it the mode a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
+            _check_replaceable(path)  # again: it may have changed while the data was written
             os.replace(tmp, path)
         else:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise ImageError(
-                    f"{path}: already exists (use --overwrite to replace it)"
-                ) from None
+                raise ImageError(f"{path}: {ALREADY_EXISTS}") from None
             except OSError:
                 # file systems without hard links: check, then rename
                 if path.exists():
-                    raise ImageError(
-                        f"{path}: already exists (use --overwrite to replace it)"
-                    ) from None
+                    raise ImageError(f"{path}: {ALREADY_EXISTS}") from None
                 os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

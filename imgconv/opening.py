@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,34 @@ def display_name(source: str | bytes) -> str:
     return "<stdin>" if isinstance(source, bytes) else source
 
 
+def file_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is, or None for a regular file."""
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "folder"),
+                       (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def check_regular(path: str) -> None:
+    """Refuse an input that is not a regular file, without opening it (a FIFO would block).
+
+    A missing file passes: opening it then says so. ``/dev/stdin`` is refused
+    like any device or pipe; ``-`` is how standard input is read.
+    """
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+    except OSError:
+        return
+    if kind == "folder":
+        raise ImageError(f"{path}: is a folder, not an image")
+    if kind is not None:
+        raise ImageError(f"{path}: is a {kind}, not a regular file; "
+                         "only regular files are read (- reads standard input)")
+
+
 def open_image(source: str | bytes, max_pixels: int) -> Any:
     """Open ``source`` (a path or the file's bytes), reading its header only.
 
@@ -41,6 +70,8 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     from PIL import Image
 
     name = display_name(source)
+    if isinstance(source, str):
+        check_regular(source)
     # Opening reads only the header; the pixel limit is checked below, before any decoding,
     # so Pillow's own (global) bomb check is set aside for the call.
     with _limit_lock:

@@ -1,0 +1,121 @@
+"""The Pillow boundary under odd inputs: special files, format limits, odd values and depths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imgconv import imageio, opening
+from imgconv.cli import app
+from imgconv.errors import ImageError
+
+runner = CliRunner()
+
+
+def invoke(*args: object, input: bytes | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """A test that would block (opening a FIFO) fails after 10 s instead of hanging the run."""
+
+    def stop(signum, frame):
+        raise TimeoutError("blocked")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+    opening.forget()
+
+
+@pytest.fixture
+def gray_png(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(path)
+    return path
+
+
+def make_special(kind: str, path: Path) -> Path:
+    """A file of ``kind`` at ``path``: fifo, chardev (a /dev/null of our own), socket, folder."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "chardev":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+SPECIAL = ("fifo", "chardev", "socket", "folder")
+WORDS = {"fifo": "FIFO", "chardev": "character device", "socket": "socket", "folder": "folder"}
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_special_file_as_input_is_refused_without_blocking(tmp_path, kind):
+    special = make_special(kind, tmp_path / "in.png")
+    if kind != "folder":  # a folder given to apply is searched for images
+        result = invoke("apply", special, "-k", "box-blur", "-o", tmp_path / "out.png")
+        assert result.exit_code == 1, result.output
+        assert f"{special}: is a {WORDS[kind]}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 2  # the error, then the summary
+    with pytest.raises(ImageError, match=WORDS[kind]):
+        imageio.load(str(special))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "socket"])
+def test_manifest_hash_refuses_a_special_input(tmp_path, kind):
+    from imgconv.batch import _sha256
+
+    special = make_special(kind, tmp_path / "in.png")
+    with pytest.raises(ImageError, match=f"{special}: is a {WORDS[kind]}"):
+        _sha256(str(special))
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_special_file_as_output_is_never_replaced(tmp_path, gray_png, kind):
+    special = make_special(kind, tmp_path / "out.png")
+    before = os.lstat(special)
+    if kind != "folder":  # -o FOLDER is a usage error of its own
+        result = invoke("apply", gray_png, "-k", "box-blur", "-o", special, "--overwrite")
+        assert result.exit_code == 1, result.output
+        assert f"{special}: is a {WORDS[kind]}, not a regular file" in result.stderr
+    with pytest.raises(ImageError, match=f"{special}: is a {WORDS[kind]}"):
+        imageio.save(np.zeros((2, 2)), special, overwrite=True)
+    after = os.lstat(special)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_link_to_a_regular_output_is_replaced_as_before(tmp_path, gray_png):
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old")
+    link = tmp_path / "out.png"
+    link.symlink_to(target)
+    imageio.save(np.zeros((2, 2)), link, overwrite=True)
+    assert not link.is_symlink() and Image.open(link).size == (2, 2)
+
+
+def test_library_names_its_own_parameter(tmp_path):
+    out = tmp_path / "x.png"
+    imageio.save(np.zeros((2, 2)), out)
+    with pytest.raises(ImageError, match=r"already exists \(pass overwrite=True") as info:
+        imageio.save(np.zeros((2, 2)), out)
+    assert "--overwrite" not in str(info.value)
