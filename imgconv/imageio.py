@@ -69,6 +69,43 @@ class Picture:
         return tuple(self.pixels.shape)
 
 
+#: Bytes standard input may hold beyond its pixels (header, EXIF, ICC, other metadata).
+STDIN_SLACK = 16 << 20
+
+
+def stdin_limit(max_pixels: int) -> int:
+    """The most bytes :func:`read_stdin` should take for an image of ``max_pixels`` pixels.
+
+    8 bytes a pixel (16-bit RGBA, uncompressed: the largest a pixel of a
+    format imgconv reads takes) plus :data:`STDIN_SLACK`; so 816 MiB for the
+    default of 100,000,000 pixels.
+
+    >>> stdin_limit(1000)
+    16785216
+    """
+    return 8 * max_pixels + STDIN_SLACK
+
+
+def read_stdin(stream: IO[bytes], max_bytes: int) -> bytes:
+    """Read ``stream`` to its end, but refuse more than ``max_bytes`` (``/dev/zero`` never ends).
+
+    Raises ImageError "<stdin>: more than N bytes" once ``max_bytes + 1`` are
+    read; the image's header is then checked against the pixel limit as for
+    a file, by :func:`load`.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        block = stream.read(min(1 << 20, max_bytes + 1 - total))
+        if not block:
+            break
+        chunks.append(block)
+        total += len(block)
+    if total > max_bytes:
+        raise ImageError(f"<stdin>: more than {max_bytes:,} bytes, the limit for standard input")
+    return b"".join(chunks)
+
+
 def format_for(path: str, explicit: str | None) -> str:
     """The output format: ``explicit`` if given, else from the file extension."""
     if explicit is not None:

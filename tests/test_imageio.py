@@ -119,3 +119,22 @@ def test_library_names_its_own_parameter(tmp_path):
     with pytest.raises(ImageError, match=r"already exists \(pass overwrite=True") as info:
         imageio.save(np.zeros((2, 2)), out)
     assert "--overwrite" not in str(info.value)
+
+
+def test_stdin_is_read_up_to_a_limit():
+    with open("/dev/zero", "rb") as zero, pytest.raises(
+            ImageError, match=r"^<stdin>: more than 1,000 bytes"):
+        imageio.read_stdin(zero, 1000)
+    import io
+
+    assert imageio.read_stdin(io.BytesIO(b"x" * 1000), 1000) == b"x" * 1000
+    assert imageio.stdin_limit(100_000_000) == 800_000_000 + 16 * 2**20
+
+
+@pytest.mark.parametrize("command", ["apply", "check"])
+def test_cli_refuses_an_endless_stdin(tmp_path, monkeypatch, command):
+    monkeypatch.setattr(imageio, "STDIN_SLACK", 0)  # 8 bytes a pixel: 32 bytes for 4 pixels
+    out = ["-o", tmp_path / "x.png"] if command == "apply" else []
+    result = invoke(command, "-", "-k", "box-blur", *out, "--max-pixels", "4", input=bytes(100))
+    assert result.exit_code == 1, result.output
+    assert "<stdin>: more than 32 bytes" in result.stderr
