@@ -330,10 +330,12 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
 def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -> str:
     depth = options.depth
     if depth is None:
-        if picture.depth in ("16", "float") and fmt in SIXTEEN_BIT and channels == 1:
-            depth = "float" if picture.depth == "float" and fmt == "tiff" else "16"
+        if picture.depth == "float" and fmt == "tiff" and channels == 1:
+            depth = "float"
+        elif picture.depth == "16" and fmt in SIXTEEN_BIT and channels == 1:
+            depth = "16"
         else:
-            depth = "8"
+            depth = "8"  # float input to png too: the README's "mapped to 8 bits"
     if depth == "16" and fmt not in SIXTEEN_BIT:
         raise UsageError(f"--depth 16 needs png or tiff output, not {fmt}")
     if depth == "float" and fmt != "tiff":
@@ -483,13 +485,17 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
 
         def write(stream: Any) -> None:
             encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
-                   quality=options.quality, icc_profile=icc_profile)
+                   quality=options.quality, icc_profile=icc_profile,
+                   name="<stdout>" if task.target == STDIO else task.target)
 
         if task.target == STDIO:
             buffer = io.BytesIO()  # whole before anything reaches stdout
             write(buffer)
-            sys.stdout.buffer.write(buffer.getbuffer())
-            sys.stdout.buffer.flush()
+            try:
+                sys.stdout.buffer.write(buffer.getbuffer())
+                sys.stdout.buffer.flush()
+            except OSError as exc:  # the output's fault (/dev/full), not the input's
+                raise ImageError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
         else:
             target = Path(task.target)
             try:

@@ -42,6 +42,8 @@ EXTENSIONS = {
 }
 # the extensions a folder is searched for
 INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
+#: The widest and tallest image a format can hold, where less than Pillow allows.
+MAX_SIDE = {"webp": 16383, "jpg": 65500}
 DEPTHS = ("8", "16", "float")
 SIXTEEN_BIT = ("png", "tiff")
 
@@ -284,6 +286,16 @@ def _copy_bands(im: Any, out: NDArray[Any], band: int = 64) -> None:
         out[top : top + band] = np.asarray(im.crop((0, top, width, min(top + band, height))))
 
 
+def check_size(shape: tuple[int, ...], fmt: str, name: str) -> None:
+    """Refuse an image larger than ``fmt`` can hold (:data:`MAX_SIDE`), naming output ``name``."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(shape[:2]) > limit:
+        raise ImageError(
+            f"{name}: {shape[1]}x{shape[0]} is too large for {FORMATS[fmt][0]}, "
+            f"which holds at most {limit:,} pixels a side; use png or tiff"
+        )
+
+
 def output_array(shape: tuple[int, ...], dtype: Any, fmt: str,
                  reuse: NDArray[Any] | None = None) -> NDArray[Any]:
     """An empty array for a result that :func:`encode` will write as ``fmt``.
@@ -348,8 +360,13 @@ def encode(
     depth: str = "8",
     quality: int | None = None,
     icc_profile: bytes | None = None,
+    name: str = "<output>",
 ) -> None:
-    """Write ``array`` (already mapped to the output dtype, or float for npy) to ``stream``."""
+    """Write ``array`` (already mapped to the output dtype, or float for npy) to ``stream``.
+
+    ``name`` is the output's, for messages.
+    """
+    check_size(array.shape, fmt, name)
     if fmt == "npy":
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
         return
@@ -466,6 +483,8 @@ def save(
                                    out_max=out_max)
         if alpha is not None:
             alpha, _ = map_output(alpha, "clip", scale=out_max / max_value, out_max=out_max)
+    check_size(data.shape, fmt, str(target))
     write_atomic(target, lambda s: encode(data, fmt, s, alpha=alpha, depth=depth,
-                                          quality=quality), overwrite=overwrite)
+                                          quality=quality, name=str(target)),
+                 overwrite=overwrite)
     return clipped

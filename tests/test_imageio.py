@@ -138,3 +138,44 @@ def test_cli_refuses_an_endless_stdin(tmp_path, monkeypatch, command):
     result = invoke(command, "-", "-k", "box-blur", *out, "--max-pixels", "4", input=bytes(100))
     assert result.exit_code == 1, result.output
     assert "<stdin>: more than 32 bytes" in result.stderr
+
+
+@pytest.mark.parametrize(("fmt", "side", "words"), [
+    ("webp", 16384, "WEBP, which holds at most 16,383"),
+    ("jpg", 65501, "JPEG, which holds at most 65,500"),
+])
+def test_format_limits_are_checked_before_encoding(tmp_path, fmt, side, words):
+    wide = tmp_path / "wide.png"  # one row: tiny, but wider than the format allows
+    Image.new("L", (side, 1)).save(wide)
+    out = tmp_path / f"out.{fmt}"
+    result = invoke("apply", wide, "-k", "box-blur", "-o", out)
+    assert result.exit_code == 1, result.output
+    assert f"{out}: {side}x1 is too large for {words} pixels a side" in result.stderr
+    assert "internal error" not in result.stderr and not out.exists()
+    with pytest.raises(ImageError, match=f"{out}: {side}x1 is too large"):
+        imageio.save(np.zeros((1, side)), out)
+    Image.new("L", (side - 1, 1)).save(wide)  # one less fits
+    assert invoke("apply", wide, "-k", "box-blur", "-o", out).exit_code == 0
+
+
+def test_write_error_on_stdout_names_the_output(imgconv_script, gray_png):
+    import subprocess
+
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([imgconv_script, "apply", gray_png, "-k", "box-blur", "-o", "-",
+                               "--format", "png"], stdout=full, stderr=subprocess.PIPE,
+                              env={**os.environ,
+                                   "PYTHONPATH": str(Path(imageio.__file__).parents[1])},
+                              timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "<stdout>: cannot write (No space left on device)" in err, err
+    assert err.splitlines()[0].endswith(": <stdout>: cannot write (No space left on device)")
+
+
+def test_float_input_to_png_is_8_bit(tmp_path):
+    src = tmp_path / "f.tiff"
+    Image.fromarray(np.linspace(0, 255, 48, dtype=np.float32).reshape(6, 8)).save(src)
+    assert Image.open(src).mode == "F"
+    for name, mode in (("out.png", "L"), ("out.tiff", "F")):
+        assert invoke("apply", src, "-k", "box-blur", "-o", tmp_path / name).exit_code == 0
+        assert Image.open(tmp_path / name).mode == mode
