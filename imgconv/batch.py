@@ -34,7 +34,7 @@ from imgconv.imageio import (
     output_array,
     write_atomic,
 )
-from imgconv.opening import check_regular
+from imgconv.opening import check_regular, warnings_as_notes
 from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
 
 if TYPE_CHECKING:
@@ -475,7 +475,8 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                        max_pixels=options.max_pixels)
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
-        array, alpha, notes = render(picture, options, task.fmt, name)
+        with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
+            array, alpha, notes = render(picture, options, task.fmt, name)
         result.notes.extend(notes)
         result.output_shape = list(array.shape)
         if options.verify:

@@ -24,6 +24,7 @@ from imgconv.opening import (
     file_kind,
     open_image,
     take,
+    warnings_as_notes,
 )
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -156,7 +157,11 @@ def load(source: str | bytes, *, gray: bool = False,
     ahead: Picture | None = take(source, max_pixels, gray)
     if ahead is not None:
         return ahead
-    return decode(open_image(source, max_pixels), display_name(source), gray=gray)
+    name, notes = display_name(source), list[str]()
+    with warnings_as_notes(name, notes):
+        picture = decode(open_image(source, max_pixels), name, gray=gray)
+    picture.notes.extend(n for n in notes if n not in picture.notes)
+    return picture
 
 
 def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Picture:
@@ -224,6 +229,10 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
     arr = _to_array(im)
     im.close()
     del im  # the decoded image goes before the caller allocates more
+    if arr.dtype.kind == "f":
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            notes.append(f"{name}: {bad:,} non-finite pixels (NaN/inf)")
 
     alpha = None
     if has_alpha:

@@ -99,6 +99,30 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     return im
 
 
+@contextmanager
+def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
+    """Turn what the block warns (Pillow's "Corrupt EXIF", numpy's RuntimeWarnings) into notes.
+
+    One note ``"NAME: message"`` per distinct message, appended to ``notes``
+    (which the CLI prints as one-line warnings, and -q silences) instead of a
+    Python warning with its source line on stderr. ``warnings.catch_warnings``
+    swaps process-wide state: blocks in two threads must not overlap in a way
+    that one ends while the other is still inside (decoding ahead ends before
+    the main thread's block starts: :func:`take` joins it first).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                note = f"{name}: {str(warning.message).strip()}"
+                if note not in notes:
+                    notes.append(note)
+
+
 #: EXIF tag of the orientation; 1 is upright.
 EXIF_ORIENTATION = 0x0112
 
@@ -159,6 +183,13 @@ class _Ahead:
         self.thread = threading.Thread(target=self._load, name="imgconv-decode", daemon=True)
 
     def _load(self) -> None:
+        notes: list[str] = []
+        with warnings_as_notes(self.path, notes):
+            self._decode()
+        if self.picture is not None:
+            self.picture.notes.extend(n for n in notes if n not in self.picture.notes)
+
+    def _decode(self) -> None:
         try:
             im = open_image(self.path, self.max_pixels)
             if self.identity is not None:

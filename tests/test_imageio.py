@@ -179,3 +179,75 @@ def test_float_input_to_png_is_8_bit(tmp_path):
     for name, mode in (("out.png", "L"), ("out.tiff", "F")):
         assert invoke("apply", src, "-k", "box-blur", "-o", tmp_path / name).exit_code == 0
         assert Image.open(tmp_path / name).mode == mode
+
+
+@pytest.fixture
+def nan_tiff(tmp_path: Path) -> Path:
+    values = np.linspace(0, 255, 48, dtype=np.float32).reshape(6, 8)
+    values[2, 3], values[4, 4] = np.nan, np.inf
+    path = tmp_path / "nan.tiff"
+    Image.fromarray(values).save(path)
+    return path
+
+
+@pytest.fixture
+def corrupt_exif_jpg(tmp_path: Path) -> Path:
+    import struct
+
+    # one ASCII tag whose 100 bytes of data lie past the end of the EXIF block
+    exif = (b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1)
+            + struct.pack("<HHII", 0x010E, 2, 100, 1000) + struct.pack("<I", 0))
+    path = tmp_path / "exif.jpg"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(path, exif=exif)
+    return path
+
+
+def run_quietly(*args: object):
+    """invoke(), asserting that no Python warning escaped the tool."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke(*args)
+    assert [str(w.message) for w in caught] == []
+    return result
+
+
+@pytest.mark.parametrize("how", ["clip", "abs", "normalize"])
+def test_non_finite_pixels_are_noted_once_not_warned(tmp_path, nan_tiff, how):
+    out = tmp_path / "out.png"
+    result = run_quietly("apply", nan_tiff, "-k", "sobel", "--output-map", how, "-o", out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert f"warning: {nan_tiff}: 2 non-finite pixels (NaN/inf)" in warnings
+    assert len(warnings) == len(set(warnings))
+    assert "RuntimeWarning" not in result.stderr and ".py:" not in result.stderr
+    quiet = run_quietly("apply", nan_tiff, "-k", "sobel", "--output-map", how, "-o", out,
+                        "--overwrite", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert imageio.load(str(nan_tiff)).notes == [f"{nan_tiff}: 2 non-finite pixels (NaN/inf)"]
+
+
+def test_normalize_ignores_non_finite_values(tmp_path, nan_tiff):
+    out = tmp_path / "out.png"
+    result = run_quietly("apply", nan_tiff, "-k", "box-blur", "--output-map", "normalize",
+                         "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "NaN written as 0" in result.stderr
+    written = np.asarray(Image.open(out))
+    assert written.max() == 255 and written[0, 0] == 0  # stretched over the finite values
+    assert written[2, 3] == 0  # NaN spread by the blur: 0
+    from imgconv.pipeline import map_output
+
+    with pytest.warns(RuntimeWarning, match="2 non-finite values"):
+        mapped, _ = map_output(np.array([np.nan, 10.0, 20.0, np.inf]), "normalize",
+                               scale=1.0, out_max=255)
+    assert mapped.tolist() == [0, 0, 255, 255]
+
+
+def test_corrupt_exif_is_a_note(tmp_path, corrupt_exif_jpg):
+    result = run_quietly("apply", corrupt_exif_jpg, "-k", "box-blur", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {corrupt_exif_jpg}: Tag data larger than file" in result.stderr
+    picture = imageio.load(str(corrupt_exif_jpg))
+    assert any("Tag data larger than file" in n for n in picture.notes)
