@@ -481,12 +481,12 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
         result.output_shape = list(array.shape)
         if options.verify:
             result.max_error = _verify(picture, options, name)
-        icc_profile = picture.icc_profile
+        icc_profile, exif, qtables = picture.icc_profile, picture.exif, picture.qtables
         del picture  # the input's pixels are not needed while the output is encoded
 
         def write(stream: Any) -> None:
             encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
-                   quality=options.quality, icc_profile=icc_profile,
+                   quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
                    name="<stdout>" if task.target == STDIO else task.target)
 
         if task.target == STDIO:

@@ -8,6 +8,7 @@ package sees numpy arrays.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ EXTENSIONS = {
 }
 # the extensions a folder is searched for
 INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
+#: A JPEG output's quality when neither --quality nor a JPEG input gives one.
+JPEG_QUALITY = 90
 #: The widest and tallest image a format can hold, where less than Pillow allows.
 MAX_SIDE = {"webp": 16383, "jpg": 65500}
 DEPTHS = ("8", "16", "float")
@@ -66,6 +69,10 @@ class Picture:
     mode: str
     icc_profile: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    #: the input's EXIF block with its orientation set to 1 (the pixels are upright), or None
+    exif: bytes | None = None
+    #: a JPEG input's quantization tables, so a JPEG output keeps its quality; else None
+    qtables: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,13 +190,14 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
             icc = im.info.get("icc_profile")
             mode = im.mode
             im.close()
-            return Picture(pixels, None, 255.0, "8", mode, icc, notes)
+            return Picture(pixels, None, 255.0, "8", mode, icc, notes, **_kept(im))
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
             notes.append(f"{name}: has {frames} frames; only the first is filtered")
             im.seek(0)
         icc = im.info.get("icc_profile")
         im.load()
+        kept = _kept(im)
         if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
             from PIL import ImageOps  # 20 ms of imports that most photos do not need
 
@@ -239,7 +247,38 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
         arr, alpha = arr[:, :, :-1], arr[:, :, -1]
         if one_channel:
             arr = arr[:, :, 0]
-    return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes)
+    return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes, **kept)
+
+
+def _kept(im: Any) -> dict[str, Any]:
+    """What an output keeps of opened image ``im``: its EXIF (upright) and JPEG quantization."""
+    raw = im.info.get("exif")
+    qtables = getattr(im, "quantization", None) if im.format == "JPEG" else None
+    return {"exif": _upright_exif(raw) if isinstance(raw, bytes) and raw else None,
+            "qtables": qtables or None}
+
+
+def _upright_exif(raw: bytes) -> bytes | None:
+    """EXIF bytes with the orientation entry of IFD0 set to 1 (the pixels have been turned).
+
+    The block is otherwise kept byte for byte (maker notes and sub-IFDs
+    included); one that cannot be parsed is dropped (None).
+    """
+    data = bytearray(raw)
+    start = 6 if data.startswith(b"Exif\0\0") else 0
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[start:start + 2]))
+    if order is None:
+        return None
+    try:
+        (ifd,) = struct.unpack_from(order + "I", data, start + 4)
+        (count,) = struct.unpack_from(order + "H", data, start + ifd)
+        for at in range(start + ifd + 2, start + ifd + 2 + 12 * count, 12):
+            tag, kind = struct.unpack_from(order + "HH", data, at)
+            if tag == EXIF_ORIENTATION and kind == 3:  # SHORT, held in the entry itself
+                struct.pack_into(order + "H", data, at + 8, 1)
+    except struct.error:
+        return None
+    return bytes(data)
 
 
 def _to_array(im: Any) -> NDArray[Any]:
@@ -369,11 +408,15 @@ def encode(
     depth: str = "8",
     quality: int | None = None,
     icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+    qtables: Any = None,
     name: str = "<output>",
 ) -> None:
     """Write ``array`` (already mapped to the output dtype, or float for npy) to ``stream``.
 
-    ``name`` is the output's, for messages.
+    ``name`` is the output's, for messages. ``exif`` is kept in JPEG, PNG and
+    WebP. A JPEG's quality is ``quality``, else that of a JPEG input's
+    ``qtables`` (its quantization), else :data:`JPEG_QUALITY`.
     """
     check_size(array.shape, fmt, name)
     if fmt == "npy":
@@ -389,6 +432,12 @@ def encode(
     options: dict[str, Any] = {}
     if quality is not None and fmt in ("jpg", "webp"):
         options["quality"] = quality
+    elif fmt == "jpg" and qtables:
+        options["qtables"] = qtables
+    elif fmt == "jpg":
+        options["quality"] = JPEG_QUALITY
+    if exif and fmt in ("jpg", "png", "webp"):
+        options["exif"] = exif
     if (icc_profile and fmt in ("png", "jpg", "tiff", "webp")
             and im.mode in ("L", "RGB", "RGBX", "RGBA")):
         options["icc_profile"] = icc_profile

@@ -251,3 +251,35 @@ def test_corrupt_exif_is_a_note(tmp_path, corrupt_exif_jpg):
     assert f"warning: {corrupt_exif_jpg}: Tag data larger than file" in result.stderr
     picture = imageio.load(str(corrupt_exif_jpg))
     assert any("Tag data larger than file" in n for n in picture.notes)
+
+
+def exif_of(path: Path) -> dict[int, object]:
+    return dict(Image.open(path).getexif())
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_output_keeps_exif_upright_and_the_input_quality(tmp_path, orientation):
+    src = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Camera maker", orientation
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(src, quality=97, exif=exif.tobytes())
+    out = tmp_path / "out.jpg"
+    assert invoke("apply", src, "-k", "box-blur", "-o", out).exit_code == 0
+    kept = exif_of(out)
+    assert kept[0x010F] == "Camera maker" and kept.get(0x0112, 1) == 1
+    assert Image.open(out).size == ((16, 24) if orientation == 6 else (24, 16))
+    assert Image.open(out).quantization == Image.open(src).quantization
+    assert invoke("apply", src, "-k", "box-blur", "-o", out, "--overwrite",
+                  "--quality", "50").exit_code == 0
+    assert Image.open(out).quantization != Image.open(src).quantization
+    png = tmp_path / "out.png"
+    assert invoke("apply", src, "-k", "box-blur", "-o", png).exit_code == 0
+    assert exif_of(png)[0x010F] == "Camera maker"
+
+
+def test_jpeg_output_of_other_input_is_quality_90(tmp_path, gray_png):
+    out, reference = tmp_path / "out.jpg", tmp_path / "ref.jpg"
+    assert invoke("apply", gray_png, "-k", "box-blur", "-o", out).exit_code == 0
+    Image.open(gray_png).save(reference, quality=90)
+    assert Image.open(out).quantization == Image.open(reference).quantization
