@@ -332,7 +332,7 @@ def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -
     if depth is None:
         if picture.depth == "float" and fmt == "tiff" and channels == 1:
             depth = "float"
-        elif picture.depth == "16" and fmt in SIXTEEN_BIT and channels == 1:
+        elif picture.depth == "16" and fmt in SIXTEEN_BIT and channels in (1, 3):
             depth = "16"
         else:
             depth = "8"  # float input to png too: the README's "mapped to 8 bits"
@@ -340,10 +340,10 @@ def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -
         raise UsageError(f"--depth 16 needs png or tiff output, not {fmt}")
     if depth == "float" and fmt != "tiff":
         raise UsageError(f"--depth float needs tiff output, not {fmt}")
-    if depth != "8" and channels != 1:
+    if depth != "8" and channels != 1 and not (depth == "16" and channels == 3):
         raise ImageError(
-            f"a {channels}-channel result cannot be written at depth {depth} (Pillow writes "
-            "16-bit and float images with one channel only); use --gray, --depth 8 or .npy"
+            f"a {channels}-channel result cannot be written at depth {depth} (16-bit images "
+            "have one or three channels, float ones one); use --gray, --depth 8 or .npy"
         )
     return depth
 
@@ -406,7 +406,7 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
             f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
             f"try --output-map {others}"
         )
-    if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
+    if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None
     if out_alpha is not None:

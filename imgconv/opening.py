@@ -117,10 +117,29 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
         try:
             yield
         finally:
+            others = []
             for warning in caught:
+                # users' warnings; developers' (ResourceWarning, DeprecationWarning) go on as usual
+                if not issubclass(warning.category, (UserWarning, RuntimeWarning)):
+                    others.append(warning)
+                    continue
                 note = f"{name}: {str(warning.message).strip()}"
                 if note not in notes:
                     notes.append(note)
+    for warning in others:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+
+
+def wide_colour(im: Any) -> str | None:
+    """"PNG" or "TIFF" for an image of 16-bit colour, which Pillow would narrow to 8 bits."""
+    tile = getattr(im, "tile", None) or [None]
+    args = getattr(tile[0], "args", None)
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    if (im.mode in ("RGB", "RGBA") and im.format in ("PNG", "TIFF")
+            and isinstance(rawmode, str) and ";16" in rawmode):
+        return str(im.format)
+    return None
 
 
 #: EXIF tag of the orientation; 1 is upright.
@@ -192,6 +211,9 @@ class _Ahead:
     def _decode(self) -> None:
         try:
             im = open_image(self.path, self.max_pixels)
+            if wide_colour(im) is not None:  # read by another library, in the main thread
+                im.close()
+                return
             if self.identity is not None:
                 # Pillow feeds its decoder 64 KiB at a time and takes the GIL back
                 # between blocks, which the importing main thread then holds for up

@@ -283,3 +283,71 @@ def test_jpeg_output_of_other_input_is_quality_90(tmp_path, gray_png):
     assert invoke("apply", gray_png, "-k", "box-blur", "-o", out).exit_code == 0
     Image.open(gray_png).save(reference, quality=90)
     assert Image.open(out).quantization == Image.open(reference).quantization
+
+
+def rgb16(height: int = 6, width: int = 8, channels: int = 3) -> np.ndarray:
+    """16-bit colour whose low bytes matter: no value is a multiple of 257."""
+    values = np.arange(height * width * channels, dtype=np.uint16).reshape(height, width, -1)
+    return values * 331 + 7
+
+
+def write_png16(path: Path, values: np.ndarray) -> Path:
+    import png
+
+    height, width, channels = values.shape
+    with open(path, "wb") as stream:
+        png.Writer(width, height, greyscale=False, alpha=channels == 4, bitdepth=16).write(
+            stream, values.reshape(height, -1).tolist())
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_colour_is_read_and_written_at_full_depth(tmp_path, fmt, channels):
+    import tifffile
+
+    values = rgb16(channels=channels)
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "png":
+        write_png16(src, values)
+    else:
+        tifffile.imwrite(src, values, photometric="rgb",
+                         extrasamples=["unassalpha"] if channels == 4 else None)
+    picture = imageio.load(str(src))
+    assert picture.depth == "16" and picture.pixels.dtype == np.uint16
+    assert np.array_equal(picture.pixels, values[:, :, :3])
+    if channels == 4:
+        assert np.array_equal(picture.alpha, values[:, :, 3])
+    for out_fmt in ("png", "tiff"):
+        out = tmp_path / f"out.{out_fmt}"
+        result = invoke("apply", src, "-k", "identity", "-o", out, "--alpha", "copy")
+        assert result.exit_code == 0, result.output
+        assert "warning" not in result.stderr
+        again = imageio.load(str(out))
+        assert np.array_equal(again.pixels, values[:, :, :3])
+        if channels == 4:
+            assert np.array_equal(again.alpha, values[:, :, 3])
+        out.unlink()
+
+
+def test_gray_depth_16_comes_from_16_bit_data(tmp_path):
+    src = write_png16(tmp_path / "in.png", rgb16())
+    out = tmp_path / "gray.png"
+    assert invoke("apply", src, "-k", "identity", "--gray", "--depth", "16", "-o",
+                  out).exit_code == 0
+    written = np.asarray(Image.open(out)).astype(np.int64)
+    expected = np.rint(rgb16().astype(np.float64) @ [0.299, 0.587, 0.114])
+    assert np.abs(written - expected).max() <= 1
+    assert np.count_nonzero(written % 257) > 0  # not 8-bit values stretched
+
+
+def test_16_bit_colour_that_cannot_be_read_is_narrowed_with_a_note(tmp_path, monkeypatch):
+    src = write_png16(tmp_path / "in.png", rgb16())
+
+    def fail(*args, **kwargs):
+        raise ValueError("no reader")
+
+    monkeypatch.setattr(imageio, "_decode_wide", fail)
+    picture = imageio.load(str(src))
+    assert picture.depth == "8"
+    assert picture.notes == [f"{src}: 16-bit colour read as 8-bit (ValueError: no reader)"]
