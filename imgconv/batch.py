@@ -34,6 +34,7 @@ from imgconv.imageio import (
     output_array,
     write_atomic,
 )
+from imgconv.opening import check_regular, warnings_as_notes
 from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolStage, map_output
 
 if TYPE_CHECKING:
@@ -332,18 +333,20 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
 def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -> str:
     depth = options.depth
     if depth is None:
-        if picture.depth in ("16", "float") and fmt in SIXTEEN_BIT and channels == 1:
-            depth = "float" if picture.depth == "float" and fmt == "tiff" else "16"
+        if picture.depth == "float" and fmt == "tiff" and channels == 1:
+            depth = "float"
+        elif picture.depth == "16" and fmt in SIXTEEN_BIT and channels in (1, 3):
+            depth = "16"
         else:
-            depth = "8"
+            depth = "8"  # float input to png too: the README's "mapped to 8 bits"
     if depth == "16" and fmt not in SIXTEEN_BIT:
         raise UsageError(f"--depth 16 needs png or tiff output, not {fmt}")
     if depth == "float" and fmt != "tiff":
         raise UsageError(f"--depth float needs tiff output, not {fmt}")
-    if depth != "8" and channels != 1:
+    if depth != "8" and channels != 1 and not (depth == "16" and channels == 3):
         raise ImageError(
-            f"a {channels}-channel result cannot be written at depth {depth} (Pillow writes "
-            "16-bit and float images with one channel only); use --gray, --depth 8 or .npy"
+            f"a {channels}-channel result cannot be written at depth {depth} (16-bit images "
+            "have one or three channels, float ones one); use --gray, --depth 8 or .npy"
         )
     return depth
 
@@ -406,7 +409,7 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
             f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
             f"try --output-map {' or '.join(remedies)}"
         )
-    if out_alpha is not None and (fmt in ("jpg", "bmp") or depth == "16"):
+    if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None
     if out_alpha is not None:
@@ -423,6 +426,7 @@ def _sha256(path: str, data: bytes | None = None) -> str:
 
     if data is not None:
         return hashlib.sha256(data).hexdigest()
+    check_regular(path)  # a FIFO would block the open below
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -475,23 +479,28 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
         check_size(options.pipeline, picture, options.max_pixels, name)
-        array, alpha, notes = render(picture, options, task.fmt, name)
+        with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
+            array, alpha, notes = render(picture, options, task.fmt, name)
         result.notes.extend(notes)
         result.output_shape = list(array.shape)
         if options.verify:
             result.max_error = _verify(picture, options, name)
-        icc_profile = picture.icc_profile
+        icc_profile, exif, qtables = picture.icc_profile, picture.exif, picture.qtables
         del picture  # the input's pixels are not needed while the output is encoded
 
         def write(stream: Any) -> None:
             encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
-                   quality=options.quality, icc_profile=icc_profile)
+                   quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
+                   name="<stdout>" if task.target == STDIO else task.target)
 
         if task.target == STDIO:
             buffer = io.BytesIO()  # whole before anything reaches stdout
             write(buffer)
-            sys.stdout.buffer.write(buffer.getbuffer())
-            sys.stdout.buffer.flush()
+            try:
+                sys.stdout.buffer.write(buffer.getbuffer())
+                sys.stdout.buffer.flush()
+            except OSError as exc:  # the output's fault (/dev/full), not the input's
+                raise ImageError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
         else:
             target = Path(task.target)
             try:

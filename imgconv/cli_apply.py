@@ -455,7 +455,7 @@ def apply_command(
                     stderr.line(f"note: {line}")
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-        stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
+        stdin = _read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
         subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
         if subfolders and not quiet:
             stderr.line(
@@ -535,6 +535,13 @@ def _check_size(pipeline: Any, max_pixels: int) -> None:
     problem = pipeline.size_problem((1, 1), max_pixels)
     if problem is not None:
         raise UsageError(f"{problem}, even for a 1x1 image (--max-pixels)")
+
+
+def _read_stdin(max_pixels: int) -> bytes:
+    """Standard input, at most what an image of ``max_pixels`` pixels can need."""
+    from imgconv.imageio import read_stdin, stdin_limit
+
+    return read_stdin(sys.stdin.buffer, stdin_limit(max_pixels))
 
 
 def _with_file(result: Any) -> str:
@@ -731,7 +738,7 @@ def check_command(
         sources = batch.expand_inputs(inputs, recursive=recursive)
         if not sources:
             raise UsageError("no input images found")
-        stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
+        stdin = _read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
         table = Table(title=f"imgconv vs scipy.ndimage: {pipeline.name}", title_justify="left")
         table.add_column("input", overflow="fold")  # a path is never cut short
         for col in ("channel", "max |error|", "mean |error|", "tolerance", ""):

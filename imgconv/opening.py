@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,34 @@ def display_name(source: str | bytes) -> str:
     return "<stdin>" if isinstance(source, bytes) else source
 
 
+def file_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is, or None for a regular file."""
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "folder"),
+                       (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def check_regular(path: str) -> None:
+    """Refuse an input that is not a regular file, without opening it (a FIFO would block).
+
+    A missing file passes: opening it then says so. ``/dev/stdin`` is refused
+    like any device or pipe; ``-`` is how standard input is read.
+    """
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+    except OSError:
+        return
+    if kind == "folder":
+        raise ImageError(f"{path}: is a folder, not an image")
+    if kind is not None:
+        raise ImageError(f"{path}: is a {kind}, not a regular file; "
+                         "only regular files are read (- reads standard input)")
+
+
 def open_image(source: str | bytes, max_pixels: int) -> Any:
     """Open ``source`` (a path or the file's bytes), reading its header only.
 
@@ -41,6 +70,8 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     from PIL import Image
 
     name = display_name(source)
+    if isinstance(source, str):
+        check_regular(source)
     # Opening reads only the header; the pixel limit is checked below, before any decoding,
     # so Pillow's own (global) bomb check is set aside for the call.
     with _limit_lock:
@@ -66,6 +97,49 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
             f"raise it with --max-pixels"
         )
     return im
+
+
+@contextmanager
+def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
+    """Turn what the block warns (Pillow's "Corrupt EXIF", numpy's RuntimeWarnings) into notes.
+
+    One note ``"NAME: message"`` per distinct message, appended to ``notes``
+    (which the CLI prints as one-line warnings, and -q silences) instead of a
+    Python warning with its source line on stderr. ``warnings.catch_warnings``
+    swaps process-wide state: blocks in two threads must not overlap in a way
+    that one ends while the other is still inside (decoding ahead ends before
+    the main thread's block starts: :func:`take` joins it first).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            others = []
+            for warning in caught:
+                # users' warnings; developers' (ResourceWarning, DeprecationWarning) go on as usual
+                if not issubclass(warning.category, (UserWarning, RuntimeWarning)):
+                    others.append(warning)
+                    continue
+                note = f"{name}: {str(warning.message).strip()}"
+                if note not in notes:
+                    notes.append(note)
+    for warning in others:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+
+
+def wide_colour(im: Any) -> str | None:
+    """"PNG" or "TIFF" for an image of 16-bit colour, which Pillow would narrow to 8 bits."""
+    tile = getattr(im, "tile", None) or [None]
+    args = getattr(tile[0], "args", None)
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    if (im.mode in ("RGB", "RGBA") and im.format in ("PNG", "TIFF")
+            and isinstance(rawmode, str) and ";16" in rawmode):
+        return str(im.format)
+    return None
 
 
 #: EXIF tag of the orientation; 1 is upright.
@@ -128,8 +202,18 @@ class _Ahead:
         self.thread = threading.Thread(target=self._load, name="imgconv-decode", daemon=True)
 
     def _load(self) -> None:
+        notes: list[str] = []
+        with warnings_as_notes(self.path, notes):
+            self._decode()
+        if self.picture is not None:
+            self.picture.notes.extend(n for n in notes if n not in self.picture.notes)
+
+    def _decode(self) -> None:
         try:
             im = open_image(self.path, self.max_pixels)
+            if wide_colour(im) is not None:  # read by another library, in the main thread
+                im.close()
+                return
             if self.identity is not None:
                 # Pillow feeds its decoder 64 KiB at a time and takes the GIL back
                 # between blocks, which the importing main thread then holds for up

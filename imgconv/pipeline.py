@@ -866,13 +866,26 @@ def map_output(
     """
     _choice(how, OUTPUT_MAPPINGS[1:], "--output-map")
     v = np.multiply(values, scale, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    finite = np.isfinite(v)
+    bad = v.size - int(np.count_nonzero(finite))
+    if bad:
+        # NaN has no place in the range: it becomes 0 (+inf and -inf clip to the ends),
+        # and normalize stretches the finite values only
+        import warnings
+
+        warnings.warn(f"{bad:,} non-finite values (NaN/inf) in the result; NaN written as 0",
+                      RuntimeWarning, stacklevel=2)
+        np.nan_to_num(v, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
     if how == "normalize":
-        lo, hi = float(v.min()), float(v.max())
+        lo, hi = (float(v[finite].min()), float(v[finite].max())) if bad < v.size else (0.0, 0.0)
         if hi > lo:
             v -= lo
             v *= out_max / (hi - lo)
         else:
             v[...] = 0
+        if bad:
+            v[v == np.inf] = out_max
+            v[v == -np.inf] = 0
         how = "clip"
     clipped = map_tile(v, how, scale=1.0, out_max=out_max)
     return v.astype(_out_dtype(out_max)), clipped / max(v.size, 1)
