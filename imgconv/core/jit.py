@@ -1,7 +1,7 @@
 """The optional compiled path: a tap program run as one numba call per tile.
 
 The numpy executor of :meth:`imgconv.core.taps.Program.run` makes one ufunc
-call per :class:`~imgconv.core.taps.Step`, each a pass over the whole tile.
+call per :class:`~imgconv.core.steps.Step`, each a pass over the whole tile.
 Between those calls the thread holds the GIL, and on a 2-core machine two
 threads handing it to each other cost more than a 3x3 kernel's arithmetic.
 Here the same steps run in one compiled call that releases the GIL: a kernel
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from imgconv.core.taps import (
+from imgconv.core.steps import (
     ADD,
     ADD_SCRATCH,
     COPY,

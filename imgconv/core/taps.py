@@ -27,8 +27,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-#: ``(source index, row offset, column offset)``
-Tap = tuple[int, int, int]
+from imgconv.core.steps import (
+    ACC,
+    ADD,
+    ADD_SCRATCH,
+    COPY,
+    DIFF,
+    MUL,
+    SCALE,
+    SCRATCH,
+    SUB,
+    SUB_SCRATCH,
+    SUM,
+    ZERO,
+    Step,
+    Tap,
+)
 
 
 @dataclass(frozen=True)
@@ -55,38 +69,6 @@ class Group:
         if self.weight == 1.0:
             return self.size
         return 2 if self.size == 1 else self.size + 1
-
-
-#: Step operations. Each writes one register (0: the accumulator, 1: the
-#: scratch buffer) from shifted views ``a`` and ``b`` of the sources, itself,
-#: or the other register, elementwise in the register's dtype.
-COPY, SCALE, SUM, DIFF, ADD, SUB, MUL, ADD_SCRATCH, SUB_SCRATCH, ZERO = range(10)
-ACC, SCRATCH = 0, 1
-
-
-@dataclass(frozen=True)
-class Step:
-    """One pass over the tile: ``op`` of :data:`COPY` ... :data:`ZERO` into register ``reg``.
-
-    ===============  =========================
-    ``COPY``         ``R = a``
-    ``SCALE``        ``R = a * weight``
-    ``SUM``          ``R = a + b``
-    ``DIFF``         ``R = a - b``
-    ``ADD``          ``R = R + a``
-    ``SUB``          ``R = R - a``
-    ``MUL``          ``R = R * weight``
-    ``ADD_SCRATCH``  ``acc = acc + scratch``
-    ``SUB_SCRATCH``  ``acc = acc - scratch``
-    ``ZERO``         ``R = 0``
-    ===============  =========================
-    """
-
-    op: int
-    reg: int = ACC
-    a: Tap | None = None
-    b: Tap | None = None
-    weight: float = 1.0
 
 
 @dataclass(frozen=True)
