@@ -170,13 +170,26 @@ def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) ->
 
 
 def _file_safe(text: str, limit: int = 60) -> str:
-    """A kernel spec as part of a file name: ``gaussian:sigma=2`` -> ``gaussian_sigma=2``.
+    """Kernel specs as part of a file name; different specs give different names.
 
+    A spec of letters, digits and ``. = + , -`` is kept as it is, ``:`` written
+    ``_`` (which such a spec cannot contain); any other spec, or one longer than
+    ``limit``, becomes a slug of it followed by a hash of the whole spec.
+
+    >>> _file_safe("gaussian:sigma=2")
+    'gaussian_sigma=2'
     >>> _file_safe("0 1 0; 1 -4 1; 0 1 0")
-    '0_1_0_1_-4_1_0_1_0'
+    '0_1_0_1_-4_1_0_1_0-5027ea9f'
     """
-    safe = re.sub(r"[^A-Za-z0-9.=+-]+", "_", Path(text).name if "/" in text else text)
-    return safe.strip("_.")[:limit] or "kernel"
+    import zlib
+
+    kept = text.replace(":", "_")
+    if ("_" not in text and len(kept) <= limit and not kept.endswith(".")
+            and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.=+,_-]*", kept)):
+        return kept
+    digest = f"{zlib.crc32(text.encode()):08x}"
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_.")[: limit - 9].rstrip("_.")
+    return f"{slug or 'kernel'}-{digest}"
 
 
 def check_name_template(template: str) -> None:
