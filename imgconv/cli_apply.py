@@ -429,17 +429,22 @@ def apply_command(
             _check_core_settings(threads, jit)
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
-            sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir)
+            unreadable: list[str] = []
+            sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir,
+                                          warnings=unreadable)
             tasks = batch.plan(
                 sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt
             )
             batch.check_depth(tasks, depth)
-            if manifest and not dry_run:
+            if manifest is not None and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
                 stderr.line(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        if not quiet:
+            for line in unreadable:
+                print_warning(line)
         stdin = sys.stdin.buffer.read() if any(s.path == batch.STDIO for s in sources) else None
         subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
         if subfolders and not quiet:
@@ -461,7 +466,7 @@ def apply_command(
             debug=debug,
             threads=threads,
             jit=jit,
-            protected=frozenset(os.path.realpath(s.path) for s in sources if s.path != batch.STDIO),
+            protected=batch.input_ids(sources),
         )
         if dry_run:
             _print_plan(tasks, pipeline, stdin, options)
@@ -472,12 +477,9 @@ def apply_command(
         except KeyboardInterrupt:
             stderr.line("interrupted: finished outputs are complete; none is partial")
             raise typer.Exit(130) from None
-        if manifest:
-            from imgconv import __version__
-
-            batch.write_manifest(
-                manifest, options, results, overwrite=overwrite, version=__version__
-            )
+        except BrokenPipeError:  # -o - and the reader left (| head): nothing to say there
+            _drop_stdout()
+            raise typer.Exit(141) from None  # as a shell shows a process ended by SIGPIPE
         failed = [r for r in results if r.status == "failed"]
         for r in failed:
             print_error(_with_file(r))
@@ -485,8 +487,25 @@ def apply_command(
             written = sum(r.status == "written" for r in results)
             skipped = sum(r.status == "skipped" for r in results)
             stderr.line(f"written {written}, skipped {skipped}, failed {len(failed)}")
+        if manifest is not None:  # after the files' errors: its own failure hides none of them
+            from imgconv import __version__
+
+            batch.write_manifest(
+                manifest, options, results, overwrite=overwrite, version=__version__
+            )
         if failed:
             raise typer.Exit(1)
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device, so that Python's last flush of what is
+    left in its buffer does not fail again on the closed pipe (and print about it)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        pass
 
 
 def _with_file(result: Any) -> str:

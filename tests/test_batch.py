@@ -3,6 +3,12 @@ closed pipes, concurrent runs and names (issue 14)."""
 
 from __future__ import annotations
 
+import builtins
+import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +20,7 @@ from imgconv import batch
 from imgconv.cli import app
 
 runner = CliRunner()
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
 
 def invoke(*args: object, input: bytes | None = None):
@@ -27,7 +34,304 @@ def small_png(path: Path, size: int = 16, seed: int = 0) -> Path:
     return path
 
 
+def parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.part"))
+
+
+# --- other paths to the same file -----------------------------------------------------------
+
+def test_a_hard_link_to_an_input_is_the_input(tmp_path):
+    x = small_png(tmp_path / "a" / "x.png")
+    before = x.read_bytes()
+    (tmp_path / "b").mkdir()
+    os.link(x, tmp_path / "b" / "x.png")
+    result = invoke("apply", x, "-k", "box-blur", "-o", tmp_path / "b" / "x.png", "--overwrite")
+    assert result.exit_code == 1
+    assert "is an input; refusing to write it" in result.stderr
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", tmp_path / "b", "--overwrite")
+    assert result.exit_code == 1
+    assert "is an input; refusing to write it" in result.stderr
+    assert os.path.samefile(x, tmp_path / "b" / "x.png") and x.read_bytes() == before
+    # a manifest onto a hard link of an input is refused before anything runs
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", tmp_path / "o",
+                    "--manifest", tmp_path / "b" / "x.png", "--overwrite")
+    assert result.exit_code == 2
+    assert "is an input image" in result.stderr
+
+
+def test_other_names_of_one_input_are_filtered_once(tmp_path, monkeypatch):
+    x = small_png(tmp_path / "x.png")
+    os.link(x, tmp_path / "hard.png")
+    os.symlink(x, tmp_path / "soft.png")
+    monkeypatch.chdir(tmp_path)
+    sources = batch.expand_inputs(["x.png", "./x.png", "hard.png", "soft.png", str(x)])
+    assert [s.path for s in sources] == ["x.png"]
+
+
+@pytest.fixture
+def bind_mount(tmp_path):
+    """``b`` mounted over ``a`` (root on Linux only): one folder under two paths."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        done = subprocess.run(["mount", "--bind", str(a), str(b)], capture_output=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("mount is not available")
+    if done.returncode != 0:
+        pytest.skip(f"mount --bind is not allowed here: {done.stderr.decode().strip()}")
+    yield a, b
+    subprocess.run(["umount", str(b)], capture_output=True, timeout=30, check=False)
+
+
+def test_an_output_through_a_bind_mount_is_the_input(bind_mount):
+    a, b = bind_mount
+    x = small_png(a / "x.png")
+    before = x.read_bytes()
+    result = invoke("apply", x, "-k", "box-blur", "-o", b / "x.png", "--overwrite")
+    assert result.exit_code == 1
+    assert "is an input; refusing to write it" in result.stderr
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", b, "--overwrite")
+    assert result.exit_code == 1
+    assert x.read_bytes() == before
+    # two outputs that are one file under two names: the second fails
+    tasks = [batch.Task(batch.Source(str(x)), str(a / "o" / "y.png"), "png"),
+             batch.Task(batch.Source(str(x)), str(b / "o" / "y.png"), "png")]
+    options = batch.Options(pipeline=_pipeline())
+    results = batch.run(tasks, options)
+    assert sorted(r.status for r in results) == ["failed", "written"]
+    assert any("same output" in r.reason for r in results)
+    with pytest.raises(batch.UsageError, match="is also the output"):
+        batch.check_manifest_path(str(b / "o" / "y.png"), tasks[:1], overwrite=True)
+
+
+def _pipeline():
+    from imgconv.pipeline import Pipeline
+
+    return Pipeline.from_options(["box-blur"])
+
+
+# --- globs and folders ----------------------------------------------------------------------
+
+def test_a_recursive_glob_does_not_follow_a_symlink_loop(tmp_path, imgconv_script):
+    small_png(tmp_path / "loop" / "x.png")
+    small_png(tmp_path / "loop" / "sub" / "y.png")
+    os.symlink("..", tmp_path / "loop" / "sub" / "up")
+    done = subprocess.run([imgconv_script, "apply", "loop/**/*.png", "-k", "box-blur",
+                           "--out-dir", "out", "--dry-run"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    files = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  loop")]
+    assert files == ["loop/sub/y.png", "loop/x.png"]
+
+
+def test_recursive_glob_matches_as_glob_does(tmp_path, monkeypatch):
+    for name in ("a/x.png", "a/b/y.png", "a/b/c/z.png", "a/.hidden/h.png", "a/b/n.jpg"):
+        small_png(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("a/**/*.png", "**/*.png", "a/**/b/*.png", "a/*/**/*.png", "a/**/*"):
+        import glob
+
+        want = sorted(p for p in glob.glob(pattern, recursive=True) if not p.endswith("/"))
+        want = [p for p in want if batch._is_image_file(Path(p))]
+        got = [s.path for s in batch.expand_inputs([pattern])]
+        assert got == want, pattern
+
+
+@pytest.fixture
+def deny(monkeypatch):
+    """``deny(folder)``: reading ``folder``, or anything beneath it, raises PermissionError,
+    as for a folder without read and execute permission (chmod does not deny root)."""
+    denied: list[str] = []
+
+    def blocked(path, inside_only=False) -> bool:
+        try:
+            text = os.path.abspath(os.fsdecode(path))
+        except TypeError:
+            return False  # a file descriptor
+        return any(text.startswith(d + os.sep) or (not inside_only and text == d)
+                   for d in denied)
+
+    def wrap(fn, inside_only=False):
+        def guarded(path=".", *args, **kwargs):
+            if blocked(path, inside_only):
+                raise PermissionError(13, "Permission denied", os.fsdecode(path))
+            return fn(path, *args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(os, "scandir", wrap(os.scandir))
+    monkeypatch.setattr(os, "listdir", wrap(os.listdir))
+    monkeypatch.setattr(os, "stat", wrap(os.stat, inside_only=True))
+    monkeypatch.setattr(os, "lstat", wrap(os.lstat, inside_only=True))
+    monkeypatch.setattr(os, "mkdir", wrap(os.mkdir, inside_only=True))
+    monkeypatch.setattr(builtins, "open", wrap(builtins.open, inside_only=True))
+    return lambda folder: denied.append(os.path.abspath(folder))
+
+
+def test_an_input_in_a_folder_that_cannot_be_entered_fails_alone(tmp_path, deny):
+    good = small_png(tmp_path / "good.png")
+    locked = small_png(tmp_path / "locked" / "x.png")
+    deny(tmp_path / "locked")
+    result = invoke("apply", locked, good, "-k", "box-blur", "--out-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "internal error" not in result.stderr
+    assert "Permission denied" in result.stderr
+    assert "written 1, skipped 0, failed 1" in result.stderr
+    assert (tmp_path / "out" / "good.png").exists()
+
+
+def test_an_unreadable_input_folder_fails_alone(tmp_path, deny):
+    good = small_png(tmp_path / "good.png")
+    small_png(tmp_path / "locked" / "x.png")
+    deny(tmp_path / "locked")
+    result = invoke("apply", tmp_path / "locked", good, "-k", "box-blur",
+                    "--out-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "internal error" not in result.stderr
+    assert f"{tmp_path / 'locked'}: cannot read the folder (Permission denied)" in result.stderr
+    assert "written 1, skipped 0, failed 1" in result.stderr
+
+
+def test_an_out_dir_beneath_a_locked_folder_fails_per_input(tmp_path, deny):
+    good = small_png(tmp_path / "good.png")
+    (tmp_path / "locked").mkdir()
+    deny(tmp_path / "locked")
+    result = invoke("apply", good, "-k", "box-blur", "--out-dir", tmp_path / "locked" / "out")
+    assert result.exit_code == 1
+    assert "internal error" not in result.stderr
+    assert "Permission denied" in result.stderr
+    assert "written 0, skipped 0, failed 1" in result.stderr
+
+
+def test_a_locked_subfolder_under_recursive_is_reported(tmp_path, deny):
+    small_png(tmp_path / "in" / "a.png")
+    small_png(tmp_path / "in" / "locked" / "b.png")
+    deny(tmp_path / "in" / "locked")
+    result = invoke("apply", tmp_path / "in", "-r", "-k", "box-blur", "--out-dir",
+                    tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {tmp_path / 'in' / 'locked'}: cannot read the folder "
+            "(Permission denied)") in result.stderr
+    assert "written 1, skipped 0, failed 0" in result.stderr
+
+
+@pytest.mark.skipif(ROOT or os.name != "posix", reason="chmod does not deny root")
+def test_real_locked_folders(tmp_path):
+    good = small_png(tmp_path / "good.png")
+    small_png(tmp_path / "in" / "locked" / "b.png")
+    small_png(tmp_path / "in" / "a.png")
+    locked = tmp_path / "in" / "locked"
+    locked.chmod(0)
+    try:
+        result = invoke("apply", locked / "b.png", locked, good, "-k", "box-blur",
+                        "--out-dir", tmp_path / "out")
+        assert result.exit_code == 1
+        assert "internal error" not in result.stderr
+        assert "written 1, skipped 0, failed 2" in result.stderr
+        result = invoke("apply", tmp_path / "in", "-r", "-k", "box-blur",
+                        "--out-dir", tmp_path / "out2")
+        assert "cannot read the folder" in result.stderr
+        result = invoke("apply", good, "-k", "box-blur", "--out-dir", locked / "out")
+        assert result.exit_code == 1 and "internal error" not in result.stderr
+    finally:
+        locked.chmod(0o755)
+
+
+# --- standard output ------------------------------------------------------------------------
+
+def test_a_closed_pipe_is_not_success(tmp_path, imgconv_script):
+    x = tmp_path / "big.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(x)
+    process = subprocess.Popen([imgconv_script, "apply", str(x), "-k", "identity", "-o", "-",
+                                "--format", "png"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert len(process.stdout.read(10)) == 10
+    process.stdout.close()  # as `| head -c 10` does
+    err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert process.returncode == 141, err
+    assert "written 1" not in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that takes at most 1000 bytes a call, as a pipe or a slow device may."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        taken = bytes(b[:1000])
+        self.data += taken
+        return len(taken)
+
+
+def test_short_writes_to_standard_output_are_completed(tmp_path, monkeypatch):
+    x = small_png(tmp_path / "x.png", size=64)
+    raw = _Trickle()
+
+    class Out:
+        buffer = raw
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    task = batch.Task(batch.Source(str(x)), "-", "png")
+    result = batch.process(task, batch.Options(pipeline=_pipeline()))
+    assert result.status == "written", result.reason
+    assert len(raw.data) > 1000
+    assert Image.open(io.BytesIO(bytes(raw.data))).size == (64, 64)
+
+
 # --- manifest, concurrent runs, names, empty paths ------------------------------------------
+
+def test_a_manifest_failure_comes_after_the_files_and_summary(tmp_path):
+    good = small_png(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    (tmp_path / "file").write_text("in the way")
+    result = invoke("apply", good, bad, "-k", "box-blur", "--out-dir", tmp_path / "out",
+                    "--manifest", tmp_path / "file" / "run.json")
+    assert result.exit_code == 1
+    err = result.stderr
+    assert "bad.png" in err and "written 1, skipped 0, failed 1" in err
+    assert "a file is in the way" in err and "File exists" not in err
+    assert err.index("written 1") < err.index("--manifest")
+
+
+def test_a_manifest_that_became_a_folder_says_so(tmp_path):
+    small_png(tmp_path / "in" / "sub" / "x.png")
+    out = tmp_path / "out"
+    result = invoke("apply", tmp_path / "in", "-r", "-k", "box-blur", "--out-dir", out,
+                    "--manifest", out / "sub")
+    assert result.exit_code == 1
+    assert f"--manifest {out / 'sub'}: is a folder" in result.stderr
+    assert "written 1, skipped 0, failed 0" in result.stderr
+
+
+def test_an_output_that_appears_during_the_run_is_skipped(tmp_path, monkeypatch):
+    real = batch.encode
+    x = small_png(tmp_path / "x.png")
+    out = tmp_path / "out"
+
+    def racing(array, fmt, stream, **kwargs):
+        (out / "x.png").write_bytes(b"the other run's")  # another run got there first
+        real(array, fmt, stream, **kwargs)
+
+    monkeypatch.setattr(batch, "encode", racing)
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", out, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert "written 0, skipped 1, failed 0" in result.stderr
+    assert (out / "x.png").read_bytes() == b"the other run's"
+    assert parts(out) == []
+    (out / "x.png").unlink()
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", out)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr
 
 
 @pytest.mark.parametrize(("a", "b"), [
@@ -58,3 +362,28 @@ def test_file_safe_kernel_names():
     assert batch._file_safe("1/3").startswith("1_3-")
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["", "-k", "box-blur", "-o", "o.png"], "an input path is empty"),
+    (["x.png", "-k", "box-blur", "--out-dir", ""], "--out-dir: the path is empty"),
+    (["x.png", "-k", "box-blur", "-o", ""], "-o: the path is empty"),
+    (["x.png", "-k", "box-blur", "-o", "o.png", "--manifest", ""], "--manifest: the path is"),
+    (["x.png", "-k", "box-blur", "-o", "-", "--format", "png", "--manifest", "-"],
+     "--manifest -: standard output already carries the image"),
+])
+def test_empty_paths_are_refused(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    small_png(tmp_path / "x.png")
+    result = invoke("apply", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_manifest_dash_goes_to_standard_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = small_png(tmp_path / "x.png")
+    result = invoke("apply", x, "-k", "box-blur", "-o", tmp_path / "o.png", "--manifest", "-")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["inputs"][0]["status"] == "written"
+    assert not Path("-").exists()
