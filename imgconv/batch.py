@@ -823,6 +823,8 @@ class ProcessExecutor:
 
 #: True in a worker process while it filters a file (see :func:`_interrupt`).
 _in_job = False
+#: True in a worker process once :func:`_interrupt` has raised KeyboardInterrupt.
+_stopping = False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -832,8 +834,16 @@ def _interrupt(signum: int, frame: Any) -> None:
     removes its temporary file before the worker exits. Anywhere else (waiting
     for work, or inside the pool's own queue code, whose locks a raised
     exception can leave held, hanging the pool's shutdown), exit at once.
+    Signals after the first are ignored: several come at once (SIGHUP or Ctrl-C
+    to the process group, then the main process's SIGTERM; the parent's death
+    seen twice), and a second KeyboardInterrupt raised inside ``write_atomic``'s
+    cleanup would skip the removal of its temporary file.
     """
+    global _stopping
+    if _stopping:
+        return
     if _in_job:
+        _stopping = True
         raise KeyboardInterrupt
     _exit(128 + signum)
 
@@ -857,10 +867,61 @@ def _worker_init() -> None:
     # otherwise with IMGCONV_THREADS (or --threads, which Options carries)
     os.environ.setdefault("IMGCONV_THREADS", "1")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C reaches the whole process group
+    if hasattr(signal, "SIGHUP"):  # a closed terminal: as SIGTERM
+        signal.signal(signal.SIGHUP, _interrupt)
+    _end_with_parent()
+
+
+#: How often a worker looks whether the process that started it is still there, in seconds.
+PARENT_POLL_SECONDS = 0.5
+
+
+def _end_with_parent() -> None:
+    """Make this worker end (as on SIGTERM: its temporary file removed) when its parent does.
+
+    A killed main process (SIGKILL, the OOM killer) can clean up nothing
+    itself; its workers would go on writing, then wait for work forever. Linux
+    sends SIGTERM at the parent's death (prctl PR_SET_PDEATHSIG); elsewhere,
+    and as a second line, a thread polls the parent's pid.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(parent,), name="imgconv-parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    import signal
+
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread by _interrupt
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on macOS or Windows
+        return os.cpu_count() or 1
 
 
 def make_executor(jobs: int, tasks: int) -> Executor:
-    jobs = max(1, min(jobs, tasks))
+    """At most one worker per task and per CPU: each worker already keeps a core busy (one
+    core thread), so more would only share the cores and add their memory (~30 MB each)."""
+    jobs = max(1, min(jobs, tasks, available_cpus()))
     return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
 
 
@@ -898,6 +959,7 @@ def run(
     results: list[Result] = []
     seen: dict[object, str] = {}
     runnable: list[Task] = []
+    remove_stale_temporary_files(tasks)
     for task in tasks:
         key = task.target if task.target == STDIO else output_key(task.target)
         if key in seen and task.target != STDIO:
@@ -923,22 +985,70 @@ def run(
     return results
 
 
+#: write_atomic's temporary files: ``.NAME.PID.XXXXXXXX.part`` (``.NAME.XXXXXXXX.part`` before
+#: the writer's pid was part of the name).
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+?)(?:\.(?P<pid>[0-9]+))?\.[A-Za-z0-9_]+\.part")
+
+#: A temporary file whose writer is gone is removed once untouched this long, in seconds:
+#: a run on another machine writing into a shared folder has another pid space.
+STALE_SECONDS = 60
+
+
+def _temporary_files(tasks: Sequence[Task]) -> Iterator[tuple[Path, re.Match[str]]]:
+    """Each temporary file in the targets' folders, with its name's parts."""
+    folders = {Path(t.target).parent for t in tasks if t.target != STDIO}
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e in entries]
+        except OSError:  # not there yet, or cannot be read: the tasks will say so
+            continue
+        for name in names:
+            match = TEMPORARY_NAME.fullmatch(name)
+            if match:
+                yield folder / name, match
+
+
 def remove_temporary_files(tasks: Sequence[Task]) -> None:
     """Delete what a killed worker left of write_atomic: ``.NAME.*.part`` beside each target."""
-    names: dict[Path, set[str]] = {}
-    for task in tasks:
-        if task.target != STDIO:
-            target = Path(task.target)
-            names.setdefault(target.parent, set()).add(target.name)
-    for folder, wanted in names.items():
-        try:
-            entries = list(folder.iterdir())
-        except OSError:
+    wanted = {(Path(t.target).parent, Path(t.target).name) for t in tasks if t.target != STDIO}
+    for path, match in _temporary_files(tasks):
+        if (path.parent, match["name"]) in wanted:
+            _unlink(path)
+
+
+def remove_stale_temporary_files(tasks: Sequence[Task]) -> None:
+    """Delete temporary files that runs killed earlier (SIGKILL) left in the targets' folders.
+
+    A file is stale when the process named in it is gone and it has not been
+    written to for :data:`STALE_SECONDS`.
+    """
+    now = time.time()
+    for path, match in _temporary_files(tasks):
+        if match["pid"] is None or _pid_alive(int(match["pid"])):
             continue
-        for entry in entries:
-            base = entry.name[1:].rsplit(".", 2)[0] if entry.name.endswith(".part") else None
-            if entry.name.startswith(".") and base in wanted:
-                entry.unlink(missing_ok=True)
+        try:
+            if now - path.stat().st_mtime > STALE_SECONDS:
+                _unlink(path)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():
+        return True  # (os.kill(pid, 0) would end the process on Windows)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def check_manifest_path(path: str, tasks: Sequence[Task], *, overwrite: bool) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -401,7 +403,8 @@ def apply_command(
 
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
-    with report_errors(debug), decoding_ahead(inputs[0] if single else None, max_pixels, gray):
+    with report_errors(debug), _signals_interrupt(), \
+            decoding_ahead(inputs[0] if single else None, max_pixels, gray):
         from imgconv import batch
         from imgconv.imageio import DEPTHS
 
@@ -440,8 +443,8 @@ def apply_command(
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if cval != 0.0 and pad_mode not in ("constant", "grid-constant") and not quiet:
                 stderr.line(f"note: --cval is used only with --pad-mode constant, not {pad_mode}")
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(_interrupted_code(exc)) from None
         if not quiet:
             for line in unreadable:
                 print_warning(line)
@@ -468,15 +471,18 @@ def apply_command(
             jit=jit,
             protected=batch.input_ids(sources),
         )
+        cpus = batch.available_cpus()
+        if jobs is not None and jobs > cpus and not quiet:
+            stderr.line(f"note: --jobs {jobs} capped at {cpus} (the number of CPUs)")
         if dry_run:
             _print_plan(tasks, pipeline, stdin, options)
             return
-        executor = batch.make_executor(jobs or os.cpu_count() or 1, len(tasks))
+        executor = batch.make_executor(jobs or cpus, len(tasks))
         try:
             results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             stderr.line("interrupted: finished outputs are complete; none is partial")
-            raise typer.Exit(130) from None
+            raise typer.Exit(_interrupted_code(exc)) from None
         except BrokenPipeError:  # -o - and the reader left (| head): nothing to say there
             _drop_stdout()
             raise typer.Exit(141) from None  # as a shell shows a process ended by SIGPIPE
@@ -495,6 +501,43 @@ def apply_command(
             )
         if failed:
             raise typer.Exit(1)
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP in the main process: unwinds as Ctrl-C does (temporary files removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While a run lasts, SIGTERM and SIGHUP raise :class:`_Signalled` (exit 128 + signal)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Signalled(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _interrupted_code(exc: KeyboardInterrupt) -> int:
+    return 128 + (exc.signum if isinstance(exc, _Signalled) else 2)  # 2: SIGINT
 
 
 def _drop_stdout() -> None:

@@ -7,8 +7,10 @@ import builtins
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +238,164 @@ def test_real_locked_folders(tmp_path):
         assert result.exit_code == 1 and "internal error" not in result.stderr
     finally:
         locked.chmod(0o755)
+
+
+# --- jobs and workers -----------------------------------------------------------------------
+
+def test_jobs_are_capped_at_the_cpu_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
+    executor = batch.make_executor(1000, 50)
+    assert isinstance(executor, batch.ProcessExecutor) and executor.jobs == 2
+    inputs = [small_png(tmp_path / f"{n}.png", seed=n) for n in range(3)]
+    result = invoke("apply", *inputs, "-k", "box-blur", "--out-dir", tmp_path / "out",
+                    "--jobs", "1000", "--dry-run")
+    assert "note: --jobs 1000 capped at 2 (the number of CPUs)" in result.stderr
+    result = invoke("apply", *inputs, "-k", "box-blur", "--out-dir", tmp_path / "out",
+                    "--jobs", "2", "--dry-run")
+    assert "capped" not in result.stderr
+
+
+#: Runs imgconv with an encoder that writes half an image, says so, then never finishes.
+STUCK = """
+import os, sys, time
+import imgconv.batch as b
+def stuck(array, fmt, stream, **kwargs):
+    stream.write(b"half")
+    stream.flush()
+    while True:
+        time.sleep(0.05)
+b.encode = stuck
+from imgconv.cli import script
+sys.argv[0] = "imgconv"
+script()
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
+
+
+def _wait_for(condition, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stuck_run(tmp_path: Path, n: int, *options: str) -> tuple[subprocess.Popen[bytes], Path]:
+    inputs = [str(small_png(tmp_path / "in" / f"{k}.png", seed=k)) for k in range(n)]
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK, "apply", *inputs, "-k", "box-blur", "--out-dir", str(out),
+         *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return process, out
+
+
+def _kill(process: subprocess.Popen[bytes], workers: set[int]) -> None:
+    """End what a failed test left running: the run and the workers it had."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
+    for pid in workers:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+@needs_proc
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    process, out = _stuck_run(tmp_path, 6, "--jobs", "2")
+    workers: set[int] = set()
+    try:
+        assert _wait_for(lambda: len(parts(out)) == 2 if out.exists() else False)
+        workers |= _children(process.pid)
+        assert len(workers) >= 2
+        process.kill()
+        process.wait(timeout=30)
+        assert _wait_for(lambda: not any(_alive(w) for w in workers), timeout=10)
+        assert parts(out) == []  # each worker removed its temporary file
+    finally:
+        _kill(process, workers)
+
+
+@needs_proc
+@pytest.mark.parametrize(("signum", "group", "options"), [
+    (signal.SIGTERM, False, ("--jobs", "1")),
+    (signal.SIGHUP, False, ("--jobs", "1")),
+    (signal.SIGTERM, False, ("--jobs", "2")),
+    (signal.SIGHUP, True, ("--jobs", "2")),
+])
+def test_sigterm_and_sighup_leave_no_temporary_file(tmp_path, signum, group, options):
+    n = 1 if options[1] == "1" else 4
+    process, out = _stuck_run(tmp_path, n, *options)
+    workers: set[int] = set()
+    try:
+        want = 1 if n == 1 else 2
+        assert _wait_for(lambda: len(parts(out)) == want if out.exists() else False)
+        workers |= _children(process.pid)
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 128 + signum, err
+        assert b"Traceback" not in err
+        assert _wait_for(lambda: parts(out) == [], timeout=10)
+    finally:
+        _kill(process, workers)
+
+
+def test_a_run_removes_stale_temporary_files(tmp_path):
+    x = small_png(tmp_path / "x.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 1  # above Linux's largest pid: no such process
+    stale = out / f".x.png.{dead}.k3j_x9q2.part"
+    fresh = out / f".y.png.{dead}.k3j_x9q3.part"  # written a moment ago: maybe another host
+    live = out / f".z.png.{os.getpid()}.k3j_x9q4.part"
+    other = out / ".notes.txt.part"
+    for path in (stale, fresh, live, other):
+        path.write_bytes(b"half")
+    old = time.time() - 3600
+    for path in (stale, live, other):
+        os.utime(path, (old, old))
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    assert parts(out) == sorted(p.name for p in (fresh, live, other))
+
+
+def test_temporary_names_carry_the_pid(tmp_path, monkeypatch):
+    seen = []
+
+    def spy(array, fmt, stream, **kwargs):
+        seen.extend(p.name for p in tmp_path.iterdir() if p.name.endswith(".part"))
+        stream.write(b"x")
+
+    monkeypatch.setattr(batch, "encode", spy)
+    x = small_png(tmp_path / "x.png")
+    assert invoke("apply", x, "-k", "box-blur", "-o", tmp_path / "o.png").exit_code == 0
+    assert seen[0].startswith(f".o.png.{os.getpid()}.") and seen[0].endswith(".part")
 
 
 # --- standard output ------------------------------------------------------------------------
