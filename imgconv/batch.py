@@ -6,6 +6,8 @@ whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import glob
 import io
 import os
@@ -48,10 +50,15 @@ GLOB_CHARS = "*?["
 
 @dataclass(frozen=True)
 class Source:
-    """One input: a path (``-`` for stdin) and the folder its output path is relative to."""
+    """One input: a path (``-`` for stdin) and the folder its output path is relative to.
+
+    ``problem`` says why an input cannot be run at all (a folder that cannot be
+    read): :func:`process` reports it as that input's failure.
+    """
 
     path: str
     base: str | None = None
+    problem: str | None = None
 
     @property
     def relative(self) -> Path:
@@ -87,7 +94,7 @@ class Options:
     debug: bool = False
     threads: int | None = None  # core threads per process (None: IMGCONV_THREADS or all cores)
     jit: bool | None = None  # the compiled path (None: IMGCONV_JIT, else off)
-    protected: frozenset[str] = frozenset()  # resolved input paths: never written
+    protected: frozenset[tuple[int, int]] = frozenset()  # inputs' file_id(): never written
 
 
 @dataclass
@@ -104,21 +111,117 @@ class Result:
     max_error: float | None = None
 
 
+def file_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``, links followed; None if it cannot be read.
+
+    Two paths name one file exactly when their ids are equal: a hard link, a
+    symlink, a bind mount or another spelling (``./x``, another case on a
+    case-insensitive file system) all give the same id, where resolved path
+    strings differ.
+    """
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def output_key(path: str) -> tuple[object, ...]:
+    """A key equal for two paths that would write one directory entry, existing or not.
+
+    The nearest existing folder above ``path`` is taken by :func:`file_id`, the
+    names below it as written (a name a file system folds, such as another case,
+    is not caught until the file exists).
+    """
+    names = Path(path).parts
+    for i in range(len(names) - 1, -1, -1):
+        ident = file_id(os.path.join(*names[:i]) if i else ".")
+        if ident is not None:
+            return (*ident, *names[i:])
+    return (os.path.abspath(path),)
+
+
+def input_ids(sources: Iterable[Source]) -> frozenset[tuple[int, int]]:
+    """The :func:`file_id` of each input file, for :attr:`Options.protected`."""
+    ids = (file_id(s.path) for s in sources if s.path != STDIO)
+    return frozenset(i for i in ids if i is not None)
+
+
 def _is_image_file(path: Path) -> bool:
     hidden = path.name.startswith(".")
-    return path.is_file() and path.suffix.lower() in INPUT_EXTENSIONS and not hidden
+    # os.path.isfile, not Path.is_file: a file that cannot be looked at is no error here
+    return os.path.isfile(path) and path.suffix.lower() in INPUT_EXTENSIONS and not hidden
+
+
+def _cannot_read(exc: OSError) -> str:
+    return f"{exc.filename}: cannot read the folder ({exc.strerror or exc})"
+
+
+def _walk(top: str, recursive: bool, errors: list[OSError]) -> Iterator[Path]:
+    """The entries of folder ``top`` (and of its sub-folders with ``recursive``).
+
+    Symlinks to folders are listed, not entered (os.walk's default), so a link
+    loop ends; folders that cannot be read are added to ``errors``.
+    """
+    for folder, dirs, files in os.walk(top, onerror=errors.append):
+        if not recursive:
+            dirs.clear()
+        for name in (*dirs, *files):
+            yield Path(folder, name)
+
+
+def _match(names: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether path components ``names`` match glob components ``pattern`` (``**``: any
+    number of folders); a wildcard matches a hidden name only if it starts with a dot."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return any(_match(names[i:], pattern[1:]) for i in range(len(names) + 1))
+    if not names or (names[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], pattern[0]) and _match(names[1:], pattern[1:])
+
+
+def _glob(pattern: str, errors: list[OSError]) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but ``**`` enters no symlinked folder.
+
+    (Python's glob follows them, so a link to a parent folder makes it run until
+    the paths grow too long.) The part before the first ``**`` is globbed as
+    usual; below it, :func:`os.walk` lists each folder once and the rest of the
+    pattern is matched component by component.
+    """
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return glob.glob(pattern)
+    cut = parts.index("**")
+    prefix = os.path.join(*parts[:cut]) if cut else ""
+    roots = ([r for r in glob.glob(prefix) if os.path.isdir(r)]
+             if any(c in prefix for c in GLOB_CHARS) else [prefix])
+    found: list[str] = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root or os.curdir, onerror=errors.append):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # as glob's **
+            below = Path(folder).relative_to(root or os.curdir).parts
+            found.extend(os.path.join(root, *below, name) for name in (*dirs, *files)
+                         if _match((*below, name), parts[cut:]))
+    return found
 
 
 def expand_inputs(
-    args: Sequence[str], *, recursive: bool = False, exclude: str | None = None
+    args: Sequence[str], *, recursive: bool = False, exclude: str | None = None,
+    warnings: list[str] | None = None,
 ) -> list[Source]:
     """Files as given; folders' image files (descending with ``recursive``); glob patterns.
 
     Files found in folders or by patterns under ``exclude`` (the output folder)
     are left out, so a run whose --out-dir sits inside its input folder does not
     read its own outputs. A path that does not exist is kept, so that it is
-    reported as a failed input.
+    reported as a failed input; so is a folder given that cannot be read. A
+    sub-folder that cannot be read is a line in ``warnings``. One file under
+    several paths (a link, ``./x``) is kept once, under its first.
     """
+    if any(arg == "" for arg in args):
+        raise UsageError("an input path is empty ('')")
     skip = os.path.realpath(exclude) + os.sep if exclude else None
 
     def wanted(p: Path, base: str) -> bool:
@@ -128,35 +231,42 @@ def expand_inputs(
 
     sources: list[Source] = []
     for arg in args:
-        path = Path(arg)
+        errors: list[OSError] = []
         if arg == STDIO:
             sources.append(Source(STDIO))
-        elif path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            sources.extend(Source(str(p), arg) for p in sorted(found) if wanted(p, arg))
-        elif not path.exists() and any(c in arg for c in GLOB_CHARS):
+        elif os.path.isdir(arg):
+            found = sorted(_walk(arg, recursive, errors))
+            sources.extend(Source(str(p), arg) for p in found if wanted(p, arg))
+            for error in [e for e in errors if e.filename == arg]:  # the folder given
+                sources.append(Source(arg, problem=_cannot_read(error)))
+                errors.remove(error)
+        elif not os.path.lexists(arg) and any(c in arg for c in GLOB_CHARS):
             base = arg[: min(arg.index(c) for c in GLOB_CHARS if c in arg)]
             base_dir = os.path.dirname(base) or "."
-            matches = [m for m in sorted(glob.glob(arg, recursive=True))
-                       if wanted(Path(m), base_dir)]
-            if not matches:
+            matches = [m for m in sorted(_glob(arg, errors)) if wanted(Path(m), base_dir)]
+            if not matches and not errors:
                 raise UsageError(f"{arg}: the pattern matches no image files")
             sources.extend(Source(m, base_dir) for m in matches)
         else:
             sources.append(Source(arg))
-    unique: dict[str, Source] = {}
+        if warnings is not None:
+            warnings.extend(_cannot_read(e) for e in errors)
+    unique: dict[object, Source] = {}
     for source in sources:  # the same file named twice is filtered once
-        key = source.path if source.path == STDIO else os.path.realpath(source.path)
+        key = (source.path if source.path == STDIO or source.problem
+               else file_id(source.path) or os.path.realpath(source.path))
         unique.setdefault(key, source)
     return list(unique.values())
 
 
 def skipped_subfolders(args: Sequence[str]) -> int:
     """How many sub-folders the folders in ``args`` have (not read without --recursive)."""
-    return sum(
-        1 for arg in args if arg != STDIO and Path(arg).is_dir()
-        for p in Path(arg).iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    count = 0
+    for arg in args:
+        if arg != STDIO and os.path.isdir(arg):
+            with contextlib.suppress(OSError), os.scandir(arg) as entries:  # reported elsewhere
+                count += sum(1 for e in entries if not e.name.startswith(".") and e.is_dir())
+    return count
 
 
 def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) -> Path:
@@ -171,13 +281,26 @@ def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) ->
 
 
 def _file_safe(text: str, limit: int = 60) -> str:
-    """A kernel spec as part of a file name: ``gaussian:sigma=2`` -> ``gaussian_sigma=2``.
+    """Kernel specs as part of a file name; different specs give different names.
 
+    A spec of letters, digits and ``. = + , -`` is kept as it is, ``:`` written
+    ``_`` (which such a spec cannot contain); any other spec, or one longer than
+    ``limit``, becomes a slug of it followed by a hash of the whole spec.
+
+    >>> _file_safe("gaussian:sigma=2")
+    'gaussian_sigma=2'
     >>> _file_safe("0 1 0; 1 -4 1; 0 1 0")
-    '0_1_0_1_-4_1_0_1_0'
+    '0_1_0_1_-4_1_0_1_0-5027ea9f'
     """
-    safe = re.sub(r"[^A-Za-z0-9.=+-]+", "_", Path(text).name if "/" in text else text)
-    return safe.strip("_.")[:limit] or "kernel"
+    import zlib
+
+    kept = text.replace(":", "_")
+    if ("_" not in text and len(kept) <= limit and not kept.endswith(".")
+            and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.=+,_-]*", kept)):
+        return kept
+    digest = f"{zlib.crc32(text.encode()):08x}"
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_.")[: limit - 9].rstrip("_.")
+    return f"{slug or 'kernel'}-{digest}"
 
 
 def check_name_template(template: str) -> None:
@@ -221,6 +344,8 @@ def plan(
     """Decide each input's output path and format; raises UsageError for impossible requests."""
     if (output is None) == (out_dir is None):
         raise UsageError("give exactly one of -o/--output FILE and --out-dir DIR")
+    if output == "" or out_dir == "":
+        raise UsageError(f"{'-o' if output == '' else '--out-dir'}: the path is empty ('')")
     if not sources:
         raise UsageError("no input images found")
     if output is not None:
@@ -235,7 +360,7 @@ def plan(
             if fmt is None or sources[0].path == STDIO:
                 raise UsageError("-o - (standard output) needs --format when the input's "
                                  "extension does not name a format")
-        if Path(output).is_dir():
+        if os.path.isdir(output):
             raise UsageError(f"-o {output}: is a folder; use --out-dir {output}")
         ext = Path(output).suffix.lower()
         named = EXTENSIONS.get(ext) if output != STDIO else None
@@ -247,7 +372,7 @@ def plan(
         return [Task(sources[0], output, format_for(output, fmt) if output != STDIO
                      else format_for("", fmt))]
     assert out_dir is not None
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out-dir {out_dir}: exists and is not a folder")
     template = name or "{stem}{ext}"
     check_name_template(template)
@@ -444,9 +569,9 @@ def output_conflict(target: Path, name: str, options: Options) -> str | None:
     The error message when it is an input, or exists (a dangling link too)
     without --overwrite or --skip-existing. --dry-run asks the same question.
     """
-    if os.path.realpath(target) in options.protected:
+    if file_id(target) in options.protected:  # the input under this or another name
         return f"{name}: output {target} is an input; refusing to write it"
-    if target.exists() or target.is_symlink():
+    if os.path.lexists(target):
         if options.skip_existing:
             return SKIP
         if not options.overwrite:
@@ -455,7 +580,11 @@ def output_conflict(target: Path, name: str, options: Options) -> str | None:
 
 
 def process(task: Task, options: Options, data: bytes | None = None) -> Result:
-    """Filter one input into its output. Never raises for a bad file: the Result says why."""
+    """Filter one input into its output. Never raises for a bad file: the Result says why.
+
+    Raises BrokenPipeError if standard output (``-``) is closed by its reader:
+    that ends the run, not one file.
+    """
     from imgconv.core import jit
     from imgconv.core.threads import set_threads
 
@@ -465,6 +594,8 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
     name = "<stdin>" if task.source.path == STDIO else task.source.path
     result = Result(name, task.target, "failed")
     try:
+        if task.source.problem is not None:
+            raise ImageError(task.source.problem)
         if task.target != STDIO:
             conflict = output_conflict(Path(task.target), name, options)
             if conflict == SKIP:
@@ -497,8 +628,9 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
             buffer = io.BytesIO()  # whole before anything reaches stdout
             write(buffer)
             try:
-                sys.stdout.buffer.write(buffer.getbuffer())
-                sys.stdout.buffer.flush()
+                write_all(sys.stdout.buffer, buffer.getbuffer())
+            except BrokenPipeError:
+                raise
             except OSError as exc:  # the output's fault (/dev/full), not the input's
                 raise ImageError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
         else:
@@ -516,9 +648,19 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                 write_atomic(target, write, overwrite=options.overwrite)
             except OSError as exc:  # the output's fault, not the input's: name it
                 raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
+            except ImageError:
+                # absent when checked, there now: another run wrote it meanwhile
+                if options.skip_existing and os.path.lexists(target):
+                    result.status, result.reason = "skipped", "output exists"
+                    return result
+                raise
         result.status = "written"
     except ImgconvError as exc:
         result.reason = str(exc)
+    except BrokenPipeError:
+        if task.target == STDIO:
+            raise
+        result.reason = f"{name}: {os.strerror(32)}"
     except OSError as exc:
         result.reason = f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # one bad file never stops the batch
@@ -534,6 +676,45 @@ def check_size(pipeline: Pipeline, picture: Picture, max_pixels: int, name: str)
     problem = pipeline.size_problem(picture.shape[:2], max_pixels)  # type: ignore[arg-type]
     if problem is not None:
         raise ImageError(f"{name}: {problem} (--max-pixels)")
+
+
+def write_all(stream: Any, data: Any) -> None:
+    """Write every byte of ``data`` to ``stream`` and flush it, or raise OSError.
+
+    A pipe whose reader goes away takes part of a large write and says nothing
+    (BufferedWriter returns the short count); a non-blocking one raises
+    BlockingIOError when full. Both are continued here until all is written or
+    the write fails (BrokenPipeError once the reader is gone).
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        try:
+            n = stream.write(view)
+        except BlockingIOError as exc:
+            n = exc.characters_written
+            _wait_writable(stream)
+        else:
+            if n is None:  # a raw non-blocking stream with no room
+                _wait_writable(stream)
+                n = 0
+            elif n == 0:
+                raise OSError(5, "the stream took none of the bytes")  # EIO
+        view = view[n:]
+    while True:
+        try:
+            stream.flush()
+            return
+        except BlockingIOError:
+            _wait_writable(stream)
+
+
+def _wait_writable(stream: Any) -> None:
+    import select
+
+    try:
+        select.select([], [stream.fileno()], [], 1.0)
+    except (AttributeError, OSError, ValueError):
+        time.sleep(0.01)  # no file descriptor to wait on
 
 
 def _depth_of(array: Any) -> str:
@@ -664,6 +845,8 @@ class ProcessExecutor:
 
 #: True in a worker process while it filters a file (see :func:`_interrupt`).
 _in_job = False
+#: True in a worker process once :func:`_interrupt` has raised KeyboardInterrupt.
+_stopping = False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -673,8 +856,16 @@ def _interrupt(signum: int, frame: Any) -> None:
     removes its temporary file before the worker exits. Anywhere else (waiting
     for work, or inside the pool's own queue code, whose locks a raised
     exception can leave held, hanging the pool's shutdown), exit at once.
+    Signals after the first are ignored: several come at once (SIGHUP or Ctrl-C
+    to the process group, then the main process's SIGTERM; the parent's death
+    seen twice), and a second KeyboardInterrupt raised inside ``write_atomic``'s
+    cleanup would skip the removal of its temporary file.
     """
+    global _stopping
+    if _stopping:
+        return
     if _in_job:
+        _stopping = True
         raise KeyboardInterrupt
     _exit(128 + signum)
 
@@ -698,10 +889,61 @@ def _worker_init() -> None:
     # otherwise with IMGCONV_THREADS (or --threads, which Options carries)
     os.environ.setdefault("IMGCONV_THREADS", "1")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C reaches the whole process group
+    if hasattr(signal, "SIGHUP"):  # a closed terminal: as SIGTERM
+        signal.signal(signal.SIGHUP, _interrupt)
+    _end_with_parent()
+
+
+#: How often a worker looks whether the process that started it is still there, in seconds.
+PARENT_POLL_SECONDS = 0.5
+
+
+def _end_with_parent() -> None:
+    """Make this worker end (as on SIGTERM: its temporary file removed) when its parent does.
+
+    A killed main process (SIGKILL, the OOM killer) can clean up nothing
+    itself; its workers would go on writing, then wait for work forever. Linux
+    sends SIGTERM at the parent's death (prctl PR_SET_PDEATHSIG); elsewhere,
+    and as a second line, a thread polls the parent's pid.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(parent,), name="imgconv-parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    import signal
+
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread by _interrupt
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on macOS or Windows
+        return os.cpu_count() or 1
 
 
 def make_executor(jobs: int, tasks: int) -> Executor:
-    jobs = max(1, min(jobs, tasks))
+    """At most one worker per task and per CPU: each worker already keeps a core busy (one
+    core thread), so more would only share the cores and add their memory (~30 MB each)."""
+    jobs = max(1, min(jobs, tasks, available_cpus()))
     return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
 
 
@@ -737,10 +979,11 @@ def run(
 ) -> list[Result]:
     """Process every task; results in completion order. Duplicate targets fail after the first."""
     results: list[Result] = []
-    seen: dict[str, str] = {}
+    seen: dict[object, str] = {}
     runnable: list[Task] = []
+    remove_stale_temporary_files(tasks)
     for task in tasks:
-        key = task.target if task.target == STDIO else os.path.realpath(task.target)
+        key = task.target if task.target == STDIO else output_key(task.target)
         if key in seen and task.target != STDIO:
             clash = Result(task.source.path, task.target, "failed",
                            f"{task.source.path}: same output {task.target} as {seen[key]}")
@@ -764,35 +1007,93 @@ def run(
     return results
 
 
+#: write_atomic's temporary files: ``.NAME.PID.XXXXXXXX.part`` (``.NAME.XXXXXXXX.part`` before
+#: the writer's pid was part of the name).
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+?)(?:\.(?P<pid>[0-9]+))?\.[A-Za-z0-9_]+\.part")
+
+#: A temporary file whose writer is gone is removed once untouched this long, in seconds:
+#: a run on another machine writing into a shared folder has another pid space.
+STALE_SECONDS = 60
+
+
+def _temporary_files(tasks: Sequence[Task]) -> Iterator[tuple[Path, re.Match[str]]]:
+    """Each temporary file in the targets' folders, with its name's parts."""
+    folders = {Path(t.target).parent for t in tasks if t.target != STDIO}
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e in entries]
+        except OSError:  # not there yet, or cannot be read: the tasks will say so
+            continue
+        for name in names:
+            match = TEMPORARY_NAME.fullmatch(name)
+            if match:
+                yield folder / name, match
+
+
 def remove_temporary_files(tasks: Sequence[Task]) -> None:
     """Delete what a killed worker left of write_atomic: ``.NAME.*.part`` beside each target."""
-    names: dict[Path, set[str]] = {}
-    for task in tasks:
-        if task.target != STDIO:
-            target = Path(task.target)
-            names.setdefault(target.parent, set()).add(target.name)
-    for folder, wanted in names.items():
-        try:
-            entries = list(folder.iterdir())
-        except OSError:
+    wanted = {(Path(t.target).parent, Path(t.target).name) for t in tasks if t.target != STDIO}
+    for path, match in _temporary_files(tasks):
+        if (path.parent, match["name"]) in wanted:
+            _unlink(path)
+
+
+def remove_stale_temporary_files(tasks: Sequence[Task]) -> None:
+    """Delete temporary files that runs killed earlier (SIGKILL) left in the targets' folders.
+
+    A file is stale when the process named in it is gone and it has not been
+    written to for :data:`STALE_SECONDS`.
+    """
+    now = time.time()
+    for path, match in _temporary_files(tasks):
+        if match["pid"] is None or _pid_alive(int(match["pid"])):
             continue
-        for entry in entries:
-            base = entry.name[1:].rsplit(".", 2)[0] if entry.name.endswith(".part") else None
-            if entry.name.startswith(".") and base in wanted:
-                entry.unlink(missing_ok=True)
+        try:
+            if now - path.stat().st_mtime > STALE_SECONDS:
+                _unlink(path)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():
+        return True  # (os.kill(pid, 0) would end the process on Windows)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def check_manifest_path(path: str, tasks: Sequence[Task], *, overwrite: bool) -> None:
-    """Refuse a manifest that would replace an input, an output or an existing file."""
-    target = os.path.realpath(path)
-    if Path(path).is_dir():
+    """Refuse a manifest that would replace an input, an output or an existing file.
+
+    ``-`` is standard output, unless an image goes there.
+    """
+    if path == "":
+        raise UsageError("--manifest: the path is empty ('')")
+    if path == STDIO:
+        if any(t.target == STDIO for t in tasks):
+            raise UsageError("--manifest -: standard output already carries the image "
+                             "(-o -); give the manifest a file name")
+        return
+    if os.path.isdir(path):
         raise UsageError(f"--manifest {path}: is a folder; give a file name such as run.json")
+    ident, key = file_id(path), output_key(path)
     for task in tasks:
-        if task.source.path != STDIO and os.path.realpath(task.source.path) == target:
+        if ident is not None and task.source.path != STDIO and file_id(task.source.path) == ident:
             raise UsageError(f"--manifest {path}: is an input image; refusing to replace it")
-        if task.target != STDIO and os.path.realpath(task.target) == target:
+        if task.target != STDIO and output_key(task.target) == key:
             raise UsageError(f"--manifest {path}: is also the output of {task.source.path}")
-    if Path(path).exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise UsageError(f"--manifest {path}: already exists (use --overwrite to replace it)")
 
 
@@ -812,9 +1113,21 @@ def write_manifest(path: str, options: Options, results: Sequence[Result], *, ov
         "inputs": [asdict(r) for r in results],
     }
     data = json.dumps(doc, indent=2).encode()
+    if path == STDIO:
+        write_all(sys.stdout.buffer, data + b"\n")
+        return
     target = Path(path)
+    if os.path.isdir(target):  # made during the run (an output's folder)
+        raise ImageError(f"--manifest {path}: is a folder; give a file name such as run.json")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(f"--manifest {path}: cannot create the folder {target.parent}: "
+                         "a file is in the way") from None
+    except OSError as exc:
+        raise ImageError(f"--manifest {path}: cannot create the folder {target.parent} "
+                         f"({exc.strerror or exc})") from None
+    try:
         write_atomic(target, lambda stream: stream.write(data), overwrite=overwrite)
     except OSError as exc:
         raise ImageError(f"--manifest {path}: cannot write it ({exc.strerror or exc})") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +17,7 @@ from imgconv.cli_common import (
     print_warning,
     printable,
     report_errors,
+    silence_stdout,
     stderr,
     stdout,
 )
@@ -409,7 +412,8 @@ def apply_command(
 
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
-    with report_errors(debug), decoding_ahead(inputs[0] if single else None, max_pixels, gray):
+    with report_errors(debug), _signals_interrupt(), \
+            decoding_ahead(inputs[0] if single else None, max_pixels, gray):
         from imgconv import batch
         from imgconv.imageio import DEPTHS
 
@@ -442,19 +446,24 @@ def apply_command(
             _check_core_settings(threads, jit)
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
-            sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir)
+            unreadable: list[str] = []
+            sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir,
+                                          warnings=unreadable)
             tasks = batch.plan(
                 sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt
             )
             batch.check_depth(tasks, depth)
-            if manifest and not dry_run:
+            if manifest is not None and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if not quiet:
                 for line in _ignored_options(tasks, cval=cval, pad_mode=pad_mode, tol=tol,
                                              verify=verify, quality=quality):
                     stderr.line(f"note: {line}")
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(_interrupted_code(exc)) from None
+        if not quiet:
+            for line in unreadable:
+                print_warning(line)
         stdin = _read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
         subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
         if subfolders and not quiet:
@@ -476,23 +485,23 @@ def apply_command(
             debug=debug,
             threads=threads,
             jit=jit,
-            protected=frozenset(os.path.realpath(s.path) for s in sources if s.path != batch.STDIO),
+            protected=batch.input_ids(sources),
         )
+        cpus = batch.available_cpus()
+        if jobs is not None and jobs > cpus and not quiet:
+            stderr.line(f"note: --jobs {jobs} capped at {cpus} (the number of CPUs)")
         if dry_run:
             _print_plan(tasks, pipeline, stdin, options)
             return
-        executor = batch.make_executor(jobs or os.cpu_count() or 1, len(tasks))
+        executor = batch.make_executor(jobs or cpus, len(tasks))
         try:
             results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             stderr.line("interrupted: finished outputs are complete; none is partial")
-            raise typer.Exit(130) from None
-        if manifest:
-            from imgconv import __version__
-
-            batch.write_manifest(
-                manifest, options, results, overwrite=overwrite, version=__version__
-            )
+            raise typer.Exit(_interrupted_code(exc)) from None
+        except BrokenPipeError:  # -o - and the reader left (| head): nothing to say there
+            silence_stdout()
+            raise typer.Exit(141) from None  # as a shell shows a process ended by SIGPIPE
         failed = [r for r in results if r.status == "failed"]
         for r in failed:
             print_error(_with_file(r), multiline=debug)
@@ -504,6 +513,12 @@ def apply_command(
             if errors:
                 summary += f"; verified: largest |imgconv - scipy| = {max(errors):.3g}"
             stderr.line(summary)
+        if manifest is not None:  # after the files' errors: its own failure hides none of them
+            from imgconv import __version__
+
+            batch.write_manifest(
+                manifest, options, results, overwrite=overwrite, version=__version__
+            )
         if failed:
             raise typer.Exit(1)
 
@@ -542,6 +557,43 @@ def _read_stdin(max_pixels: int) -> bytes:
     from imgconv.imageio import read_stdin, stdin_limit
 
     return read_stdin(sys.stdin.buffer, stdin_limit(max_pixels))
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP in the main process: unwinds as Ctrl-C does (temporary files removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While a run lasts, SIGTERM and SIGHUP raise :class:`_Signalled` (exit 128 + signal)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Signalled(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _interrupted_code(exc: KeyboardInterrupt) -> int:
+    return 128 + (exc.signum if isinstance(exc, _Signalled) else 2)  # 2: SIGINT
 
 
 def _with_file(result: Any) -> str:

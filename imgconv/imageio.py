@@ -581,7 +581,9 @@ def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
     if overwrite:
         _check_replaceable(path)
     folder = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    # the pid in the name lets a later run tell a killed run's leftover (batch.TEMPORARY_NAME)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
+                                    dir=folder)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as stream:
