@@ -1,4 +1,5 @@
-"""The documentation: the generated CLI reference is current and every relative link resolves."""
+"""The documentation: the generated CLI reference is current and every relative link resolves
+(to a file, and to a heading when it names one)."""
 
 from __future__ import annotations
 
@@ -48,14 +49,28 @@ def _relative_links(page: Path) -> list[str]:
     return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|#", t)]
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    headings = re.findall(r"^#+ +(.+?) *$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_relative_links_point_to_files(page: Path) -> None:
-    missing = [
-        target
-        for target in _relative_links(page)
-        if not (page.parent / target.split("#", 1)[0]).resolve().exists()
-    ]
-    assert not missing, f"{page.relative_to(ROOT)}: links to missing files: {missing}"
+    missing = []
+    for target in [*_relative_links(page), *_anchor_links(page)]:
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        heading_missing = anchor and file.suffix == ".md" and anchor not in _anchors(file)
+        if not file.exists() or heading_missing:
+            missing.append(target)
+    assert not missing, f"{page.relative_to(ROOT)}: links to missing files or headings: {missing}"
+
+
+def _anchor_links(page: Path) -> list[str]:
+    text = INLINE_CODE.sub("", FENCE.sub("", page.read_text(encoding="utf-8")))
+    return [m.group(1) for m in LINK.finditer(text) if m.group(1).startswith("#")]
 
 
 def test_link_check_sees_links() -> None:
