@@ -62,8 +62,7 @@ def test_relative_links_point_to_files(page: Path) -> None:
     for target in [*_relative_links(page), *_anchor_links(page)]:
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        heading_missing = anchor and file.suffix == ".md" and anchor not in _anchors(file)
-        if not file.exists() or heading_missing:
+        if not file.exists() or (anchor and file.suffix == ".md" and anchor not in _anchors(file)):
             missing.append(target)
     assert not missing, f"{page.relative_to(ROOT)}: links to missing files or headings: {missing}"
 
