@@ -300,7 +300,7 @@ def apply_command(
         typer.Option(
             "--depth",
             metavar="DEPTH",
-            help="8, 16 (png/tiff, one channel) or float (tiff). \\[default: the input's]",
+            help="8, 16 (png/tiff) or float (tiff, one channel). \\[default: the input's]",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),

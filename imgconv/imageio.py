@@ -90,7 +90,7 @@ def stdin_limit(max_pixels: int) -> int:
     """The most bytes :func:`read_stdin` should take for an image of ``max_pixels`` pixels.
 
     8 bytes a pixel (16-bit RGBA, uncompressed: the largest a pixel of a
-    format imgconv reads takes) plus :data:`STDIN_SLACK`; so 816 MiB for the
+    format imgconv reads takes) plus :data:`STDIN_SLACK`; so 816,777,216 bytes (779 MiB) for the
     default of 100,000,000 pixels.
 
     >>> stdin_limit(1000)
