@@ -379,13 +379,23 @@ def plan(
     explicit = format_for("", fmt) if fmt is not None else None
     tasks = []
     for source in sources:
-        if explicit is not None:
-            target_fmt = explicit
-        else:
-            ext = source.relative.suffix.lower()
-            target_fmt = EXTENSIONS.get(ext, "png")
-        target = Path(out_dir) / _output_name(template, source, target_fmt, pipeline)
-        tasks.append(Task(source, str(target), target_fmt))
+        fmt_for_ext = explicit or EXTENSIONS.get(source.relative.suffix.lower(), "png")
+        relative = _output_name(template, source, fmt_for_ext, pipeline)
+        # the name's extension says the format, as -o's does
+        named = EXTENSIONS.get(relative.suffix.lower())
+        if named is None and explicit is None:
+            raise UsageError(
+                f"--name {template!r} gives {relative.name!r}, which does not end in an "
+                f"extension imgconv writes ({', '.join(sorted(EXTENSIONS))}); add {{ext}} "
+                "or give --format"
+            )
+        if named is not None and explicit is not None and named != explicit:
+            raise UsageError(
+                f"--name {template!r} gives {relative.name!r}: the extension says {named} but "
+                f"--format says {explicit}; make them agree"
+            )
+        target_fmt = named or fmt_for_ext
+        tasks.append(Task(source, str(Path(out_dir) / relative), target_fmt))
     return tasks
 
 

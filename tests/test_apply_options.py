@@ -186,3 +186,33 @@ def test_clipping_advice_fits_the_kernel(noise, tmp_path, args, advice):
         assert notes == []
     else:
         assert len(notes) == 1 and notes[0].endswith(advice), notes
+
+
+# --- --name: the extension it gives says the format, as -o's does --------------------------
+
+def test_a_name_without_an_extension_is_refused(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--out-dir", tmp_path / "o", "--name", "{stem}")
+    assert result.exit_code == 2
+    assert "--name '{stem}' gives 'small', which does not end in an extension" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_name_extension_says_the_format(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--out-dir", tmp_path, "--name",
+                    "{stem}-edges.jpg")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "small-edges.jpg").format == "JPEG"
+
+
+def test_a_name_and_format_that_disagree_are_refused(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--out-dir", tmp_path, "--name",
+                    "{stem}.jpg", "--format", "png")
+    assert result.exit_code == 2
+    assert "the extension says jpg but --format says png" in result.output
+
+
+def test_format_allows_a_name_without_an_extension(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--out-dir", tmp_path, "--name", "{stem}-x",
+                    "--format", "png")
+    assert result.exit_code == 0
+    assert Image.open(tmp_path / "small-x").format == "PNG"
