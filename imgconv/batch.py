@@ -42,6 +42,8 @@ from imgconv.pipeline import CLIP_WARNING_FRACTION, ConvStage, Pipeline, PoolSta
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
+    from imgconv.prefetch import Prefetch
+
 ALPHA_MODES = ("auto", "premultiply", "copy", "drop")
 NAME_FIELDS = ("stem", "ext", "kernel", "name")
 STDIO = "-"
@@ -589,7 +591,8 @@ def output_conflict(target: Path, name: str, options: Options) -> str | None:
     return None
 
 
-def process(task: Task, options: Options, data: bytes | None = None) -> Result:
+def process(task: Task, options: Options, data: bytes | None = None,
+            prefetch: Prefetch | None = None) -> Result:
     """Filter one input into its output. Never raises for a bad file: the Result says why.
 
     Raises BrokenPipeError if standard output (``-``) is closed by its reader:
@@ -615,8 +618,11 @@ def process(task: Task, options: Options, data: bytes | None = None) -> Result:
                 raise ImageError(conflict)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
-        picture = load(data if data is not None else task.source.path, gray=options.gray,
-                       max_pixels=options.max_pixels)
+        picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
+            if prefetch is not None else None
+        if picture is None:
+            picture = load(data if data is not None else task.source.path, gray=options.gray,
+                           max_pixels=options.max_pixels)
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
         check_size(options.pipeline, picture, options.max_pixels, name)
@@ -986,8 +992,13 @@ def run(
     executor: Executor | None = None,
     stdin: bytes | None = None,
     on_result: Callable[[Result], None] | None = None,
+    prefetch: Prefetch | None = None,
 ) -> list[Result]:
-    """Process every task; results in completion order. Duplicate targets fail after the first."""
+    """Process every task; results in completion order. Duplicate targets fail after the first.
+
+    ``prefetch`` is a :class:`~imgconv.prefetch.Prefetch` of an input, which
+    is then processed in this process (a run of one file).
+    """
     results: list[Result] = []
     seen: dict[object, str] = {}
     runnable: list[Task] = []
@@ -1003,9 +1014,11 @@ def run(
             continue
         seen[key] = task.source.path
         runnable.append(task)
-    if stdin is not None or any(t.source.path == STDIO or t.target == STDIO for t in runnable):
-        outcomes: Iterable[Result] = (process(t, options, stdin if t.source.path == STDIO
-                                              else None) for t in runnable)
+    if (stdin is not None or prefetch is not None
+            or any(t.source.path == STDIO or t.target == STDIO for t in runnable)):
+        outcomes: Iterable[Result] = (
+            process(t, options, stdin if t.source.path == STDIO else None, prefetch)
+            for t in runnable)
     else:
         outcomes = (executor or SerialExecutor()).map_unordered(_Job(options), runnable, _lost)
     for result in outcomes:

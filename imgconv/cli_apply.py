@@ -408,12 +408,12 @@ def apply_command(
     debug: Debug = False,
 ) -> None:
     """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
-    from imgconv.opening import decoding_ahead
+    from imgconv.prefetch import Prefetch
 
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
-    with report_errors(debug), _signals_interrupt(), \
-            decoding_ahead(inputs[0] if single else None, max_pixels, gray):
+    prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None
+    with report_errors(debug), _signals_interrupt():
         from imgconv import batch
         from imgconv.imageio import DEPTHS
 
@@ -495,7 +495,8 @@ def apply_command(
             return
         executor = batch.make_executor(jobs or cpus, len(tasks))
         try:
-            results = _run_with_progress(batch, tasks, options, executor, stdin, quiet)
+            results = _run_with_progress(batch, tasks, options, executor, stdin, quiet,
+                                         prefetch)
         except KeyboardInterrupt as exc:
             stderr.line("interrupted: finished outputs are complete; none is partial")
             raise typer.Exit(_interrupted_code(exc)) from None
@@ -611,14 +612,19 @@ def _dims(shape: list[int] | None) -> str:
 
 
 def _run_with_progress(
-    batch: Any, tasks: list[Any], options: Any, executor: Any, stdin: bytes | None, quiet: bool
+    batch: Any, tasks: list[Any], options: Any, executor: Any, stdin: bytes | None, quiet: bool,
+    prefetch: Any,
 ) -> list[Any]:
     def note(result: Any) -> None:
         for line in result.notes:
             print_warning(line)
 
+    def run(on_result: Any = None) -> list[Any]:
+        return list(batch.run(tasks, options, executor=executor, stdin=stdin, prefetch=prefetch,
+                              on_result=on_result))
+
     if quiet:
-        return list(batch.run(tasks, options, executor=executor, stdin=stdin))
+        return run()
     if not stderr.is_terminal or len(tasks) == 1:
 
         def plain(result: Any) -> None:
@@ -631,7 +637,7 @@ def _run_with_progress(
             elif result.status == "skipped":
                 stderr.line(f"skipped {result.input}: {result.output} exists")
 
-        return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=plain))
+        return run(plain)
 
     from rich.progress import (
         BarColumn,
@@ -661,7 +667,7 @@ def _run_with_progress(
             rate = f"{(task.completed + 1) / elapsed:.1f} files/s" if elapsed > 0 else ""
             progress.update(bar, advance=1, rate=rate)
 
-        return list(batch.run(tasks, options, executor=executor, stdin=stdin, on_result=tick))
+        return run(tick)
 
 
 def _check_core_settings(threads: int | None, jit: bool | None) -> None:

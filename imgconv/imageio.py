@@ -26,7 +26,6 @@ from imgconv.opening import (
     display_name,
     file_kind,
     open_image,
-    take,
     warnings_as_notes,
     wide_colour,
 )
@@ -164,9 +163,6 @@ def load(source: str | bytes, *, gray: bool = False,
     RGB (with a note), and with ``gray`` converts colour to luminance
     (ITU-R 601-2, as Pillow's "L").
     """
-    ahead: Picture | None = take(source, max_pixels, gray)
-    if ahead is not None:
-        return ahead
     name, notes = display_name(source), list[str]()
     with warnings_as_notes(name, notes):
         picture = decode(open_image(source, max_pixels), name, gray=gray)

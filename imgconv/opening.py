@@ -1,11 +1,9 @@
-"""Opening image files with Pillow, and decoding one ahead while imgconv starts up.
+"""Opening image files with Pillow: the half of :mod:`imgconv.imageio` that needs no numpy.
 
-This module imports Pillow only, never numpy: :func:`decode_ahead` decodes in a
-thread while the main thread imports numpy and the kernel library, so the two
-overlap (Pillow's decoders release the GIL). A plain JPEG is decoded straight
-into memory numpy then views (:func:`decode_into_buffer`); anything else is
-copied into an array once the main thread has imported numpy. On a 12 MP JPEG
-the picture is ready before the pipeline is built, and nothing waits for it.
+This module imports Pillow only, never numpy, so that :mod:`imgconv.prefetch`
+can open and decode a file in a thread while the main thread imports numpy
+and the kernel library (Pillow's decoders release the GIL). A plain JPEG is
+decoded straight into memory numpy then views (:func:`decode_into_buffer`).
 """
 
 from __future__ import annotations
@@ -23,10 +21,6 @@ from imgconv.errors import ImageError
 
 #: Pillow's bomb check is a global that :func:`open_image` sets aside for a moment.
 _limit_lock = threading.Lock()
-
-#: Largest block of the file handed to Pillow's decoder at once by :func:`decode_ahead`.
-MAX_BLOCK = 1 << 24
-
 
 def display_name(source: str | bytes) -> str:
     """How messages name an input: its path, or ``<stdin>`` for bytes read from it."""
@@ -183,105 +177,3 @@ def decode_into_buffer(im: Any, gray: bool = False) -> mmap.mmap | None:
     # a Pillow that decodes into an image of its own instead (Pillow 10 replaces
     # an RGBX image under an RGB file) has loaded ``im`` as usual: use that
     return buffer if im.im is mapped else None
-
-
-def _identity(path: str) -> tuple[int, int, int, int] | None:
-    """What tells one version of a file from another: device, inode, size, mtime."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-class _Ahead:
-    def __init__(self, path: str, max_pixels: int, gray: bool) -> None:
-        self.path, self.max_pixels, self.gray = path, max_pixels, gray
-        self.identity = _identity(path)
-        self.picture: Any = None
-        self.thread = threading.Thread(target=self._load, name="imgconv-decode", daemon=True)
-
-    def _load(self) -> None:
-        notes: list[str] = []
-        with warnings_as_notes(self.path, notes):
-            self._decode()
-        if self.picture is not None:
-            self.picture.notes.extend(n for n in notes if n not in self.picture.notes)
-
-    def _decode(self) -> None:
-        try:
-            im = open_image(self.path, self.max_pixels)
-            if wide_colour(im) is not None:  # read by another library, in the main thread
-                im.close()
-                return
-            if self.identity is not None:
-                # Pillow feeds its decoder 64 KiB at a time and takes the GIL back
-                # between blocks, which the importing main thread then holds for up
-                # to 5 ms each time: up to 16 MiB in one block (a 12 MP JPEG's
-                # decode waited 0.11 -> 0.07 s)
-                size = min(self.identity[2], MAX_BLOCK)
-                im.decodermaxblock = max(im.decodermaxblock, size)
-            # the decoding, without the GIL, while numpy is imported: into our
-            # own memory when that is simple, else Pillow's
-            buffer = decode_into_buffer(im, self.gray)
-            if buffer is None:
-                im.load()
-            from imgconv.imageio import decode  # numpy: the main thread has imported it by now
-
-            self.picture = decode(im, self.path, gray=self.gray, buffer=buffer)
-        except Exception:  # the caller opens the file again and reports the error
-            self.picture = None
-
-
-_ahead: _Ahead | None = None
-
-
-def decode_ahead(path: str, max_pixels: int, gray: bool = False) -> None:
-    """Start :func:`imgconv.imageio.load` of ``path`` in a thread; :func:`take` gets the result.
-
-    Only a hint: if decoding fails, or the file is never asked for, nothing is
-    reported and nothing changes (``take`` returns None and the caller opens
-    the file itself, getting its error).
-    """
-    global _ahead
-    _ahead = _Ahead(path, max_pixels, gray)
-    _ahead.thread.start()
-
-
-def forget() -> None:
-    """Drop what :func:`decode_ahead` started, taken or not (the thread finishes on its own)."""
-    global _ahead
-    _ahead = None
-
-
-@contextmanager
-def decoding_ahead(path: str | None, max_pixels: int, gray: bool = False) -> Iterator[None]:
-    """:func:`decode_ahead` of ``path`` (None: nothing) for the ``with`` block, then :func:`forget`.
-
-    Whatever the block does not take is dropped at its end, so a later load,
-    in the same process, never gets a picture decoded for another command.
-    """
-    if path is not None:
-        decode_ahead(path, max_pixels, gray)
-    try:
-        yield
-    finally:
-        forget()
-
-
-def take(source: str | bytes, max_pixels: int, gray: bool = False) -> Any:
-    """The Picture :func:`decode_ahead` loaded for these arguments, else None.
-
-    Given once, and only if the file is still the one that was decoded (same
-    inode, size and modification time).
-    """
-    global _ahead
-    ahead = _ahead
-    if (ahead is None or source != ahead.path or max_pixels != ahead.max_pixels
-            or gray != ahead.gray):
-        return None
-    _ahead = None
-    ahead.thread.join()
-    if ahead.identity is None or _identity(ahead.path) != ahead.identity:
-        return None
-    return ahead.picture

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imgconv import imageio, opening
+from imgconv import imageio
 from imgconv.cli import app
 from imgconv.errors import ImageError
 
@@ -36,7 +36,6 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
-    opening.forget()
 
 
 @pytest.fixture

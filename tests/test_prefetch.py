@@ -1,4 +1,4 @@
-"""Decoding the first input ahead: the same pixels, the same errors, never a stale file."""
+"""Decoding the one input ahead: the same pixels, the same errors, never a stale file."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imgconv import opening
+from imgconv import batch, opening
 from imgconv.cli import app
 from imgconv.errors import ImageError
 from imgconv.imageio import load
-
-
-@pytest.fixture(autouse=True)
-def nothing_ahead():
-    yield
-    opening.forget()
+from imgconv.prefetch import Prefetch
 
 
 @pytest.fixture
@@ -31,52 +26,55 @@ def photo(tmp_path: Path) -> Path:
 
 
 def test_take_gives_the_loaded_picture_once(photo):
-    opening.decode_ahead(str(photo), 10_000)
-    assert opening.take(str(photo), 9_999) is None  # another limit: not this one
-    assert opening.take(str(photo) + "x", 10_000) is None  # another path
-    assert opening.take(str(photo), 10_000, gray=True) is None  # another conversion
-    picture = opening.take(str(photo), 10_000)
+    prefetch = Prefetch(str(photo), 10_000)
+    assert prefetch.take(str(photo), 9_999) is None  # another limit: not this one
+    assert prefetch.take(str(photo) + "x", 10_000) is None  # another path
+    assert prefetch.take(str(photo), 10_000, gray=True) is None  # another conversion
+    picture = prefetch.take(str(photo), 10_000)
     assert picture is not None
-    assert opening.take(str(photo), 10_000) is None  # given once
+    assert prefetch.take(str(photo), 10_000) is None  # given once
     expected = load(str(photo), max_pixels=10_000)
     assert np.array_equal(picture.pixels, expected.pixels)
     assert picture.pixels.dtype == expected.pixels.dtype == np.uint8
 
 
 def test_gray_is_loaded_ahead_too(photo):
-    opening.decode_ahead(str(photo), 10_000, gray=True)
-    picture = opening.take(str(photo), 10_000, gray=True)
+    picture = Prefetch(str(photo), 10_000, gray=True).take(str(photo), 10_000, gray=True)
     assert picture is not None and picture.pixels.shape == (40, 60)
 
 
 def test_a_file_changed_after_decoding_is_read_again(photo):
-    opening.decode_ahead(str(photo), 10_000)
-    opening._ahead.thread.join()  # type: ignore[union-attr]
+    prefetch = Prefetch(str(photo), 10_000)
+    prefetch.thread.join()
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo)
     os.utime(photo, ns=(0, 123_456_789))  # a different mtime even on a coarse clock
-    assert not load(str(photo), max_pixels=10_000).pixels.any()
+    assert prefetch.take(str(photo), 10_000) is None
+
+
+def _process(path: Path, prefetch: Prefetch, max_pixels: int) -> batch.Result:
+    pipeline = batch.Pipeline.from_options(["box-blur"])
+    task = batch.Task(batch.Source(str(path)), str(path) + ".out.png", "png")
+    return batch.process(task, batch.Options(pipeline, max_pixels=max_pixels), prefetch=prefetch)
 
 
 def test_errors_are_those_of_opening_it(tmp_path, photo):
-    opening.decode_ahead(str(photo), 100)
-    with pytest.raises(ImageError, match="2,400 pixels is more than the limit of 100"):
-        load(str(photo), max_pixels=100)
+    result = _process(photo, Prefetch(str(photo), 100), 100)
+    assert "2,400 pixels is more than the limit of 100" in result.reason
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    opening.decode_ahead(str(broken), 10_000)
-    with pytest.raises(ImageError, match=r"broken\.jpg: not a readable image"):
-        load(str(broken), max_pixels=10_000)
+    result = _process(broken, Prefetch(str(broken), 10_000), 10_000)
+    assert "broken.jpg: not a readable image" in result.reason
 
 
 def test_apply_decodes_its_one_input_ahead(tmp_path, photo, monkeypatch):
     taken = []
-    real_take = opening.take
+    real_take = Prefetch.take
 
-    def spy(source, max_pixels, gray=False):
-        taken.append(real_take(source, max_pixels, gray))
+    def spy(self, source, max_pixels, gray=False):
+        taken.append(real_take(self, source, max_pixels, gray))
         return taken[-1]
 
-    monkeypatch.setattr("imgconv.imageio.take", spy)
+    monkeypatch.setattr(Prefetch, "take", spy)
     out = tmp_path / "out.png"
     result = CliRunner().invoke(app, ["apply", str(photo), "-k", "box-blur", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -84,23 +82,12 @@ def test_apply_decodes_its_one_input_ahead(tmp_path, photo, monkeypatch):
     assert out.exists()
 
 
-def test_a_failed_command_leaves_nothing_decoded_behind(tmp_path, photo):
-    out = str(tmp_path / "out.png")
-    result = CliRunner().invoke(app, ["apply", str(photo), "-k", "no-such-kernel", "-o", out])
-    assert result.exit_code == 2
-    assert opening._ahead is None  # a later load in this process must open the file again
-    with opening.decoding_ahead(str(photo), 10_000):
-        assert opening._ahead is not None
-    assert opening._ahead is None
-
-
 @pytest.mark.parametrize("fmt", ["png", "jpg", "gif", "tiff", "webp", "bmp"])
 def test_decoding_ahead_in_large_blocks_gives_the_same_picture(tmp_path, fmt):
     pixels = np.random.default_rng(8).integers(0, 256, (300, 200, 3), dtype=np.uint8)
     path = tmp_path / f"photo.{fmt}"
     Image.fromarray(pixels).save(path)
-    opening.decode_ahead(str(path), 10**6)
-    ahead = opening.take(str(path), 10**6)
+    ahead = Prefetch(str(path), 10**6).take(str(path), 10**6)
     assert ahead is not None
     plain = load(str(path), max_pixels=10**6)
     assert np.array_equal(ahead.pixels, plain.pixels) and ahead.notes == plain.notes
