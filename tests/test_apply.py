@@ -336,13 +336,13 @@ def test_never_writes_onto_an_input(tmp_path, gray_png):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, gray_png, monkeypatch):
-    import imgconv.batch
+    import imgconv.batch.job
 
     def failing_encode(array, fmt, stream, **kwargs):
         stream.write(b"half an image")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imgconv.batch, "encode", failing_encode)
+    monkeypatch.setattr(imgconv.batch.job, "encode", failing_encode)
     out = tmp_path / "out"
     result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", out, "--jobs", "1")
     assert result.exit_code == 1
@@ -539,13 +539,13 @@ def test_real_process_stdin_stdout(imgconv_script, gray_png):
 
 
 def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path, gray_png, monkeypatch):
-    import imgconv.batch
+    import imgconv.batch.job
 
     def interrupted(array, fmt, stream, **kwargs):
         stream.write(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imgconv.batch, "encode", interrupted)
+    monkeypatch.setattr(imgconv.batch.job, "encode", interrupted)
     out = tmp_path / "out"
     result = invoke("apply", gray_png, "-k", "box-blur", "--out-dir", out, "--jobs", "1")
     assert result.exit_code == 130
@@ -972,7 +972,7 @@ def test_an_output_that_cannot_be_written_is_named_not_the_input(gray_png, tmp_p
     def refuse(path, write, *, overwrite):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(batch, "write_atomic", refuse)
+    monkeypatch.setattr(batch.job, "write_atomic", refuse)
     out = tmp_path / "ro" / "x.png"
     result = invoke("apply", gray_png, "-k", "sobel", "-o", out)
     assert result.exit_code == 1

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from imgconv import batch
 from imgconv.cli import app
+from imgconv.errors import UsageError
 
 runner = CliRunner()
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
@@ -104,7 +105,7 @@ def test_an_output_through_a_bind_mount_is_the_input(bind_mount):
     results = batch.run(tasks, options)
     assert sorted(r.status for r in results) == ["failed", "written"]
     assert any("same output" in r.reason for r in results)
-    with pytest.raises(batch.UsageError, match="is also the output"):
+    with pytest.raises(UsageError, match="is also the output"):
         batch.check_manifest_path(str(b / "o" / "y.png"), tasks[:1], overwrite=True)
 
 
@@ -136,7 +137,7 @@ def test_recursive_glob_matches_as_glob_does(tmp_path, monkeypatch):
         import glob
 
         want = sorted(p for p in glob.glob(pattern, recursive=True) if not p.endswith("/"))
-        want = [p for p in want if batch._is_image_file(Path(p))]
+        want = [p for p in want if batch.tasks._is_image_file(Path(p))]
         got = [s.path for s in batch.expand_inputs([pattern])]
         assert got == want, pattern
 
@@ -243,7 +244,7 @@ def test_real_locked_folders(tmp_path):
 # --- jobs and workers -----------------------------------------------------------------------
 
 def test_jobs_are_capped_at_the_cpu_count(tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
+    monkeypatch.setattr(batch.workers, "available_cpus", lambda: 2)
     executor = batch.make_executor(1000, 50)
     assert isinstance(executor, batch.ProcessExecutor) and executor.jobs == 2
     inputs = [small_png(tmp_path / f"{n}.png", seed=n) for n in range(3)]
@@ -258,7 +259,7 @@ def test_jobs_are_capped_at_the_cpu_count(tmp_path, monkeypatch):
 #: Runs imgconv with an encoder that writes half an image, says so, then never finishes.
 STUCK = """
 import os, sys, time
-import imgconv.batch as b
+import imgconv.batch.job as b
 def stuck(array, fmt, stream, **kwargs):
     stream.write(b"half")
     stream.flush()
@@ -392,7 +393,7 @@ def test_temporary_names_carry_the_pid(tmp_path, monkeypatch):
         seen.extend(p.name for p in tmp_path.iterdir() if p.name.endswith(".part"))
         stream.write(b"x")
 
-    monkeypatch.setattr(batch, "encode", spy)
+    monkeypatch.setattr(batch.job, "encode", spy)
     x = small_png(tmp_path / "x.png")
     assert invoke("apply", x, "-k", "box-blur", "-o", tmp_path / "o.png").exit_code == 0
     assert seen[0].startswith(f".o.png.{os.getpid()}.") and seen[0].endswith(".part")
@@ -474,7 +475,7 @@ def test_a_manifest_that_became_a_folder_says_so(tmp_path):
 
 
 def test_an_output_that_appears_during_the_run_is_skipped(tmp_path, monkeypatch):
-    real = batch.encode
+    real = batch.job.encode
     x = small_png(tmp_path / "x.png")
     out = tmp_path / "out"
 
@@ -482,7 +483,7 @@ def test_an_output_that_appears_during_the_run_is_skipped(tmp_path, monkeypatch)
         (out / "x.png").write_bytes(b"the other run's")  # another run got there first
         real(array, fmt, stream, **kwargs)
 
-    monkeypatch.setattr(batch, "encode", racing)
+    monkeypatch.setattr(batch.job, "encode", racing)
     result = invoke("apply", x, "-k", "box-blur", "--out-dir", out, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert "written 0, skipped 1, failed 0" in result.stderr
@@ -512,14 +513,14 @@ def test_kernel_names_in_file_names_never_collide(tmp_path, a, b):
 
 
 def test_file_safe_kernel_names():
-    assert batch._file_safe("sobel-x") == "sobel-x"
-    assert batch._file_safe("gaussian:sigma=2") == "gaussian_sigma=2"
-    assert batch._file_safe("sobel+gaussian:sigma=2") == "sobel+gaussian_sigma=2"
+    assert batch.tasks._file_safe("sobel-x") == "sobel-x"
+    assert batch.tasks._file_safe("gaussian:sigma=2") == "gaussian_sigma=2"
+    assert batch.tasks._file_safe("sobel+gaussian:sigma=2") == "sobel+gaussian_sigma=2"
     long_a, long_b = "box:size=3+" * 10 + "a", "box:size=3+" * 10 + "b"
-    assert batch._file_safe(long_a) != batch._file_safe(long_b)
-    assert len(batch._file_safe(long_a)) <= 60
-    assert batch._file_safe("x_y") != batch._file_safe("x:y")
-    assert batch._file_safe("1/3").startswith("1_3-")
+    assert batch.tasks._file_safe(long_a) != batch.tasks._file_safe(long_b)
+    assert len(batch.tasks._file_safe(long_a)) <= 60
+    assert batch.tasks._file_safe("x_y") != batch.tasks._file_safe("x:y")
+    assert batch.tasks._file_safe("1/3").startswith("1_3-")
 
 
 @pytest.mark.parametrize(("args", "message"), [

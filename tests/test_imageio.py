@@ -81,7 +81,7 @@ def test_special_file_as_input_is_refused_without_blocking(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["fifo", "chardev", "socket"])
 def test_manifest_hash_refuses_a_special_input(tmp_path, kind):
-    from imgconv.batch import _sha256
+    from imgconv.batch.job import _sha256
 
     special = make_special(kind, tmp_path / "in.png")
     with pytest.raises(ImageError, match=f"{special}: is a {WORDS[kind]}"):

@@ -14,6 +14,7 @@ from imgconv import batch, opening
 from imgconv.cli import app
 from imgconv.errors import ImageError
 from imgconv.imageio import load
+from imgconv.pipeline import Pipeline
 from imgconv.prefetch import Prefetch
 
 
@@ -52,7 +53,7 @@ def test_a_file_changed_after_decoding_is_read_again(photo):
 
 
 def _process(path: Path, prefetch: Prefetch, max_pixels: int) -> batch.Result:
-    pipeline = batch.Pipeline.from_options(["box-blur"])
+    pipeline = Pipeline.from_options(["box-blur"])
     task = batch.Task(batch.Source(str(path)), str(path) + ".out.png", "png")
     return batch.process(task, batch.Options(pipeline, max_pixels=max_pixels), prefetch=prefetch)
 

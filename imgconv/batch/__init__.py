@@ -1,0 +1,76 @@
+"""Inputs to outputs: a batch of image files through one pipeline.
+
+A batch never stops for one bad file: each job returns a :class:`Result`
+whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
+
+- :mod:`~imgconv.batch.tasks`: the inputs (files, folders, patterns) and each one's output;
+- :mod:`~imgconv.batch.render`: one picture through the pipeline (alpha, depth, mapping);
+- :mod:`~imgconv.batch.job`: one input filtered into its output, safely;
+- :mod:`~imgconv.batch.workers`: executors (this process or worker processes) and :func:`run`;
+- :mod:`~imgconv.batch.manifest`: the run's JSON record.
+"""
+
+from __future__ import annotations
+
+from imgconv.batch.job import (
+    SKIP,
+    TEMPORARY_NAME,
+    check_size,
+    output_conflict,
+    process,
+    remove_temporary_files,
+)
+from imgconv.batch.manifest import check_manifest_path, write_manifest
+from imgconv.batch.render import ALPHA_MODES, check_alpha_mode, render
+from imgconv.batch.tasks import (
+    STDIO,
+    Options,
+    Result,
+    Source,
+    Task,
+    check_depth,
+    expand_inputs,
+    file_id,
+    input_ids,
+    plan,
+    skipped_subfolders,
+)
+from imgconv.batch.workers import (
+    Executor,
+    ProcessExecutor,
+    SerialExecutor,
+    available_cpus,
+    make_executor,
+    run,
+)
+
+__all__ = [
+    "ALPHA_MODES",
+    "SKIP",
+    "STDIO",
+    "TEMPORARY_NAME",
+    "Executor",
+    "Options",
+    "ProcessExecutor",
+    "Result",
+    "SerialExecutor",
+    "Source",
+    "Task",
+    "available_cpus",
+    "check_alpha_mode",
+    "check_depth",
+    "check_manifest_path",
+    "check_size",
+    "expand_inputs",
+    "file_id",
+    "input_ids",
+    "make_executor",
+    "output_conflict",
+    "plan",
+    "process",
+    "remove_temporary_files",
+    "render",
+    "run",
+    "skipped_subfolders",
+    "write_manifest",
+]

@@ -1,0 +1,296 @@
+"""One input filtered into its output (:func:`process`), never raising for a bad file.
+
+Also the temporary files that a killed writer leaves, and their removal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgconv.batch.render import render
+from imgconv.batch.tasks import STDIO, Options, Result, Task, file_id
+from imgconv.errors import ImageError, ImgconvError
+from imgconv.imageio import (
+    Picture,
+    encode,
+    load,
+    write_atomic,
+)
+from imgconv.opening import check_regular, warnings_as_notes
+from imgconv.pipeline import Pipeline
+
+if TYPE_CHECKING:
+
+    from imgconv.prefetch import Prefetch
+
+def _sha256(path: str, data: bytes | None = None) -> str:
+    """The sha256 of ``data``, or else of the file: for --manifest.
+
+    hashlib loads OpenSSL (3 MiB of memory), so only runs that ask for it import it.
+    """
+    import hashlib
+
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
+    check_regular(path)  # a FIFO would block the open below
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: :func:`output_conflict`'s answer for an output that --skip-existing skips
+SKIP = "skip"
+
+
+def output_conflict(target: Path, name: str, options: Options) -> str | None:
+    """Why ``target`` (the output of input ``name``) must not be written, :data:`SKIP`, or None.
+
+    The error message when it is an input, or exists (a dangling link too)
+    without --overwrite or --skip-existing. --dry-run asks the same question.
+    """
+    if file_id(target) in options.protected:  # the input under this or another name
+        return f"{name}: output {target} is an input; refusing to write it"
+    if os.path.lexists(target):
+        if options.skip_existing:
+            return SKIP
+        if not options.overwrite:
+            return f"{target}: already exists (use --overwrite to replace it)"
+    return None
+
+
+def process(task: Task, options: Options, data: bytes | None = None,
+            prefetch: Prefetch | None = None) -> Result:
+    """Filter one input into its output. Never raises for a bad file: the Result says why.
+
+    Raises BrokenPipeError if standard output (``-``) is closed by its reader:
+    that ends the run, not one file.
+    """
+    from imgconv.core import jit
+    from imgconv.core.threads import set_threads
+
+    start = time.perf_counter()
+    set_threads(options.threads)
+    jit.set_jit(options.jit)
+    name = "<stdin>" if task.source.path == STDIO else task.source.path
+    result = Result(name, task.target, "failed")
+    try:
+        if task.source.problem is not None:
+            raise ImageError(task.source.problem)
+        if task.target != STDIO:
+            conflict = output_conflict(Path(task.target), name, options)
+            if conflict == SKIP:
+                result.status, result.reason = "skipped", "output exists"
+                return result
+            if conflict is not None:
+                raise ImageError(conflict)
+        if options.hash_inputs:
+            result.sha256 = _sha256(task.source.path, data)
+        picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
+            if prefetch is not None else None
+        if picture is None:
+            picture = load(data if data is not None else task.source.path, gray=options.gray,
+                           max_pixels=options.max_pixels)
+        result.notes.extend(picture.notes)
+        result.input_shape = list(picture.shape)
+        check_size(options.pipeline, picture, options.max_pixels, name)
+        with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
+            array, alpha, notes = render(picture, options, task.fmt, name)
+        result.notes.extend(notes)
+        result.output_shape = list(array.shape)
+        if options.verify:
+            result.max_error = _verify(picture, options, name)
+        icc_profile, exif, qtables = picture.icc_profile, picture.exif, picture.qtables
+        del picture  # the input's pixels are not needed while the output is encoded
+
+        def write(stream: Any) -> None:
+            encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
+                   quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
+                   name="<stdout>" if task.target == STDIO else task.target)
+
+        if task.target == STDIO:
+            buffer = io.BytesIO()  # whole before anything reaches stdout
+            write(buffer)
+            try:
+                write_all(sys.stdout.buffer, buffer.getbuffer())
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # the output's fault (/dev/full), not the input's
+                raise ImageError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
+        else:
+            target = Path(task.target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ImageError(
+                    f"{target}: cannot create the folder {target.parent}: a file is in the way"
+                ) from None
+            except OSError as exc:
+                raise ImageError(f"{target}: cannot create the folder {target.parent} "
+                                 f"({exc.strerror or exc})") from None
+            try:
+                write_atomic(target, write, overwrite=options.overwrite)
+            except OSError as exc:  # the output's fault, not the input's: name it
+                raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
+            except ImageError:
+                # absent when checked, there now: another run wrote it meanwhile
+                if options.skip_existing and os.path.lexists(target):
+                    result.status, result.reason = "skipped", "output exists"
+                    return result
+                raise
+        result.status = "written"
+    except ImgconvError as exc:
+        result.reason = str(exc)
+    except BrokenPipeError:
+        if task.target == STDIO:
+            raise
+        result.reason = f"{name}: {os.strerror(32)}"
+    except OSError as exc:
+        result.reason = f"{name}: {exc.strerror or exc}"
+    except Exception as exc:  # one bad file never stops the batch
+        detail = traceback.format_exc() if options.debug else f"{type(exc).__name__}: {exc}"
+        result.reason = f"{name}: internal error: {detail} (rerun with --debug for details)"
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def check_size(pipeline: Pipeline, picture: Picture, max_pixels: int, name: str) -> None:
+    """Refuse an image on which a stage's result would exceed ``max_pixels``, before computing."""
+    problem = pipeline.size_problem(picture.shape[:2], max_pixels)  # type: ignore[arg-type]
+    if problem is not None:
+        raise ImageError(f"{name}: {problem} (--max-pixels)")
+
+
+def write_all(stream: Any, data: Any) -> None:
+    """Write every byte of ``data`` to ``stream`` and flush it, or raise OSError.
+
+    A pipe whose reader goes away takes part of a large write and says nothing
+    (BufferedWriter returns the short count); a non-blocking one raises
+    BlockingIOError when full. Both are continued here until all is written or
+    the write fails (BrokenPipeError once the reader is gone).
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        try:
+            n = stream.write(view)
+        except BlockingIOError as exc:
+            n = exc.characters_written
+            _wait_writable(stream)
+        else:
+            if n is None:  # a raw non-blocking stream with no room
+                _wait_writable(stream)
+                n = 0
+            elif n == 0:
+                raise OSError(5, "the stream took none of the bytes")  # EIO
+        view = view[n:]
+    while True:
+        try:
+            stream.flush()
+            return
+        except BlockingIOError:
+            _wait_writable(stream)
+
+
+def _wait_writable(stream: Any) -> None:
+    import select
+
+    try:
+        select.select([], [stream.fileno()], [], 1.0)
+    except (AttributeError, OSError, ValueError):
+        time.sleep(0.01)  # no file descriptor to wait on
+
+
+def _depth_of(array: Any) -> str:
+    kind = array.dtype.kind
+    return "float" if kind == "f" else "16" if array.dtype.itemsize == 2 else "8"
+
+
+def _verify(picture: Picture, options: Options, name: str) -> float:
+    from imgconv.check import compare, reference
+
+    source = picture.pixels
+    ours = options.pipeline.run(source)
+    comparison = compare(ours, reference(options.pipeline, source), options.tol)
+    if not comparison.ok:
+        raise ImageError(
+            f"{name}: --verify failed: max |imgconv - scipy| = {max(comparison.max_abs):.3g} "
+            f"> tolerance {comparison.tolerance:.3g}"
+        )
+    return max(comparison.max_abs)
+
+
+#: write_atomic's temporary files: ``.NAME.PID.XXXXXXXX.part`` (``.NAME.XXXXXXXX.part`` before
+#: the writer's pid was part of the name).
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+?)(?:\.(?P<pid>[0-9]+))?\.[A-Za-z0-9_]+\.part")
+
+#: A temporary file whose writer is gone is removed once untouched this long, in seconds:
+#: a run on another machine writing into a shared folder has another pid space.
+STALE_SECONDS = 60
+
+
+def _temporary_files(tasks: Sequence[Task]) -> Iterator[tuple[Path, re.Match[str]]]:
+    """Each temporary file in the targets' folders, with its name's parts."""
+    folders = {Path(t.target).parent for t in tasks if t.target != STDIO}
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e in entries]
+        except OSError:  # not there yet, or cannot be read: the tasks will say so
+            continue
+        for name in names:
+            match = TEMPORARY_NAME.fullmatch(name)
+            if match:
+                yield folder / name, match
+
+
+def remove_temporary_files(tasks: Sequence[Task]) -> None:
+    """Delete what a killed worker left of write_atomic: ``.NAME.*.part`` beside each target."""
+    wanted = {(Path(t.target).parent, Path(t.target).name) for t in tasks if t.target != STDIO}
+    for path, match in _temporary_files(tasks):
+        if (path.parent, match["name"]) in wanted:
+            _unlink(path)
+
+
+def remove_stale_temporary_files(tasks: Sequence[Task]) -> None:
+    """Delete temporary files that runs killed earlier (SIGKILL) left in the targets' folders.
+
+    A file is stale when the process named in it is gone and it has not been
+    written to for :data:`STALE_SECONDS`.
+    """
+    now = time.time()
+    for path, match in _temporary_files(tasks):
+        if match["pid"] is None or _pid_alive(int(match["pid"])):
+            continue
+        try:
+            if now - path.stat().st_mtime > STALE_SECONDS:
+                _unlink(path)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():
+        return True  # (os.kill(pid, 0) would end the process on Windows)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
