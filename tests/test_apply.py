@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from imgconv.cli import app
-from imgconv.cli_common import RICH_TERMINAL_VARIABLES
+from imgconv.cli.output import RICH_TERMINAL_VARIABLES
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=float)
@@ -916,7 +916,7 @@ def test_apply_imports_only_what_it_uses(tmp_path, rgb_png):
     # photo that is not rotated; PyYAML (15 ms) is for kernel files, not built-ins
     # and the extras (numba, dask, distributed, tifffile, zarr) are never imported by it
     unwanted = ("scipy", "hashlib", "_hashlib", "rich", "numpy.ma", "PIL.ImageOps",
-                "imgconv.cli_kernel_views", "yaml", "numba", "dask", "distributed", "tifffile",
+                "imgconv.cli.views", "yaml", "numba", "dask", "distributed", "tifffile",
                 "zarr", "imagecodecs")
     code = ("import sys\nfrom imgconv.__main__ import script as main\n"
             f"sys.argv = ['imgconv', 'apply', {str(rgb_png)!r}, '-k', 'sobel-x', '-o', "

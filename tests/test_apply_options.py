@@ -121,7 +121,7 @@ def test_stdout_output_from_stdin_still_needs_a_format(small):
 
 
 def test_binary_output_to_a_terminal_is_refused(small, monkeypatch):
-    from imgconv import cli_common
+    from imgconv.cli import output as cli_common
 
     monkeypatch.setattr(cli_common.Stream, "file_is_terminal", lambda self: True)
     result = invoke("apply", small, "-k", "sobel", "-o", "-", "--format", "png")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgconv.cli_common import RICH_TERMINAL_VARIABLES, Stream, print_error, stderr
+from imgconv.cli.output import RICH_TERMINAL_VARIABLES, Stream, print_error, stderr
 
 LONG = "in/" + "x" * 150 + ".jpg: cannot decode the image"
 
@@ -76,7 +76,7 @@ def test_tables_outside_a_terminal_are_not_wrapped_or_padded(no_terminal_variabl
     (row,) = [line for line in lines if "camera.png" in line]
     assert str(photo) in row and row.split()[-2] == "ok"  # then the table's edge
     # with colour forced (a pipe to less -R), padding before the closing codes goes too
-    from imgconv import cli_common
+    from imgconv.cli import output as cli_common
 
     monkeypatch.setattr(cli_common.stdout, "_console", None)  # decided anew, as in a new process
     monkeypatch.setenv("FORCE_COLOR", "1")

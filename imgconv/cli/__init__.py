@@ -1,7 +1,8 @@
 """The command line: parse options, call the library, print, exit.
 
-Each command lives in a ``cli_*`` module and reports errors through
-:func:`imgconv.cli_common.report_errors`. Heavy imports (numpy, PIL, scipy)
+Each command lives in a module of its own (``apply``, ``check``, ``kernels``);
+``options`` holds what ``apply`` and ``check`` share, ``output`` the streams and
+the error boundary (:func:`imgconv.cli.output.report_errors`). Heavy imports (numpy, PIL, scipy)
 happen inside the commands, never at start-up.
 """
 
@@ -12,8 +13,9 @@ from typing import Annotated
 
 import typer
 
-from imgconv import __version__, cli_apply, cli_kernels
-from imgconv.cli_common import (
+from imgconv import __version__
+from imgconv.cli import apply, check, kernels
+from imgconv.cli.output import (
     OutputFailed,
     ReaderGone,
     StreamClosed,
@@ -52,10 +54,10 @@ def _root(
 
 
 # Commands are registered here, one line each.
-app.command("list")(cli_kernels.list_command)
-app.command("show")(cli_kernels.show_command)
-app.command("apply")(cli_apply.apply_command)
-app.command("check")(cli_apply.check_command)
+app.command("list")(kernels.list_command)
+app.command("show")(kernels.show_command)
+app.command("apply")(apply.apply_command)
+app.command("check")(check.check_command)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """``imgconv list`` and ``imgconv show``: browse the kernel library.
 
-numpy, the kernel library and Rich's tables (:mod:`imgconv.cli_kernel_views`) are
+numpy, the kernel library and Rich's tables (:mod:`imgconv.cli.views`) are
 imported inside the commands, so that ``imgconv --help`` and ``apply`` start
 fast; neither command touches scipy or PIL.
 """
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from imgconv.cli_common import report_errors, stdout
+from imgconv.cli.output import report_errors, stdout
 from imgconv.errors import KernelError
 
 
@@ -47,10 +47,10 @@ def show_command(
     if json_:
         stdout.write(_json(info) + "\n")
         return
-    from imgconv import cli_kernel_views
+    from imgconv.cli import views
 
     family = FAMILIES.get(info["name"].partition(":")[0]) if info["source"] == "family" else None
-    cli_kernel_views.show(info, family)
+    views.show(info, family)
 
 
 def list_command(
@@ -73,6 +73,6 @@ def list_command(
     if json_:
         stdout.write(_json([r.to_json() for r in rows]) + "\n")
         return
-    from imgconv import cli_kernel_views
+    from imgconv.cli import views
 
-    stdout.print(cli_kernel_views.list_table(rows))
+    stdout.print(views.list_table(rows))

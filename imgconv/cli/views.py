@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from imgconv.cli_common import stdout
+from imgconv.cli.output import stdout
 
 if TYPE_CHECKING:
     from imgconv.kernels import CatalogEntry

@@ -1,10 +1,8 @@
-"""``imgconv apply`` and ``imgconv check``: options in, library calls, progress and summary out."""
+"""``imgconv apply``: options in, the batch run, progress and summary out."""
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,200 +10,41 @@ from typing import Annotated, Any
 
 import typer
 
-from imgconv.cli_common import (
+from imgconv.cli.options import (
+    PANEL_OUT,
+    PANEL_RUN,
+    Activation,
+    Cval,
+    Debug,
+    Dilation,
+    Gray,
+    Inputs,
+    Kernels,
+    MaxPixels,
+    Mode,
+    PaddingOpt,
+    PadMode,
+    PipelineFile,
+    PoolOp,
+    PoolSize,
+    PoolStride,
+    Stride,
+    Tol,
+    build_pipeline,
+    check_core_settings,
+    check_size,
+    check_tol,
+    read_stdin,
+)
+from imgconv.cli.output import (
     print_error,
     print_warning,
-    printable,
     report_errors,
     silence_stdout,
     stderr,
     stdout,
 )
 from imgconv.errors import UsageError
-
-PANEL_CONV = "Convolution"
-PANEL_OUT = "Output"
-PANEL_RUN = "Running"
-
-Inputs = Annotated[
-    list[str],
-    typer.Argument(
-        metavar="INPUT...",
-        help="Image files, folders, glob patterns, or - for standard input.",
-        show_default=False,
-    ),
-]
-Kernels = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-k",
-        "--kernel",
-        metavar="KERNEL",
-        help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
-        "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.",
-        rich_help_panel=PANEL_CONV,
-        show_default=False,
-    ),
-]
-PipelineFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--pipeline",
-        metavar="FILE",
-        help="A pipeline YAML file (instead of -k and the layer options).",
-        rich_help_panel=PANEL_CONV,
-        show_default=False,
-    ),
-]
-Mode = Annotated[
-    str,
-    typer.Option(
-        "--mode",
-        metavar="MODE",
-        help="correlate (the kernel as written, as CNNs do) or convolve (flipped).",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-PaddingOpt = Annotated[
-    str,
-    typer.Option(
-        "--padding",
-        metavar="PADDING",
-        help="same, valid, full, N, N,M or T,B,L,R.",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-PadMode = Annotated[
-    str,
-    typer.Option(
-        "--pad-mode",
-        metavar="MODE",
-        help="Border: reflect, mirror, nearest, wrap or constant.",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-Cval = Annotated[
-    float,
-    typer.Option(
-        "--cval",
-        metavar="V",
-        help="Fill value for --pad-mode constant.",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-Stride = Annotated[
-    str, typer.Option("--stride", metavar="N[,M]", help="N or N,M.", rich_help_panel=PANEL_CONV)
-]
-Dilation = Annotated[
-    str, typer.Option("--dilation", metavar="N[,M]", help="N or N,M.", rich_help_panel=PANEL_CONV)
-]
-Activation = Annotated[
-    str,
-    typer.Option(
-        "--activation",
-        metavar="NAME",
-        help="After the last kernel: none, relu or abs.",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-PoolOp = Annotated[
-    str | None,
-    typer.Option(
-        "--pool",
-        metavar="OP",
-        help="Pooling after the activation: max or avg.",
-        rich_help_panel=PANEL_CONV,
-        show_default=False,
-    ),
-]
-PoolSize = Annotated[
-    str | None,
-    typer.Option(
-        "--pool-size",
-        metavar="N[,M]",
-        help="Pooling window, N or N,M.",
-        rich_help_panel=PANEL_CONV,
-        show_default=False,
-    ),
-]
-PoolStride = Annotated[
-    str | None,
-    typer.Option(
-        "--pool-stride",
-        metavar="N[,M]",
-        help="Pooling step, N or N,M (default: the size).",
-        rich_help_panel=PANEL_CONV,
-        show_default=False,
-    ),
-]
-Gray = Annotated[
-    bool,
-    typer.Option(
-        "--gray",
-        metavar="",
-        help="Convert to luminance first (ITU-R 601-2, as Pillow's L).",
-        rich_help_panel=PANEL_CONV,
-    ),
-]
-MaxPixels = Annotated[
-    int,
-    typer.Option(
-        "--max-pixels",
-        metavar="N",
-        min=1,
-        help="Refuse larger images (decompression bombs) without decoding them.",
-        rich_help_panel=PANEL_RUN,
-    ),
-]
-Debug = Annotated[
-    bool, typer.Option("--debug", metavar="", help="Show tracebacks.", rich_help_panel=PANEL_RUN)
-]
-Tol = Annotated[
-    float | None,
-    typer.Option(
-        "--tol",
-        min=0.0,
-        metavar="T",
-        help="Largest allowed |imgconv - scipy| (default 1e-4 x max(1, max |result|)).",
-        rich_help_panel=PANEL_RUN,
-        show_default=False,
-    ),
-]
-
-
-def _build_pipeline(
-    kernels: list[str] | None, pipeline_file: Path | None, output_map: str, **layer: Any
-) -> Any:
-    from imgconv.pipeline import Pipeline
-
-    defaults = {
-        "mode": "correlate",
-        "padding": "same",
-        "pad_mode": "reflect",
-        "cval": 0.0,
-        "stride": "1",
-        "dilation": "1",
-        "activation": "none",
-        "pool": None,
-        "pool_size": None,
-        "pool_stride": None,
-    }
-    if pipeline_file is not None:
-        changed = sorted("--" + k.replace("_", "-") for k, v in layer.items() if v != defaults[k])
-        if kernels or changed:
-            given = (["-k"] if kernels else []) + changed
-            raise UsageError(f"--pipeline describes the whole layer; drop {', '.join(given)}")
-        pipeline = Pipeline.from_yaml(pipeline_file)
-        if output_map != "auto":
-            from dataclasses import replace
-
-            from imgconv.pipeline import OUTPUT_MAPPINGS, _choice
-
-            pipeline = replace(
-                pipeline, output=_choice(output_map, OUTPUT_MAPPINGS, "--output-map")
-            )
-        return pipeline
-    return Pipeline.from_options(kernels or [], output=output_map, **layer)
 
 
 def apply_command(
@@ -418,7 +257,7 @@ def apply_command(
         from imgconv.imageio import DEPTHS
 
         try:
-            pipeline = _build_pipeline(
+            pipeline = build_pipeline(
                 kernel,
                 pipeline_file,
                 output_map,
@@ -433,8 +272,8 @@ def apply_command(
                 pool_size=pool_size,
                 pool_stride=pool_stride,
             )
-            _check_size(pipeline, max_pixels)
-            _check_tol(tol)
+            check_size(pipeline, max_pixels)
+            check_tol(tol)
             if output == batch.STDIO and not dry_run and stdout.file_is_terminal():
                 raise UsageError("-o -: standard output is a terminal; redirect it to a file "
                                  "or a pipe")
@@ -443,7 +282,7 @@ def apply_command(
             batch.check_alpha_mode(alpha, pipeline)
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
-            _check_core_settings(threads, jit)
+            check_core_settings(threads, jit)
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
             unreadable: list[str] = []
@@ -464,7 +303,7 @@ def apply_command(
         if not quiet:
             for line in unreadable:
                 print_warning(line)
-        stdin = _read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
+        stdin = read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
         subfolders = 0 if recursive else batch.skipped_subfolders(inputs)
         if subfolders and not quiet:
             stderr.line(
@@ -539,25 +378,6 @@ def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float
         lines.append(f"--quality is used only for jpg and webp outputs, not "
                      f"{', '.join(formats)}{every}")
     return lines
-
-
-def _check_tol(tol: float | None) -> None:
-    if tol is not None and not math.isfinite(tol):
-        raise UsageError(f"--tol must be a finite number >= 0, got {tol}")
-
-
-def _check_size(pipeline: Any, max_pixels: int) -> None:
-    """Refuse geometry (padding, dilation) that would be too large for any image, up front."""
-    problem = pipeline.size_problem((1, 1), max_pixels)
-    if problem is not None:
-        raise UsageError(f"{problem}, even for a 1x1 image (--max-pixels)")
-
-
-def _read_stdin(max_pixels: int) -> bytes:
-    """Standard input, at most what an image of ``max_pixels`` pixels can need."""
-    from imgconv.imageio import read_stdin, stdin_limit
-
-    return read_stdin(sys.stdin.buffer, stdin_limit(max_pixels))
 
 
 class _Signalled(KeyboardInterrupt):
@@ -670,27 +490,6 @@ def _run_with_progress(
         return run(tick)
 
 
-def _check_core_settings(threads: int | None, jit: bool | None) -> None:
-    """Apply --threads and --jit, and check them and the environment's defaults, up front.
-
-    A bad ``IMGCONV_THREADS`` or ``IMGCONV_JIT``, or ``--jit`` (or
-    ``IMGCONV_JIT=1``) without a working numba, is a usage error (exit 2).
-    """
-    from imgconv.core import jit as compiled
-    from imgconv.core.threads import get_threads, set_threads
-
-    try:
-        set_threads(threads)
-        get_threads()  # checks IMGCONV_THREADS
-        compiled.set_jit(jit)
-        compiled.enabled()  # checks IMGCONV_JIT
-    except (ValueError, compiled.JitUnavailable) as exc:
-        message = str(exc)
-        if jit and isinstance(exc, compiled.JitUnavailable):
-            message = "--jit: " + message
-        raise UsageError(message) from None
-
-
 def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: Any) -> None:
     """The --dry-run report: the pipeline's plan for the first input, then each input's output.
 
@@ -741,98 +540,3 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: A
             elif target.exists() or target.is_symlink():
                 exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
-
-
-def check_command(
-    inputs: Inputs,
-    kernel: Kernels = None,
-    pipeline_file: PipelineFile = None,
-    mode: Mode = "correlate",
-    padding: PaddingOpt = "same",
-    pad_mode: PadMode = "reflect",
-    cval: Cval = 0.0,
-    stride: Stride = "1",
-    dilation: Dilation = "1",
-    activation: Activation = "none",
-    pool: PoolOp = None,
-    pool_size: PoolSize = None,
-    pool_stride: PoolStride = None,
-    gray: Gray = False,
-    tol: Tol = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")
-    ] = False,
-    max_pixels: MaxPixels = 100_000_000,
-    debug: Debug = False,
-) -> None:
-    """Run the pipeline with imgconv's core and with scipy.ndimage; compare per channel."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from imgconv import batch
-    from imgconv.check import compare, reference
-    from imgconv.errors import ImgconvError
-    from imgconv.imageio import load
-
-    with report_errors(debug):
-        _check_core_settings(None, None)
-        pipeline = _build_pipeline(
-            kernel,
-            pipeline_file,
-            "auto",
-            mode=mode,
-            padding=padding,
-            pad_mode=pad_mode,
-            cval=cval,
-            stride=stride,
-            dilation=dilation,
-            activation=activation,
-            pool=pool,
-            pool_size=pool_size,
-            pool_stride=pool_stride,
-        )
-        _check_size(pipeline, max_pixels)
-        _check_tol(tol)
-        sources = batch.expand_inputs(inputs, recursive=recursive)
-        if not sources:
-            raise UsageError("no input images found")
-        stdin = _read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
-        table = Table(title=f"imgconv vs scipy.ndimage: {pipeline.name}", title_justify="left")
-        table.add_column("input", overflow="fold")  # a path is never cut short
-        for col in ("channel", "max |error|", "mean |error|", "tolerance", ""):
-            table.add_column(col, no_wrap=True)
-        failed = 0
-        errors: list[str] = []
-        for source in sources:
-            try:
-                picture = load(
-                    stdin if source.path == batch.STDIO and stdin is not None else source.path,
-                    gray=gray,
-                    max_pixels=max_pixels,
-                )
-                batch.check_size(pipeline, picture, max_pixels, source.path)
-                ours = pipeline.run(picture.pixels)
-                result = compare(ours, reference(pipeline, picture.pixels), tol)
-            except ImgconvError as exc:
-                message = str(exc)
-                errors.append(
-                    message if message.startswith(source.path) else f"{source.path}: {message}"
-                )
-                continue
-            for c, (mx, mean) in enumerate(zip(result.max_abs, result.mean_abs, strict=True)):
-                ok = mx <= result.tolerance
-                failed += not ok
-                table.add_row(
-                    Text(printable(source.path)),  # a path is text, not markup
-                    str(c),
-                    f"{mx:.3g}",
-                    f"{mean:.3g}",
-                    f"{result.tolerance:.3g}",
-                    "[green]ok" if ok else "[red]FAIL",
-                )
-        if table.row_count:  # no empty table when no input could be checked
-            stdout.print(table)
-        for line in errors:
-            print_error(line)
-        if failed or errors:
-            raise typer.Exit(1)

@@ -1,0 +1,134 @@
+"""``imgconv check``: a pipeline run by imgconv's core and by scipy.ndimage, compared."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from imgconv.cli.options import (
+    Activation,
+    Cval,
+    Debug,
+    Dilation,
+    Gray,
+    Inputs,
+    Kernels,
+    MaxPixels,
+    Mode,
+    PaddingOpt,
+    PadMode,
+    PipelineFile,
+    PoolOp,
+    PoolSize,
+    PoolStride,
+    Stride,
+    Tol,
+    build_pipeline,
+    check_core_settings,
+    check_size,
+    check_tol,
+    read_stdin,
+)
+from imgconv.cli.output import (
+    print_error,
+    printable,
+    report_errors,
+    stdout,
+)
+from imgconv.errors import UsageError
+
+
+def check_command(
+    inputs: Inputs,
+    kernel: Kernels = None,
+    pipeline_file: PipelineFile = None,
+    mode: Mode = "correlate",
+    padding: PaddingOpt = "same",
+    pad_mode: PadMode = "reflect",
+    cval: Cval = 0.0,
+    stride: Stride = "1",
+    dilation: Dilation = "1",
+    activation: Activation = "none",
+    pool: PoolOp = None,
+    pool_size: PoolSize = None,
+    pool_stride: PoolStride = None,
+    gray: Gray = False,
+    tol: Tol = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")
+    ] = False,
+    max_pixels: MaxPixels = 100_000_000,
+    debug: Debug = False,
+) -> None:
+    """Run the pipeline with imgconv's core and with scipy.ndimage; compare per channel."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from imgconv import batch
+    from imgconv.check import compare, reference
+    from imgconv.errors import ImgconvError
+    from imgconv.imageio import load
+
+    with report_errors(debug):
+        check_core_settings(None, None)
+        pipeline = build_pipeline(
+            kernel,
+            pipeline_file,
+            "auto",
+            mode=mode,
+            padding=padding,
+            pad_mode=pad_mode,
+            cval=cval,
+            stride=stride,
+            dilation=dilation,
+            activation=activation,
+            pool=pool,
+            pool_size=pool_size,
+            pool_stride=pool_stride,
+        )
+        check_size(pipeline, max_pixels)
+        check_tol(tol)
+        sources = batch.expand_inputs(inputs, recursive=recursive)
+        if not sources:
+            raise UsageError("no input images found")
+        stdin = read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
+        table = Table(title=f"imgconv vs scipy.ndimage: {pipeline.name}", title_justify="left")
+        table.add_column("input", overflow="fold")  # a path is never cut short
+        for col in ("channel", "max |error|", "mean |error|", "tolerance", ""):
+            table.add_column(col, no_wrap=True)
+        failed = 0
+        errors: list[str] = []
+        for source in sources:
+            try:
+                picture = load(
+                    stdin if source.path == batch.STDIO and stdin is not None else source.path,
+                    gray=gray,
+                    max_pixels=max_pixels,
+                )
+                batch.check_size(pipeline, picture, max_pixels, source.path)
+                ours = pipeline.run(picture.pixels)
+                result = compare(ours, reference(pipeline, picture.pixels), tol)
+            except ImgconvError as exc:
+                message = str(exc)
+                errors.append(
+                    message if message.startswith(source.path) else f"{source.path}: {message}"
+                )
+                continue
+            for c, (mx, mean) in enumerate(zip(result.max_abs, result.mean_abs, strict=True)):
+                ok = mx <= result.tolerance
+                failed += not ok
+                table.add_row(
+                    Text(printable(source.path)),  # a path is text, not markup
+                    str(c),
+                    f"{mx:.3g}",
+                    f"{mean:.3g}",
+                    f"{result.tolerance:.3g}",
+                    "[green]ok" if ok else "[red]FAIL",
+                )
+        if table.row_count:  # no empty table when no input could be checked
+            stdout.print(table)
+        for line in errors:
+            print_error(line)
+        if failed or errors:
+            raise typer.Exit(1)
