@@ -6,7 +6,7 @@ The array API is importable from the top level::
     >>> imgconv.correlate(np.eye(3), [[1, 2, 3]], padding="valid").tolist()
     [[1.0], [2.0], [3.0]]
 
-The names are loaded on first use, so ``imgconv --help`` does not pay for numpy.
+The names are loaded on first use, so the command line's help does not pay for numpy.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ EXTENSIONS = {
 }
 # the extensions a folder is searched for
 INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
-#: A JPEG output's quality when neither --quality nor a JPEG input gives one.
+#: A JPEG output's quality when neither ``quality`` nor a JPEG input gives one.
 JPEG_QUALITY = 90
 #: The widest and tallest image a format can hold, where less than Pillow allows.
 MAX_SIDE = {"webp": 16383, "jpg": 65500}
@@ -124,13 +124,13 @@ def format_for(path: str, explicit: str | None) -> str:
         name = explicit.lower().lstrip(".")
         name = EXTENSIONS.get("." + name, name)
         if name not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {explicit!r}")
+            raise UsageError(f"`format` must be one of {', '.join(FORMATS)}, got {explicit!r}")
         return name
     ext = Path(path).suffix.lower()
     if ext not in EXTENSIONS:
         raise UsageError(
             f"{path}: cannot tell the output format from the extension {ext or '(none)'!r}; "
-            f"use one of {', '.join(sorted(EXTENSIONS))} or --format"
+            f"use one of {', '.join(sorted(EXTENSIONS))} or `format`"
         )
     return EXTENSIONS[ext]
 

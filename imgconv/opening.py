@@ -88,7 +88,7 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
         im.close()
         raise ImageError(
             f"{name}: {w}x{h} = {w * h:,} pixels is more than the limit of {max_pixels:,}; "
-            f"raise it with --max-pixels"
+            f"raise it with `max_pixels`"
         )
     return im
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from imgconv.prefetch import Prefetch
 
 def _sha256(path: str, data: bytes | None = None) -> str:
-    """The sha256 of ``data``, or else of the file: for --manifest.
+    """The sha256 of ``data``, or else of the file: for the manifest.
 
     hashlib loads OpenSSL (3 MiB of memory), so only runs that ask for it import it.
     """
@@ -49,7 +49,7 @@ def _sha256(path: str, data: bytes | None = None) -> str:
     return digest.hexdigest()
 
 
-#: :func:`output_conflict`'s answer for an output that --skip-existing skips
+#: :func:`output_conflict`'s answer for an output that ``skip_existing`` skips
 SKIP = "skip"
 
 
@@ -57,7 +57,7 @@ def output_conflict(target: Path, name: str, options: Options) -> str | None:
     """Why ``target`` (the output of input ``name``) must not be written, :data:`SKIP`, or None.
 
     The error message when it is an input, or exists (a dangling link too)
-    without --overwrite or --skip-existing. --dry-run asks the same question.
+    without ``overwrite`` or ``skip_existing``. A dry run asks the same question.
     """
     if file_id(target) in options.protected:  # the input under this or another name
         return f"{name}: output {target} is an input; refusing to write it"
@@ -65,7 +65,7 @@ def output_conflict(target: Path, name: str, options: Options) -> str | None:
         if options.skip_existing:
             return SKIP
         if not options.overwrite:
-            return f"{target}: already exists (use --overwrite to replace it)"
+            return f"{target}: already exists (use `overwrite=True` to replace it)"
     return None
 
 
@@ -159,7 +159,7 @@ def process(task: Task, options: Options, data: bytes | None = None,
         result.reason = f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # one bad file never stops the batch
         detail = traceback.format_exc() if options.debug else f"{type(exc).__name__}: {exc}"
-        result.reason = f"{name}: internal error: {detail} (rerun with --debug for details)"
+        result.reason = f"{name}: internal error: {detail} (rerun with `debug=True` for details)"
     finally:
         result.seconds = time.perf_counter() - start
     return result
@@ -169,7 +169,7 @@ def check_size(pipeline: Pipeline, picture: Picture, max_pixels: int, name: str)
     """Refuse an image on which a stage's result would exceed ``max_pixels``, before computing."""
     problem = pipeline.size_problem(picture.shape[:2], max_pixels)  # type: ignore[arg-type]
     if problem is not None:
-        raise ImageError(f"{name}: {problem} (--max-pixels)")
+        raise ImageError(f"{name}: {problem} (`max_pixels`)")
 
 
 def write_all(stream: Any, data: Any) -> None:
@@ -224,7 +224,7 @@ def _verify(picture: Picture, options: Options, name: str) -> float:
     comparison = compare(ours, reference(options.pipeline, source), options.tol)
     if not comparison.ok:
         raise ImageError(
-            f"{name}: --verify failed: max |imgconv - scipy| = {max(comparison.max_abs):.3g} "
+            f"{name}: `verify` failed: max |imgconv - scipy| = {max(comparison.max_abs):.3g} "
             f"> tolerance {comparison.tolerance:.3g}"
         )
     return max(comparison.max_abs)

@@ -1,4 +1,4 @@
-"""The run's JSON record (``--manifest``): where it may go, and writing it."""
+"""The run's JSON record (the manifest): where it may go, and writing it."""
 
 from __future__ import annotations
 
@@ -26,22 +26,22 @@ def check_manifest_path(path: str, tasks: Sequence[Task], *, overwrite: bool) ->
     ``-`` is standard output, unless an image goes there.
     """
     if path == "":
-        raise UsageError("--manifest: the path is empty ('')")
+        raise UsageError("`manifest`: the path is empty ('')")
     if path == STDIO:
         if any(t.target == STDIO for t in tasks):
-            raise UsageError("--manifest -: standard output already carries the image "
-                             "(-o -); give the manifest a file name")
+            raise UsageError("`manifest=-`: standard output already carries the image "
+                             "(`output=-`); give the manifest a file name")
         return
     if os.path.isdir(path):
-        raise UsageError(f"--manifest {path}: is a folder; give a file name such as run.json")
+        raise UsageError(f"`manifest` {path}: is a folder; give a file name such as run.json")
     ident, key = file_id(path), output_key(path)
     for task in tasks:
         if ident is not None and task.source.path != STDIO and file_id(task.source.path) == ident:
-            raise UsageError(f"--manifest {path}: is an input image; refusing to replace it")
+            raise UsageError(f"`manifest` {path}: is an input image; refusing to replace it")
         if task.target != STDIO and output_key(task.target) == key:
-            raise UsageError(f"--manifest {path}: is also the output of {task.source.path}")
+            raise UsageError(f"`manifest` {path}: is also the output of {task.source.path}")
     if os.path.lexists(path) and not overwrite:
-        raise UsageError(f"--manifest {path}: already exists (use --overwrite to replace it)")
+        raise UsageError(f"`manifest` {path}: already exists (use `overwrite=True` to replace it)")
 
 
 def write_manifest(path: str, options: Options, results: Sequence[Result], *, overwrite: bool,
@@ -61,16 +61,16 @@ def write_manifest(path: str, options: Options, results: Sequence[Result], *, ov
         return
     target = Path(path)
     if os.path.isdir(target):  # made during the run (an output's folder)
-        raise ImageError(f"--manifest {path}: is a folder; give a file name such as run.json")
+        raise ImageError(f"`manifest` {path}: is a folder; give a file name such as run.json")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ImageError(f"--manifest {path}: cannot create the folder {target.parent}: "
+        raise ImageError(f"`manifest` {path}: cannot create the folder {target.parent}: "
                          "a file is in the way") from None
     except OSError as exc:
-        raise ImageError(f"--manifest {path}: cannot create the folder {target.parent} "
+        raise ImageError(f"`manifest` {path}: cannot create the folder {target.parent} "
                          f"({exc.strerror or exc})") from None
     try:
         write_atomic(target, lambda stream: stream.write(data), overwrite=overwrite)
     except OSError as exc:
-        raise ImageError(f"--manifest {path}: cannot write it ({exc.strerror or exc})") from None
+        raise ImageError(f"`manifest` {path}: cannot write it ({exc.strerror or exc})") from None

@@ -32,21 +32,21 @@ def _premultiply_problem(pipeline: Pipeline) -> str | None:
         if any(k.bias for k in stage.members()):
             return f"kernel {stage.spec}, which has a bias"
         if stage.pad_mode == "constant" and stage.cval != 0:
-            return "--pad-mode constant with a non-zero --cval"
+            return "`pad_mode=constant` with a non-zero `cval`"
     return None
 
 
 def check_alpha_mode(mode: str, pipeline: Pipeline) -> None:
-    """Refuse --alpha premultiply where it would give wrong colours (see below)."""
+    """Refuse ``alpha="premultiply"`` where it would give wrong colours (see below)."""
     if mode not in ALPHA_MODES:
-        raise UsageError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {mode!r}")
+        raise UsageError(f"`alpha` must be one of {', '.join(ALPHA_MODES)}, got {mode!r}")
     _choose_alpha(mode, pipeline)
 
 
 def _choose_alpha(mode: str, pipeline: Pipeline) -> str:
     problem = _premultiply_problem(pipeline)
     if mode == "premultiply" and problem is not None:
-        raise UsageError(f"--alpha premultiply cannot be used with {problem}; use --alpha copy")
+        raise UsageError(f"`alpha=premultiply` cannot be used with {problem}; use `alpha=copy`")
     if mode != "auto":
         return mode
     if pipeline.all_weights_nonnegative() and problem is None:
@@ -93,13 +93,13 @@ def _output_depth(options: Options, fmt: str, picture: Picture, channels: int) -
         else:
             depth = "8"  # float input to png too: the README's "mapped to 8 bits"
     if depth == "16" and fmt not in SIXTEEN_BIT:
-        raise UsageError(f"--depth 16 needs png or tiff output, not {fmt}")
+        raise UsageError(f"`depth=16` needs png or tiff output, not {fmt}")
     if depth == "float" and fmt != "tiff":
-        raise UsageError(f"--depth float needs tiff output, not {fmt}")
+        raise UsageError(f"`depth=float` needs tiff output, not {fmt}")
     if depth != "8" and channels != 1 and not (depth == "16" and channels == 3):
         raise ImageError(
             f"a {channels}-channel result cannot be written at depth {depth} (16-bit images "
-            "have one or three channels, float ones one); use --gray, --depth 8 or .npy"
+            "have one or three channels, float ones one); use `gray=True`, `depth=8` or .npy"
         )
     return depth
 
@@ -111,7 +111,7 @@ def _has_multichannel_filter(pipeline: Pipeline) -> bool:
 def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any, Any, list[str]]:
     """Run the pipeline on a picture; returns (encodable array, alpha or None, notes).
 
-    Without ``--verify`` the result may be written over ``picture.pixels``
+    Without ``verify`` the result may be written over ``picture.pixels``
     (a JPEG decoded into RGBX and written as JPEG: :func:`output_array`).
     """
     import numpy as np
@@ -148,7 +148,7 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     else:
         if raw:
             return pipeline.run(pixels).astype(np.float32, copy=False), None, notes
-        # the result may go over the input, which nothing reads afterwards but --verify
+        # the result may go over the input, which nothing reads afterwards but verify
         reuse = None if options.verify else pixels
         mapped, clipped = pipeline.run_mapped(
             pixels, how, scale=scale, out_max=out_max,
@@ -159,8 +159,8 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
     remedies = pipeline.clipping_remedies(how)
     if clipped > CLIP_WARNING_FRACTION and remedies:
         notes.append(
-            f"{name}: {clipped:.1%} of values were clipped by --output-map {how}; "
-            f"try --output-map {' or '.join(remedies)}"
+            f"{name}: {clipped:.1%} of values were clipped by `output_map={how}`; "
+            f"try `output_map` {' or '.join(remedies)}"
         )
     if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")

@@ -199,7 +199,7 @@ def expand_inputs(
     """Files as given; folders' image files (descending with ``recursive``); glob patterns.
 
     Files found in folders or by patterns under ``exclude`` (the output folder)
-    are left out, so a run whose --out-dir sits inside its input folder does not
+    are left out, so a run whose output folder sits inside its input folder does not
     read its own outputs. A path that does not exist is kept, so that it is
     reported as a failed input; so is a folder given that cannot be read. A
     sub-folder that cannot be read is a line in ``warnings``. One file under
@@ -210,7 +210,7 @@ def expand_inputs(
     skip = os.path.realpath(exclude) + os.sep if exclude else None
 
     def wanted(p: Path, base: str) -> bool:
-        # an --out-dir equal to the folder given is not excluded: its files are inputs
+        # an output folder equal to the folder given is not excluded: its files are inputs
         inside = skip is not None and os.path.realpath(p).startswith(skip)
         return _is_image_file(p) and not (inside and os.path.realpath(base) + os.sep != skip)
 
@@ -245,7 +245,7 @@ def expand_inputs(
 
 
 def skipped_subfolders(args: Sequence[str]) -> int:
-    """How many sub-folders the folders in ``args`` have (not read without --recursive)."""
+    """How many sub-folders the folders in ``args`` have (not read unless ``recursive``)."""
     count = 0
     for arg in args:
         if arg != STDIO and os.path.isdir(arg):
@@ -292,29 +292,29 @@ def check_name_template(template: str) -> None:
     try:
         parts = list(Formatter().parse(template))
     except ValueError as exc:
-        raise UsageError(f"--name {template!r}: {exc}") from None
+        raise UsageError(f"`name` {template!r}: {exc}") from None
     for _, name, spec, conversion in parts:
         if name is not None and (spec or conversion):
-            raise UsageError(f"--name {template!r}: fields take no format spec or conversion")
+            raise UsageError(f"`name` {template!r}: fields take no format spec or conversion")
         if name is not None and name not in NAME_FIELDS:
             raise UsageError(
-                f"--name: unknown field {{{name}}}; use "
+                f"`name`: unknown field {{{name}}}; use "
                 + ", ".join(f"{{{f}}}" for f in NAME_FIELDS)
             )
     if not template.strip():
-        raise UsageError("--name must not be empty")
+        raise UsageError("`name` must not be empty")
     if ".." in Path(template).parts or template.startswith(("/", "\\")):
-        raise UsageError(f"--name {template!r}: must stay inside --out-dir (no '..' or '/')")
+        raise UsageError(f"`name` {template!r}: must stay inside `out_dir` (no '..' or '/')")
 
 
 def check_depth(tasks: Sequence[Task], depth: str | None) -> None:
-    """Refuse a --depth that an output's format cannot hold, before any file is touched."""
+    """Refuse a ``depth`` that an output's format cannot hold, before any file is touched."""
     for task in tasks:
         if depth == "16" and task.fmt not in SIXTEEN_BIT:
-            raise UsageError(f"--depth 16 needs png or tiff output, not {task.fmt} "
+            raise UsageError(f"`depth=16` needs png or tiff output, not {task.fmt} "
                              f"({task.target})")
         if depth == "float" and task.fmt != "tiff":
-            raise UsageError(f"--depth float needs tiff output, not {task.fmt} ({task.target})")
+            raise UsageError(f"`depth=float` needs tiff output, not {task.fmt} ({task.target})")
 
 
 def plan(
@@ -328,37 +328,37 @@ def plan(
 ) -> list[Task]:
     """Decide each input's output path and format; raises UsageError for impossible requests."""
     if (output is None) == (out_dir is None):
-        raise UsageError("give exactly one of -o/--output FILE and --out-dir DIR")
+        raise UsageError("give exactly one of `output` FILE and `out_dir` DIR")
     if output == "" or out_dir == "":
-        raise UsageError(f"{'-o' if output == '' else '--out-dir'}: the path is empty ('')")
+        raise UsageError(f"{'`output`' if output == '' else '`out_dir`'}: the path is empty ('')")
     if not sources:
         raise UsageError("no input images found")
     if output is not None:
         if len(sources) > 1:
             raise UsageError(
-                f"-o/--output takes one input, got {len(sources)}; use --out-dir DIR for several"
+                f"`output` takes one input, got {len(sources)}; use `out_dir` DIR for several"
             )
         if name is not None:
-            raise UsageError("--name goes with --out-dir, not -o")
+            raise UsageError("`name` goes with `out_dir`, not `output`")
         if output == STDIO and fmt is None:
             fmt = EXTENSIONS.get(Path(sources[0].path).suffix.lower())  # as the input
             if fmt is None or sources[0].path == STDIO:
-                raise UsageError("-o - (standard output) needs --format when the input's "
+                raise UsageError("`output=-` (standard output) needs `format` when the input's "
                                  "extension does not name a format")
         if os.path.isdir(output):
-            raise UsageError(f"-o {output}: is a folder; use --out-dir {output}")
+            raise UsageError(f"`output` {output}: is a folder; use `out_dir` {output}")
         ext = Path(output).suffix.lower()
         named = EXTENSIONS.get(ext) if output != STDIO else None
         if fmt is not None and named is not None and named != format_for("", fmt):
             raise UsageError(
-                f"-o {output}: the extension says {named} but --format says "
+                f"`output` {output}: the extension says {named} but `format` says "
                 f"{format_for('', fmt)}; make them agree"
             )
         return [Task(sources[0], output, format_for(output, fmt) if output != STDIO
                      else format_for("", fmt))]
     assert out_dir is not None
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out-dir {out_dir}: exists and is not a folder")
+        raise UsageError(f"`out_dir` {out_dir}: exists and is not a folder")
     template = name or "{stem}{ext}"
     check_name_template(template)
     explicit = format_for("", fmt) if fmt is not None else None
@@ -370,14 +370,14 @@ def plan(
         named = EXTENSIONS.get(relative.suffix.lower())
         if named is None and explicit is None:
             raise UsageError(
-                f"--name {template!r} gives {relative.name!r}, which does not end in an "
+                f"`name` {template!r} gives {relative.name!r}, which does not end in an "
                 f"extension imgconv writes ({', '.join(sorted(EXTENSIONS))}); add {{ext}} "
-                "or give --format"
+                "or give `format`"
             )
         if named is not None and explicit is not None and named != explicit:
             raise UsageError(
-                f"--name {template!r} gives {relative.name!r}: the extension says {named} but "
-                f"--format says {explicit}; make them agree"
+                f"`name` {template!r} gives {relative.name!r}: the extension says {named} but "
+                f"`format` says {explicit}; make them agree"
             )
         target_fmt = named or fmt_for_ext
         tasks.append(Task(source, str(Path(out_dir) / relative), target_fmt))

@@ -168,8 +168,8 @@ def _exit(code: int) -> None:
 def _worker_init() -> None:
     import signal
 
-    # --jobs processes already fill the cores: one core thread each, unless the user says
-    # otherwise with IMGCONV_THREADS (or --threads, which Options carries)
+    # worker processes already fill the cores: one core thread each, unless the user says
+    # otherwise with IMGCONV_THREADS (or Options.threads)
     os.environ.setdefault("IMGCONV_THREADS", "1")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C reaches the whole process group

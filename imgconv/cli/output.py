@@ -123,6 +123,7 @@ class Stream:
         shown escaped (:func:`printable`), so a line is always one line;
         ``multiline`` keeps newlines (a traceback with --debug).
         """
+        text = flag_words(text)
         text = "\n".join(map(printable, text.split("\n"))) if multiline else printable(text)
         if self._name == "stderr":
             try:
@@ -148,6 +149,35 @@ class Stream:
 #: (the undecodable bytes of a file name): shown as Python escapes
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
                           "\ud800-\udfff]")
+
+
+#: The library's parameters and the command line's flags that set them: the library
+#: names a parameter as `name` or `name=value` in its messages (it never knows
+#: of flags), and every line printed here says ``--flag`` or ``--flag value``.
+FLAGS = {
+    "output": "-o", "kernel": "-k", "format": "--format", **{
+        name: "--" + name.replace("_", "-") for name in (
+            "activation", "alpha", "cval", "debug", "depth", "dilation", "dry_run", "gray",
+            "jit", "jobs", "manifest", "max_pixels", "mode", "name", "out_dir", "output_map",
+            "overwrite", "pad_mode", "padding", "pipeline", "pool", "pool_size", "pool_stride",
+            "quality", "quiet", "recursive", "skip_existing", "stride", "threads", "tol",
+            "verify")}}
+_PARAMETER = re.compile("`(" + "|".join(sorted(FLAGS)) + ")(?:=([^`]*))?`")
+
+
+def flag_words(text: str) -> str:
+    """The library's `name=value` as the command line's ``--name value``.
+
+    >>> flag_words("`depth=16` needs png or tiff output; `output=-` needs `format`")
+    '--depth 16 needs png or tiff output; -o - needs --format'
+    >>> flag_words("use `overwrite=True` to replace it")
+    'use --overwrite to replace it'
+    """
+    def flag(match: re.Match[str]) -> str:
+        option, value = FLAGS[match[1]], match[2]
+        return option if value is None or value == "True" else f"{option} {value}"
+
+    return _PARAMETER.sub(flag, text)
 
 
 def printable(text: str) -> str:

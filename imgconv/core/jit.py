@@ -16,7 +16,7 @@ rounds differently from ``separable``.)
 
 numba is an optional extra (``pip install 'imgconv[jit]'``), imported only
 when the path is first used. Whether it is used is, in order of precedence:
-:func:`set_jit` (what ``imgconv apply --jit/--no-jit`` calls), the
+:func:`set_jit` (what the command line's jit switch calls), the
 environment variable ``IMGCONV_JIT`` (``1`` or ``0``), then off. It is off by
 default because a process pays for it once: importing numba and loading a
 kernel from numba's disk cache take longer, and more memory, than a whole
@@ -369,7 +369,7 @@ _fallback: dict[int, tuple[Path, Any]] = {}
 def _fallback_dir() -> Path:
     """A temporary folder for this process's kernels, removed when it exits.
 
-    One per process: a worker forked by ``apply --jobs`` makes its own, and
+    One per process: a worker process of a batch makes its own, and
     removes it as it exits (multiprocessing runs its finalizers, not atexit's;
     :func:`remove_fallback_dir` runs it before an ``os._exit``).
     """

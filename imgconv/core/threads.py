@@ -2,7 +2,7 @@
 
 numpy's element-wise loops and scipy.fft release the GIL, so row bands of one
 image run truly in parallel on plain Python threads. The count is, in order of
-precedence: :func:`set_threads` (what ``imgconv --threads`` calls), the
+precedence: :func:`set_threads` (what the command line's threads option calls), the
 environment variable ``IMGCONV_THREADS``, then every core this process may use.
 """
 

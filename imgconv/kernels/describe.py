@@ -73,7 +73,7 @@ def _rank(matrix: NDArray[np.float64]) -> int:
 
 
 def describe(item: Kernel | KernelBank) -> dict[str, Any]:
-    """Everything ``imgconv show --json`` prints, as JSON-ready values.
+    """Everything ``imgconv show`` prints as JSON, as JSON-ready values.
 
     Matrices of a multi-channel filter ``(kh, kw, C)`` are given channel first,
     one ``kh × kw`` list of lists per channel.
