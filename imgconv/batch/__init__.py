@@ -13,8 +13,8 @@ whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
 from __future__ import annotations
 
 from imgconv.batch.job import (
-    SKIP,
     TEMPORARY_NAME,
+    Conflict,
     check_size,
     output_conflict,
     process,
@@ -27,6 +27,7 @@ from imgconv.batch.tasks import (
     Options,
     Result,
     Source,
+    Status,
     Task,
     check_depth,
     expand_inputs,
@@ -46,15 +47,16 @@ from imgconv.batch.workers import (
 
 __all__ = [
     "ALPHA_MODES",
-    "SKIP",
     "STDIO",
     "TEMPORARY_NAME",
+    "Conflict",
     "Executor",
     "Options",
     "ProcessExecutor",
     "Result",
     "SerialExecutor",
     "Source",
+    "Status",
     "Task",
     "available_cpus",
     "check_alpha_mode",

@@ -13,11 +13,12 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgconv.batch.render import render
-from imgconv.batch.tasks import STDIO, Options, Result, Task, file_id
+from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, file_id
 from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
     Picture,
@@ -49,23 +50,27 @@ def _sha256(path: str, data: bytes | None = None) -> str:
     return digest.hexdigest()
 
 
-#: :func:`output_conflict`'s answer for an output that ``skip_existing`` skips
-SKIP = "skip"
+@dataclass(frozen=True)
+class Conflict:
+    """Why an output must not be written: ``skip`` it (skip_existing), or fail with ``reason``."""
+
+    reason: str
+    skip: bool = False
 
 
-def output_conflict(target: Path, name: str, options: Options) -> str | None:
-    """Why ``target`` (the output of input ``name``) must not be written, :data:`SKIP`, or None.
+def output_conflict(target: Path, name: str, options: Options) -> Conflict | None:
+    """Why ``target`` (the output of input ``name``) must not be written, or None.
 
-    The error message when it is an input, or exists (a dangling link too)
-    without ``overwrite`` or ``skip_existing``. A dry run asks the same question.
+    It is an input, or exists (a dangling link too) without ``overwrite``, or
+    exists and ``skip_existing`` skips it. A dry run asks the same question.
     """
     if file_id(target) in options.protected:  # the input under this or another name
-        return f"{name}: output {target} is an input; refusing to write it"
+        return Conflict(f"{name}: output {target} is an input; refusing to write it")
     if os.path.lexists(target):
         if options.skip_existing:
-            return SKIP
+            return Conflict("output exists", skip=True)
         if not options.overwrite:
-            return f"{target}: already exists (use `overwrite=True` to replace it)"
+            return Conflict(f"{target}: already exists (use `overwrite=True` to replace it)")
     return None
 
 
@@ -83,17 +88,17 @@ def process(task: Task, options: Options, data: bytes | None = None,
     set_threads(options.threads)
     jit.set_jit(options.jit)
     name = "<stdin>" if task.source.path == STDIO else task.source.path
-    result = Result(name, task.target, "failed")
+    result = Result(name, task.target, Status.FAILED)
     try:
         if task.source.problem is not None:
             raise ImageError(task.source.problem)
         if task.target != STDIO:
             conflict = output_conflict(Path(task.target), name, options)
-            if conflict == SKIP:
-                result.status, result.reason = "skipped", "output exists"
+            if conflict is not None and conflict.skip:
+                result.status, result.reason = Status.SKIPPED, conflict.reason
                 return result
             if conflict is not None:
-                raise ImageError(conflict)
+                raise ImageError(conflict.reason)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
         picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
@@ -145,10 +150,10 @@ def process(task: Task, options: Options, data: bytes | None = None,
             except ImageError:
                 # absent when checked, there now: another run wrote it meanwhile
                 if options.skip_existing and os.path.lexists(target):
-                    result.status, result.reason = "skipped", "output exists"
+                    result.status, result.reason = Status.SKIPPED, "output exists"
                     return result
                 raise
-        result.status = "written"
+        result.status = Status.WRITTEN
     except ImgconvError as exc:
         result.reason = str(exc)
     except BrokenPipeError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from imgconv.batch.tasks import Options
 from imgconv.errors import ImageError, UsageError
@@ -108,8 +108,16 @@ def _has_multichannel_filter(pipeline: Pipeline) -> bool:
     return any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
 
 
-def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any, Any, list[str]]:
-    """Run the pipeline on a picture; returns (encodable array, alpha or None, notes).
+class Rendered(NamedTuple):
+    """A picture run through the pipeline: what :func:`imgconv.imageio.encode` takes."""
+
+    pixels: Any  # mapped to the output depth's dtype, or float32
+    alpha: Any  # in the same units, or None
+    notes: list[str]
+
+
+def render(picture: Picture, options: Options, fmt: str, name: str) -> Rendered:
+    """Run the pipeline on a picture, ready to encode as ``fmt``.
 
     Without ``verify`` the result may be written over ``picture.pixels``
     (a JPEG decoded into RGBX and written as JPEG: :func:`output_array`).
@@ -143,11 +151,11 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
         values = np.where(covered, filtered / divisor, 0).astype(filtered.dtype)
         out_alpha = filtered_alpha * np.float32(picture.max_value)
         if raw:
-            return values.astype(np.float32), None, notes
+            return Rendered(values.astype(np.float32), None, notes)
         mapped, clipped = map_output(values, how, scale=scale, out_max=out_max)
     else:
         if raw:
-            return pipeline.run(pixels).astype(np.float32, copy=False), None, notes
+            return Rendered(pipeline.run(pixels).astype(np.float32, copy=False), None, notes)
         # the result may go over the input, which nothing reads afterwards but verify
         reuse = None if options.verify else pixels
         mapped, clipped = pipeline.run_mapped(
@@ -167,4 +175,4 @@ def render(picture: Picture, options: Options, fmt: str, name: str) -> tuple[Any
         out_alpha = None
     if out_alpha is not None:
         out_alpha, _ = map_output(out_alpha, "clip", scale=scale, out_max=out_max)
-    return mapped, out_alpha, notes
+    return Rendered(mapped, out_alpha, notes)

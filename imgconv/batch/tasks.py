@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from string import Formatter
 from typing import TYPE_CHECKING
@@ -82,11 +83,21 @@ class Options:
     protected: frozenset[tuple[int, int]] = frozenset()  # inputs' file_id(): never written
 
 
+class Status(str, Enum):
+    """What became of one input (a string, as the manifest records it)."""
+
+    WRITTEN = "written"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass
 class Result:
+    """One input's outcome: its output, status, the reason it failed, and what was measured."""
+
     input: str
     output: str
-    status: str  # written | skipped | failed
+    status: Status
     reason: str = ""
     input_shape: list[int] | None = None
     output_shape: list[int] | None = None

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from imgconv.batch.job import process, remove_stale_temporary_files, remove_temporary_files
-from imgconv.batch.tasks import STDIO, Options, Result, Task, output_key
+from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, output_key
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -273,7 +273,7 @@ def run(
     for task in tasks:
         key = task.target if task.target == STDIO else output_key(task.target)
         if key in seen and task.target != STDIO:
-            clash = Result(task.source.path, task.target, "failed",
+            clash = Result(task.source.path, task.target, Status.FAILED,
                            f"{task.source.path}: same output {task.target} as {seen[key]}")
             results.append(clash)
             if on_result:
@@ -298,4 +298,5 @@ def run(
 
 
 def _lost(task: Task, reason: str) -> Result:
-    return Result(task.source.path, task.target, "failed", f"{task.source.path}: {reason}")
+    return Result(task.source.path, task.target, Status.FAILED,
+                  f"{task.source.path}: {reason}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -45,6 +45,10 @@ from imgconv.cli.output import (
     stdout,
 )
 from imgconv.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgconv.batch import Executor, Options, Result, Task
+    from imgconv.prefetch import Prefetch
 
 
 def apply_command(
@@ -334,7 +338,7 @@ def apply_command(
             return
         executor = batch.make_executor(jobs or cpus, len(tasks))
         try:
-            results = _run_with_progress(batch, tasks, options, executor, stdin, quiet,
+            results = _run_with_progress(tasks, options, executor, stdin, quiet,
                                          prefetch)
         except KeyboardInterrupt as exc:
             stderr.line("interrupted: finished outputs are complete; none is partial")
@@ -342,12 +346,12 @@ def apply_command(
         except BrokenPipeError:  # -o - and the reader left (| head): nothing to say there
             silence_stdout()
             raise typer.Exit(141) from None  # as a shell shows a process ended by SIGPIPE
-        failed = [r for r in results if r.status == "failed"]
+        failed = [r for r in results if r.status == batch.Status.FAILED]
         for r in failed:
             print_error(_with_file(r), multiline=debug)
         if not quiet:
-            written = sum(r.status == "written" for r in results)
-            skipped = sum(r.status == "skipped" for r in results)
+            written = sum(r.status == batch.Status.WRITTEN for r in results)
+            skipped = sum(r.status == batch.Status.SKIPPED for r in results)
             summary = f"written {written}, skipped {skipped}, failed {len(failed)}"
             errors = [r.max_error for r in results if r.max_error is not None]
             if errors:
@@ -432,14 +436,16 @@ def _dims(shape: list[int] | None) -> str:
 
 
 def _run_with_progress(
-    batch: Any, tasks: list[Any], options: Any, executor: Any, stdin: bytes | None, quiet: bool,
-    prefetch: Any,
-) -> list[Any]:
-    def note(result: Any) -> None:
+    tasks: list[Task], options: Options, executor: Executor, stdin: bytes | None, quiet: bool,
+    prefetch: Prefetch | None,
+) -> list[Result]:
+    from imgconv import batch
+
+    def note(result: Result) -> None:
         for line in result.notes:
             print_warning(line)
 
-    def run(on_result: Any = None) -> list[Any]:
+    def run(on_result: Callable[[Result], None] | None = None) -> list[Result]:
         return list(batch.run(tasks, options, executor=executor, stdin=stdin, prefetch=prefetch,
                               on_result=on_result))
 
@@ -447,14 +453,14 @@ def _run_with_progress(
         return run()
     if not stderr.is_terminal or len(tasks) == 1:
 
-        def plain(result: Any) -> None:
+        def plain(result: Result) -> None:
             note(result)
-            if result.status == "written" and result.output != batch.STDIO:
+            if result.status == batch.Status.WRITTEN and result.output != batch.STDIO:
                 stderr.line(
                     f"{result.input} {_dims(result.input_shape)} -> {result.output} "
                     f"{_dims(result.output_shape)}"
                 )
-            elif result.status == "skipped":
+            elif result.status == batch.Status.SKIPPED:
                 stderr.line(f"skipped {result.input}: {result.output} exists")
 
         return run(plain)
@@ -480,7 +486,7 @@ def _run_with_progress(
     ) as progress:
         bar = progress.add_task("filtering", total=len(tasks), rate="")
 
-        def tick(result: Any) -> None:
+        def tick(result: Result) -> None:
             note(result)
             task = progress.tasks[0]
             elapsed = task.elapsed or 0.0
@@ -533,10 +539,10 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: A
         if t.target != "-":
             target = Path(t.target)
             conflict = batch.output_conflict(target, t.source.path, options)
-            if conflict == batch.SKIP:
+            if conflict is not None and conflict.skip:
                 exists = " (exists: skipped)"
             elif conflict is not None:
-                exists = f" (would fail: {conflict})"
+                exists = f" (would fail: {conflict.reason})"
             elif target.exists() or target.is_symlink():
                 exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
