@@ -680,19 +680,25 @@ class Pipeline:
         """Build from a pipeline YAML file (see README.md, "Pipeline files")."""
         import yaml
 
+        from imgconv.kernels.parse import Refused, read_text, safe_loader
+
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_text(path)
+        except Refused as exc:
+            raise UsageError(f"{path}: the pipeline file {exc}") from None
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the pipeline file ({exc.strerror})") from None
         except UnicodeDecodeError:
             raise UsageError(f"{path}: not a pipeline YAML file (not UTF-8 text)") from None
         try:
-            doc = yaml.safe_load(text)
+            doc = yaml.load(text, Loader=safe_loader())  # a safe loader
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" line {where.line + 1}:" if where is not None else ""
             problem = getattr(exc, "problem", None) or "syntax error"
             raise UsageError(f"{path}:{line} not valid YAML ({problem})") from None
+        except Refused as exc:
+            raise UsageError(f"{path}:{f' line {exc.line}:' if exc.line else ''} {exc}") from None
         try:
             return cls.from_dict(doc)
         except UsageError as exc:
@@ -718,7 +724,7 @@ class Pipeline:
                 if kinds[0] == "kernel":
                     _check_keys(item, ("kernel", *CONV_KEYS), where)
                     options = {k.replace("-", "_"): v for k, v in item.items() if k != "kernel"}
-                    stages.append(conv_stage(str(item["kernel"]), **options))
+                    stages.append(_file_conv_stage(item["kernel"], n, options))
                 elif kinds[0] == "activation":
                     _check_keys(item, ("activation",), where)
                     stages.append(ActivationStage(
@@ -743,6 +749,21 @@ def _pixels(shape: tuple[int, int]) -> str:
     if count < 10**12:
         return f"{shape[0]}x{shape[1]} = {count:,} pixels"
     return f"about {float(count):.3g} pixels"
+
+
+def _file_conv_stage(kernel: object, n: int, options: dict[str, Any]) -> ConvStage:
+    """A pipeline file's ``kernel:``: a spec (text, a number, a list of rows) or a mapping
+    as a bank member takes (``{matrix: ..., scale: ...}``), named ``stage-N`` by default."""
+    if isinstance(kernel, dict):
+        from imgconv.kernels.library import from_mapping
+
+        built = from_mapping(kernel, f"stage-{n}")
+        return conv_stage(built.name, kernel=built, **options)
+    if isinstance(kernel, bool) or not isinstance(kernel, (str, int, float, list)):
+        from imgconv.kernels.text import short
+
+        raise UsageError(f"kernel must be a kernel spec or a mapping, got {short(kernel)}")
+    return conv_stage(str(kernel), **options)
 
 
 def _span(lo: float, hi: float) -> str:
@@ -770,8 +791,10 @@ def conv_stage(
     cval: object = 0.0,
     stride: object = 1,
     dilation: object = 1,
+    kernel: Any = None,
 ) -> ConvStage:
-    """Resolve a kernel spec and check every option; raises UsageError/KernelError."""
+    """Resolve a kernel spec (unless ``kernel`` is given, already resolved) and check every
+    option; raises UsageError/KernelError."""
     from imgconv.kernels import resolve
 
     _choice(mode, CONV_MODES, "--mode")
@@ -783,7 +806,7 @@ def conv_stage(
                          ) from None
     if abs(fill) > FLOAT32_MAX:  # the stages work in float32: it would become infinity
         raise UsageError(f"--cval must be within float32's range (about ±3.4e38), got {fill:g}")
-    kernel = resolve(spec)
+    kernel = resolve(spec) if kernel is None else kernel
     return ConvStage(spec, mode, pad, canonical, fill, parse_pair(stride, "--stride"),
                      parse_pair(dilation, "--dilation"), kernel)
 

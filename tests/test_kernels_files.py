@@ -232,6 +232,73 @@ def test_missing_file_and_folder(tmp_path):
         resolve("bin.yaml")
 
 
+# --- hostile files (issue 14: items 3, 4 and 8) ----------------------------------------------
+
+
+def bomb(leaf: str = '"lol"', depth: int = 9, width: int = 9) -> str:
+    """A flow list whose aliases expand to ``width ** depth`` leaves ("billion laughs")."""
+    text = f"&a0 [{', '.join([leaf] * width)}]"
+    for k in range(1, depth):
+        text = f"&a{k} [{text}, {', '.join([f'*a{k - 1}'] * (width - 1))}]"
+    return text
+
+
+ALIAS = r"hostile\.yaml:\d+: aliases \(\*name\) repeat more than 100000 values"
+# (file contents, expected message): each must fail fast, in one line, with bounded memory.
+HOSTILE_FILES = [
+    ("name: t\nmatrix: [[1]]\ntags: " + bomb() + "\n", ALIAS),
+    ("name: t\nmatrix: " + bomb("1") + "\n", ALIAS),
+    ("name: t\nmatrix: [[1, " + bomb("1") + "]]\n", ALIAS),
+    ("name: t\ndescription: " + bomb() + "\nmatrix: [[1]]\n", ALIAS),
+    ("name: t\nkernels: " + bomb("sobel-x") + "\ncombine: max\n", ALIAS),
+    ("name: t\nfamily: box\nparams: " + bomb() + "\n", ALIAS),
+    ("- name: t\n  matrix: [[1]]\n  tags: " + bomb() + "\n", ALIAS),
+    ("name: t\nmatrix: " + "[" * 300 + "1" + "]" * 300 + "\n",
+     r"hostile\.yaml:2: lists and mappings nest more than 32 deep"),
+    ("name: t\ntags: " + "[" * 900 + "1" + "]" * 900 + "\nmatrix: [[1]]\n",
+     r"nest more than 32 deep"),
+    ("name: t\nmatrix: [[1]]\ntags: [1, " + "x" * 100_000 + "]\n", r"tags must be a list of"),
+    ("name: 9" + "n" * 100_000 + "\nmatrix: [[1]]\n", r"name must start with a letter"),
+    ("name: t\nmatrix: [['" + "9" * 100_000 + "']]\n", r"must be a finite number"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), HOSTILE_FILES,
+                         ids=[f"{i}-{m[:20]}" for i, (_, m) in enumerate(HOSTILE_FILES)])
+def test_hostile_files(tmp_path, text, message):
+    write(tmp_path, "hostile.yaml", text)
+    with pytest.raises(KernelError, match=message) as info:
+        resolve("hostile.yaml")
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+
+
+def test_aliases_within_the_budget_are_read(tmp_path):
+    write(tmp_path, "rows.yaml", "matrix:\n  - &r [1, 2, 1]\n  - *r\n  - *r\n")
+    assert resolve("rows.yaml").matrix.tolist() == [[1, 2, 1]] * 3
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    os.mkfifo(tmp_path / "fifo.yaml")  # nobody writes it: opening it to read would block
+    with pytest.raises(KernelError, match=r"^kernel file 'fifo\.yaml' is not a regular file"):
+        resolve("fifo.yaml")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_is_refused(tmp_path):
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")  # endless: reading it never stops
+    with pytest.raises(KernelError, match=r"'zero\.yaml' is not a regular file"):
+        resolve("zero.yaml")
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
+    with open(tmp_path / "big.yaml", "wb") as f:
+        f.truncate(40 * 2**20)  # sparse: 40 MiB of zeros, no disk used
+    with pytest.raises(KernelError, match=r"'big\.yaml' is 40\.0 MiB, more than the limit of "
+                                          r"32 MiB for a YAML file"):
+        resolve("big.yaml")
+
+
 # --- search path ------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
@@ -187,3 +189,70 @@ def test_conv_then_pool_in_bands_is_the_whole_image_result(
         np.testing.assert_array_equal(actual, expected)
     if pad_mode == "wrap":
         assert banded is None
+
+
+# --- pipeline files: inline mappings and hostile files (issue 14: items 3, 8 and 28) ----------
+
+
+def test_a_stage_takes_an_inline_mapping_as_a_bank_member_does(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "stages:\n"
+        "  - kernel: {matrix: [[0, 1, 0], [1, -4, 1], [0, 1, 0]]}\n"
+        "  - kernel:\n      name: half\n      matrix: '1 1'\n      scale: 1/2\n"
+        "  - kernel: {family: gaussian, params: {sigma: 1}}\n"
+        "  - kernel: [[1, 2, 1]]\n"
+    )
+    stages = Pipeline.from_yaml(path).conv_stages
+    assert [s.spec for s in stages] == ["stage-1", "half", "stage-3", "[[1, 2, 1]]"]
+    np.testing.assert_array_equal(stages[0].kernel.weights,
+                                  Pipeline.from_options(["laplacian"]).conv_stages[0].kernel.weights)
+    assert stages[1].kernel.weights.tolist() == [[0.5, 0.5]]
+    assert stages[2].kernel.shape == (7, 7)
+
+
+@pytest.mark.parametrize(("stage", "message"), [
+    ("{matrix: [[1, 2], [3]]}", r"p\.yaml: stage 1: kernel 'stage-1': matrix row 2 has 1 number"),
+    ("{matrx: [[1]]}", r"stage 1: kernel 'stage-1': unknown key 'matrx' \(did you mean matrix\?\)"),
+    ("null", r"stage 1: kernel must be a kernel spec or a mapping, got None"),
+])
+def test_bad_inline_stage(tmp_path, stage, message):
+    from imgconv.errors import UsageError
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"stages:\n  - kernel: {stage}\n")
+    with pytest.raises(UsageError, match=message):
+        Pipeline.from_yaml(path)
+
+
+def _bomb(leaf='"lol"', depth=9, width=9):
+    text = f"&a0 [{', '.join([leaf] * width)}]"
+    for k in range(1, depth):
+        text = f"&a{k} [{text}, {', '.join([f'*a{k - 1}'] * (width - 1))}]"
+    return text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("stages:\n  - kernel: " + _bomb() + "\n", r"p\.yaml: line 2: aliases \(\*name\) repeat"),
+    ("stages:\n  - kernel: {matrix: " + _bomb("1") + "}\n", r"line 2: aliases \(\*name\) repeat"),
+    ("stages: " + _bomb() + "\n", r"line 1: aliases"),
+    ("stages:\n  - activation: " + _bomb() + "\n", r"line 2: aliases"),
+    ("stages:\n  - kernel: " + "[" * 200 + "1" + "]" * 200 + "\n", r"nest more than 32 deep"),
+])
+def test_hostile_pipeline_files(tmp_path, text, message):
+    from imgconv.errors import UsageError
+
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message) as info:
+        Pipeline.from_yaml(path)
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_pipeline_file_is_refused(tmp_path):
+    from imgconv.errors import UsageError
+
+    os.mkfifo(tmp_path / "p.yaml")
+    with pytest.raises(UsageError, match=r"p\.yaml: the pipeline file is not a regular file"):
+        Pipeline.from_yaml(tmp_path / "p.yaml")

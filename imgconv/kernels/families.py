@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from imgconv.errors import KernelError
 from imgconv.kernels.model import Kernel, suggest
-from imgconv.kernels.text import parse_number
+from imgconv.kernels.text import parse_number, short
 
 # Big enough for any sensible blur, small enough not to exhaust memory by a typo.
 MAX_SIZE = 1001
@@ -214,12 +214,12 @@ def parse_params(text: str) -> dict[str, str]:
             if i == 0 and part:
                 out[""] = part
                 continue
-            raise KernelError(f"expected key=value, got {part!r}")
+            raise KernelError(f"expected key=value, got {short(part)}")
         key = key.strip()
         if not key:
-            raise KernelError(f"{part!r} has no parameter name before '='")
+            raise KernelError(f"{short(part)} has no parameter name before '='")
         if key in out:
-            raise KernelError(f"parameter {key!r} is given twice")
+            raise KernelError(f"parameter {short(key)} is given twice")
         out[key] = value.strip()
     return out
 
@@ -252,7 +252,7 @@ def make(family: str, params: str | Mapping[str, object] = "", *, name: str | No
         values: Params = {}
         for key in given:
             if key not in names:
-                raise KernelError(f"unknown parameter {key!r}{suggest(key, names)}")
+                raise KernelError(f"unknown parameter {short(key)}{suggest(key, names)}")
         for p in fam.params:
             value = given.get(p.name, p.default)
             values[p.name] = None if value is None else p.check(value, values)

@@ -21,14 +21,16 @@ from imgconv.kernels import families
 from imgconv.kernels.model import Kernel, KernelBank, rotate_matrix, suggest
 from imgconv.kernels.parse import (
     Entry,
+    Refused,
     Where,
     load_yaml,
     parse_documents,
     parse_entry,
     parse_file,
     parse_matrix,
+    read_text,
 )
-from imgconv.kernels.text import INLINE_CHARS
+from imgconv.kernels.text import INLINE_CHARS, short
 
 BUILTIN = "built-in"
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -75,7 +77,9 @@ def _index(label: str, parsed: list[tuple[str, list[Entry]]]) -> Folder:
         files[file] = {e.name: e for e in file_entries}
         for e in file_entries:
             if e.name in entries:
-                raise e.where.error(f"{e.name!r} is also defined in {entries[e.name].where.file}")
+                raise e.where.error(
+                    f"{short(e.name)} is also defined in {entries[e.name].where.file}"
+                )
             entries[e.name] = e
     return Folder(label, entries, files)
 
@@ -109,7 +113,9 @@ def read_file(path: Path) -> list[Entry]:
         key = (label, stat.st_mtime_ns, stat.st_size)
         if key in _FILE_CACHE:
             return _FILE_CACHE[key]
-        text = path.read_text("utf-8")
+        text = read_text(path)
+    except Refused as exc:
+        raise KernelError(f"kernel file {label!r} {exc}") from None
     except FileNotFoundError:
         raise KernelError(f"kernel file {label!r} not found") from None
     except IsADirectoryError:
@@ -165,7 +171,9 @@ class _Resolver:
 
     def resolve(self, spec: str, scope: dict[str, Entry] | None = None) -> Kernel | KernelBank:
         if not isinstance(spec, str) or not spec.strip():
-            raise KernelError(f"a kernel spec must be a name, family, matrix or file; got {spec!r}")
+            raise KernelError(
+                f"a kernel spec must be a name, family, matrix or file; got {short(spec)}"
+            )
         spec = spec.strip()
         file_spec = _FILE_SPEC.match(spec)
         if file_spec:
@@ -174,12 +182,12 @@ class _Resolver:
         if bad_file_spec:
             rest = bad_file_spec[2]
             problem = (
-                f"has too many ':' parts ({rest!r} after the file)" if ":" in rest
+                f"has too many ':' parts ({short(rest)} after the file)" if ":" in rest
                 else "names no kernel after the ':'" if not rest
-                else f"{rest!r} is not a kernel name"
+                else f"{short(rest)} is not a kernel name"
             )
             raise KernelError(
-                f"{spec!r} {problem}; a kernel in a file is FILE.yaml:NAME "
+                f"{short(spec)} {problem}; a kernel in a file is FILE.yaml:NAME "
                 f"(or FILE.yaml alone for a file with one kernel)"
             )
         if spec.startswith("[") or re.search(r"[;\s]", spec) or (
@@ -192,12 +200,12 @@ class _Resolver:
             if name in families.FAMILIES:
                 return families.make(name, params)
             raise KernelError(
-                f"unknown kernel {name!r}{suggest(name, self.names())}; "
+                f"unknown kernel {short(name)}{suggest(name, self.names())}; "
                 f"`imgconv list` shows them all"
             )
         if colon and entry.kind != "family":
             raise KernelError(
-                f"{spec!r}: {name!r} is a {entry.kind.replace('family-', '')} "
+                f"{short(spec)}: {short(name)} is a {entry.kind.replace('family-', '')} "
                 f"({entry.where.file}), not a family, so it takes no parameters; "
                 f"families: {', '.join(families.FAMILIES)}"
             )
@@ -214,7 +222,7 @@ class _Resolver:
             return self.build(next(iter(entries.values())), "", entries)
         if member not in entries:
             raise KernelError(
-                f"{path} has no kernel {member!r}{suggest(member, entries)}; "
+                f"{path} has no kernel {short(member)}{suggest(member, entries)}; "
                 f"it holds {', '.join(entries)}"
             )
         return self.build(entries[member], "", entries)
@@ -269,15 +277,15 @@ class _Resolver:
                 member = str(member)
                 found = self.lookup(member.strip().partition(":")[0], scope)
                 if found is entry:
-                    raise at.error(f"bank member {member!r} refers to the bank itself")
+                    raise at.error(f"bank member {short(member)} refers to the bank itself")
                 if found is not None and found.kind == "bank":
-                    raise at.error(f"bank member {member!r} is a bank; banks cannot nest")
+                    raise at.error(f"bank member {short(member)} is a bank; banks cannot nest")
                 try:
                     item = self.resolve(member, scope)
                 except KernelError as exc:
-                    raise at.error(f"bank member {member!r}: {exc}") from None
+                    raise at.error(f"bank member {short(member)}: {exc}") from None
             if isinstance(item, KernelBank):
-                raise at.error(f"bank member {member!r} is a bank; banks cannot nest")
+                raise at.error(f"bank member {short(member)} is a bank; banks cannot nest")
             members.append(item)
         if entry.rotate:
             members = [rot for k in members for rot in _rotations(k, entry.rotate, entry.where)]
@@ -314,13 +322,13 @@ def _file_label(key: str) -> str:
 
 def _rotations(kernel: Kernel, step: int, where: Where) -> list[Kernel]:
     if kernel.anchor not in (None, (kernel.shape[0] // 2, kernel.shape[1] // 2)):
-        raise where.error(f"cannot rotate {kernel.name!r}: it has an off-centre anchor")
+        raise where.error(f"cannot rotate {short(kernel.name)}: it has an off-centre anchor")
     out = [kernel]
     for degrees in range(step, 360, step):
         try:
             matrix = rotate_matrix(kernel.matrix, degrees)
         except KernelError as exc:
-            raise where.error(f"cannot rotate {kernel.name!r}: {exc}") from None
+            raise where.error(f"cannot rotate {short(kernel.name)}: {exc}") from None
         out.append(dataclasses.replace(kernel, name=f"{kernel.name}@{degrees}", matrix=matrix))
     return out
 
@@ -331,12 +339,24 @@ def inline(spec: str) -> Kernel:
     >>> inline("1/9 1/9 1/9").weights.shape
     (1, 3)
     """
-    where = Where(f"inline kernel {spec!r}")
+    where = Where(f"inline kernel {short(spec)}")
     value: object = spec
     if spec.startswith("["):
         docs = load_yaml(spec, where.file)
         value = docs[0] if docs else []
     return Kernel(name=spec, matrix=parse_matrix(value, where), source="inline")
+
+
+def from_mapping(item: object, name: str) -> Kernel | KernelBank:
+    """A kernel, bank or family member given as a mapping, as a bank's ``kernels:`` takes
+    them: ``{matrix: [[0, 1, 0], [1, -4, 1], [0, 1, 0]]}``; ``name`` when it has none.
+
+    Errors name the mapping's line, not a file (the caller knows which file it is).
+
+    >>> from_mapping({"matrix": "1 2 1", "scale": "1/4"}, "blur").weights.tolist()
+    [[0.25, 0.5, 0.25]]
+    """
+    return _Resolver().build(parse_entry(item, Where(""), "inline", name), scope={})
 
 
 def resolve(spec: str) -> Kernel | KernelBank:

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from imgconv.core.conv import as_kernel
 from imgconv.errors import KernelError
+from imgconv.kernels.text import short
 
 OUTPUT_MAPS = ("clip", "abs", "offset", "normalize")
 COMBINES = ("magnitude", "max", "min", "sum", "mean")
@@ -52,7 +53,7 @@ def check_choice(value: object, choices: Sequence[str], what: str) -> str:
     if isinstance(value, str) and value in choices:
         return value
     hint = suggest(value, choices) if isinstance(value, str) else ""
-    raise KernelError(f"{what} must be one of {', '.join(choices)}; got {value!r}{hint}")
+    raise KernelError(f"{what} must be one of {', '.join(choices)}; got {short(value)}{hint}")
 
 
 def check_matrix(matrix: object) -> NDArray[np.float64]:
@@ -68,7 +69,7 @@ def check_matrix(matrix: object) -> NDArray[np.float64]:
 def check_number(value: object, what: str) -> float:
     """``value`` as a finite float; booleans and non-numbers are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise KernelError(f"{what} must be a number, got {value!r}")
+        raise KernelError(f"{what} must be a number, got {short(value)}")
     try:
         number = float(value)
     except OverflowError:
@@ -95,7 +96,7 @@ def check_anchor(anchor: object, shape: tuple[int, ...]) -> tuple[int, int] | No
     ):
         raise KernelError(
             f"anchor must be two ints [ay, ax] with 0 <= ay < {kh} and 0 <= ax < {kw}, "
-            f"got {anchor!r}"
+            f"got {short(anchor)}"
         )
     return int(pair[0]), int(pair[1])
 
@@ -138,7 +139,7 @@ class Kernel:
             if self.output is not None:
                 check_choice(self.output, OUTPUT_MAPS, "output")
         except KernelError as exc:
-            raise KernelError(f"kernel {self.name!r}: {exc}") from None
+            raise KernelError(f"kernel {short(self.name)}: {exc}") from None
 
     @property
     def weights(self) -> NDArray[np.float64]:
@@ -207,15 +208,15 @@ class KernelBank:
         object.__setattr__(self, "kernels", tuple(self.kernels))
         object.__setattr__(self, "tags", tuple(self.tags))
         if not self.kernels:
-            raise KernelError(f"bank {self.name!r} has no kernels")
-        check_choice(self.combine, COMBINES, f"bank {self.name!r}: combine")
+            raise KernelError(f"bank {short(self.name)} has no kernels")
+        check_choice(self.combine, COMBINES, f"bank {short(self.name)}: combine")
         if self.output is not None:
-            check_choice(self.output, OUTPUT_MAPS, f"bank {self.name!r}: output")
+            check_choice(self.output, OUTPUT_MAPS, f"bank {short(self.name)}: output")
         shapes = {k.shape for k in self.kernels}
         if len(shapes) > 1:
             listed = ", ".join(f"{k.name} {_shape_text(k.shape)}" for k in self.kernels)
             raise KernelError(
-                f"bank {self.name!r}: all kernels must have the same shape, got {listed}"
+                f"bank {short(self.name)}: all kernels must have the same shape, got {listed}"
             )
         object.__setattr__(self, "_shape", self.kernels[0].shape)
 

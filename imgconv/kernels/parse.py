@@ -7,8 +7,11 @@ or a family (``family``). Errors name the file, the YAML line and the kernel.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ from imgconv.kernels.model import (
     check_matrix,
     suggest,
 )
-from imgconv.kernels.text import parse_number, parse_rows, split_rows
+from imgconv.kernels.text import parse_number, parse_rows, short, split_rows
 
 COMMON_KEYS = ("name", "description", "output", "tags")
 KERNEL_KEYS = (*COMMON_KEYS, "matrix", "scale", "normalize", "bias", "anchor")
@@ -33,6 +36,12 @@ BANK_KEYS = (*COMMON_KEYS, "kernels", "combine", "rotate")
 FAMILY_KEYS = (*COMMON_KEYS, "family", "params")
 ALL_KEYS = tuple(dict.fromkeys((*KERNEL_KEYS, *BANK_KEYS, *FAMILY_KEYS)))
 ROTATIONS = (45, 90, 180)
+#: Limits on every YAML file imgconv reads (kernel and pipeline files): its size,
+#: how deep its lists and mappings nest, and how many values its aliases (``*name``)
+#: may add by repeating an anchor (a 450-byte "billion laughs" file expands to 10⁹).
+MAX_YAML_BYTES = 32 * 1024 * 1024
+MAX_YAML_DEPTH = 32
+MAX_ALIAS_VALUES = 100_000
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+@\-]*$")
 
 
@@ -63,7 +72,7 @@ def _construct_map(loader: Any, node: Any) -> LineDict:
             raise KernelError(f"line {line}: a mapping key must be a plain value") from None
         if seen:
             raise KernelError(
-                f"line {line}: key {key!r} appears twice (first on line {data.lines[key]})"
+                f"line {line}: key {short(key)} appears twice (first on line {data.lines[key]})"
             )
         data[key] = loader.construct_object(value_node, deep=True)
         data.lines[key] = line
@@ -77,6 +86,103 @@ def _construct_seq(loader: Any, node: Any) -> LineList:
     return data
 
 
+class Refused(Exception):
+    """A YAML file or document beyond :data:`MAX_YAML_BYTES`, :data:`MAX_YAML_DEPTH` or
+    :data:`MAX_ALIAS_VALUES`, or not a regular file; ``line`` is 1-based, when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node.value, str):  # a scalar
+        return []
+    if node.value and isinstance(node.value[0], tuple):  # a mapping's (key, value) pairs
+        return [n for pair in node.value for n in pair]
+    return list(node.value)
+
+
+def check_node(node: Any) -> None:
+    """Refuse a composed YAML document nested too deep or whose aliases repeat too much.
+
+    Walks the node graph once (each anchored node once), counting the values
+    each alias would add if expanded, and stops as soon as a limit is passed.
+    """
+    sizes: dict[int, int] = {}
+    added = 0
+    # [node, its children left to visit, its size so far (aliases expanded)]
+    stack: list[list[Any]] = [[node, _children(node), 1]]
+    open_ids = {id(node)}
+    while stack:
+        top = stack[-1]
+        if not top[1]:
+            stack.pop()
+            open_ids.discard(id(top[0]))
+            sizes[id(top[0])] = top[2]
+            if stack:
+                stack[-1][2] += top[2]
+            continue
+        child = top[1].pop()
+        if id(child) in sizes:  # an alias of a node already read
+            added += sizes[id(child)]
+            top[2] += sizes[id(child)]
+            if added > MAX_ALIAS_VALUES:
+                raise Refused(
+                    f"aliases (*name) repeat more than {MAX_ALIAS_VALUES} values; "
+                    f"write them out or use fewer aliases",
+                    child.start_mark.line + 1,
+                )
+        elif id(child) not in open_ids:  # (an alias of an enclosing node: PyYAML refuses it)
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise Refused(f"lists and mappings nest more than {MAX_YAML_DEPTH} deep",
+                              child.start_mark.line + 1)
+            stack.append([child, _children(child), 1])
+            open_ids.add(id(child))
+
+
+@functools.cache
+def safe_loader() -> Any:
+    """PyYAML's safe loader (the C one when built) that applies :func:`check_node`
+    to each document before building it."""
+    import yaml
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        def construct_document(self, node: Any) -> Any:
+            check_node(node)
+            return super().construct_document(node)
+
+    return Loader
+
+
+def read_text(path: str | os.PathLike[str], limit: int = MAX_YAML_BYTES) -> str:
+    """The UTF-8 text of the regular file ``path``, of at most ``limit`` bytes.
+
+    Anything else (a FIFO, a device, a socket) is refused before it is opened,
+    and opened without blocking, so reading it can never hang; a folder raises
+    IsADirectoryError. OSError and UnicodeDecodeError propagate; the limits
+    raise :class:`Refused`.
+    """
+    def check(info: os.stat_result) -> None:
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused("is not a regular file (a FIFO, device or socket?)")
+        if info.st_size > limit:
+            raise Refused(f"is {info.st_size / 2**20:.1f} MiB, more than the limit of "
+                          f"{limit / 2**20:g} MiB for a YAML file")
+
+    check(os.stat(path))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        check(os.fstat(fd))  # replaced between the two looks
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise Refused(f"is more than the limit of {limit / 2**20:g} MiB for a YAML file")
+    return data.decode("utf-8")
+
+
 @functools.cache
 def _loader() -> Any:
     """PyYAML's safe loader (the C one when built), keeping lines: imported on first use.
@@ -84,9 +190,7 @@ def _loader() -> Any:
     The built-in kernels come from their index (:mod:`imgconv.kernels.index`),
     so resolving a built-in name reads no YAML and imports no PyYAML (15 ms).
     """
-    import yaml
-
-    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    class Loader(safe_loader()):  # type: ignore[misc]
         pass
 
     Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
@@ -108,8 +212,10 @@ class Where:
 
     def error(self, what: object) -> KernelError:
         place = self.file + (f":{self.line}" if self.line else "")
-        who = f" kernel {self.kernel!r}:" if self.kernel else ""
-        return KernelError(f"{place}:{who} {what}")
+        if not self.file:  # a mapping inside another file (a pipeline's), which names it
+            place = f"line {self.line}" if self.line else ""
+        who = f" kernel {short(self.kernel)}:" if self.kernel else ""
+        return KernelError(f"{place}:{who} {what}".lstrip(": "))
 
 
 @dataclass(frozen=True)
@@ -155,6 +261,8 @@ def load_yaml(text: str, file: str) -> list[Any]:
         raise KernelError(f"{file}: not valid YAML: {exc}") from None
     except KernelError as exc:
         raise KernelError(f"{file}: {exc}") from None
+    except Refused as exc:
+        raise KernelError(f"{file}{f':{exc.line}' if exc.line else ''}: {exc}") from None
 
 
 def parse_file(text: str, file: str, source: str, default_name: str | None = None) -> list[Entry]:
@@ -184,7 +292,7 @@ def parse_documents(
         entry = parse_entry(item, Where(file), source, lone)
         if entry.name in lines:
             raise entry.where.error(
-                f"duplicate name {entry.name!r} (also defined on line {lines[entry.name]})"
+                f"duplicate name {short(entry.name)} (also defined on line {lines[entry.name]})"
             )
         lines[entry.name] = entry.where.line or 0
         entries.append(entry)
@@ -206,14 +314,14 @@ def parse_entry(item: object, where: Where, source: str, default_name: str | Non
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise where.at(_line(item, "name")).error(
             f"name must start with a letter and hold only letters, digits and . _ + - @; "
-            f"got {name!r}"
+            f"got {short(name)}"
         )
     where = where.at(kernel=name)
     for key in item:
         if key not in ALL_KEYS:
             hint = suggest(str(key), ALL_KEYS)
             raise where.at(_line(item, key)).error(
-                f"unknown key {key!r}{hint}; known keys: {', '.join(ALL_KEYS)}"
+                f"unknown key {short(key)}{hint}; known keys: {', '.join(ALL_KEYS)}"
             )
     kinds = [k for k in ("matrix", "kernels", "family") if k in item]
     if len(kinds) != 1:
@@ -223,7 +331,9 @@ def parse_entry(item: object, where: Where, source: str, default_name: str | Non
     allowed = {"matrix": KERNEL_KEYS, "kernels": BANK_KEYS, "family": FAMILY_KEYS}[kind]
     for key in item:
         if key not in allowed:
-            raise where.at(_line(item, key)).error(f"key {key!r} does not apply to a {kind} entry")
+            raise where.at(_line(item, key)).error(
+                f"key {short(key)} does not apply to a {kind} entry"
+            )
     common: dict[str, Any] = {
         "name": name,
         "where": where,
@@ -241,7 +351,7 @@ def parse_entry(item: object, where: Where, source: str, default_name: str | Non
 
     if not isinstance(family, str) or family not in FAMILIES:
         raise where.at(_line(item, "family")).error(
-            f"family must be one of {', '.join(FAMILIES)}; got {family!r}"
+            f"family must be one of {', '.join(FAMILIES)}; got {short(family)}"
             + (suggest(family, FAMILIES) if isinstance(family, str) else "")
         )
     params = item.get("params")
@@ -249,7 +359,7 @@ def parse_entry(item: object, where: Where, source: str, default_name: str | Non
         params = str(params)
     if params is not None and not isinstance(params, (str, dict)):
         raise where.at(_line(item, "params")).error(
-            f"params must be a mapping or text like 'sigma=2, size=9'; got {params!r}"
+            f"params must be a mapping or text like 'sigma=2, size=9'; got {short(params)}"
         )
     kind = "family" if params is None else "family-kernel"
     params_where = where.at(_line(item, "params")) if params is not None else None
@@ -275,7 +385,7 @@ def _bank_entry(item: dict[str, Any], where: Where, common: dict[str, Any]) -> E
     rotate = item.get("rotate")
     if rotate is not None and (isinstance(rotate, bool) or rotate not in ROTATIONS):
         raise where.at(_line(item, "rotate")).error(
-            f"rotate must be one of {', '.join(map(str, ROTATIONS))} (degrees); got {rotate!r}"
+            f"rotate must be one of {', '.join(map(str, ROTATIONS))} (degrees); got {short(rotate)}"
         )
     pairs = tuple(zip(members, lines, strict=True))
     return Entry(kind="bank", members=pairs, combine=combine or "", rotate=rotate, **common)
@@ -293,7 +403,7 @@ def build_kernel(item: dict[str, Any], where: Where, name: str, source: str) -> 
     normalize = item.get("normalize", False)
     if not isinstance(normalize, bool):
         raise where.at(_line(item, "normalize")).error(
-            f"normalize must be true or false, got {normalize!r}"
+            f"normalize must be true or false, got {short(normalize)}"
         )
     if normalize:
         if "scale" in item:
@@ -382,7 +492,7 @@ def _number(value: object, what: str, where: Where) -> float:
 def _text(item: dict[str, Any], key: str, where: Where) -> str:
     value = item.get(key, "")
     if not isinstance(value, str):
-        raise where.at(_line(item, key)).error(f"{key} must be text, got {value!r}")
+        raise where.at(_line(item, key)).error(f"{key} must be text, got {short(value)}")
     return value.strip()
 
 
@@ -391,7 +501,9 @@ def _tags(item: dict[str, Any], where: Where) -> tuple[str, ...]:
     if isinstance(tags, str):
         tags = [tags]
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise where.at(_line(item, "tags")).error(f"tags must be a list of words, got {tags!r}")
+        raise where.at(_line(item, "tags")).error(
+            f"tags must be a list of words, got {short(tags)}"
+        )
     return tuple(tags)
 
 
@@ -408,8 +520,8 @@ def _kind_of(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return f"a list {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"a list {short(value)}"
+    return f"{type(value).__name__} {short(value)}"
 
 
 def _shape(shape: tuple[int, ...]) -> str:

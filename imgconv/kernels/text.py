@@ -14,6 +14,8 @@ What counts as a number:
 from __future__ import annotations
 
 import re
+import reprlib
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,41 @@ _FRACTION = re.compile(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*$")
 # What an inline matrix may contain: numbers, signs, fractions, separators.
 INLINE_CHARS = re.compile(r"^[\s0-9eE+\-\u2212_.,;/]+$")
 UNICODE_MINUS = "\u2212"
+
+
+class _Short(reprlib.Repr):
+    """:func:`repr` that stops early: lists, mappings and strings are cut, at any size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict = 3, 6, 4
+        self.maxstring = self.maxother = self.maxlong = 60
+
+    # PyYAML's lists and mappings as kernel files load them (LineList, LineDict)
+    def repr_LineList(self, x: Any, level: int) -> str:
+        return self.repr_list(x, level)
+
+    def repr_LineDict(self, x: Any, level: int) -> str:
+        return self.repr_dict(x, level)
+
+    def repr_int(self, x: Any, level: int) -> str:
+        if abs(x).bit_length() > 200:  # str() of a 4300-digit int raises; this stays cheap
+            return f"<an integer of about {int(abs(x).bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
+
+
+def short(value: object) -> str:
+    """``repr(value)`` for a message, cut short however large ``value`` is.
+
+    >>> short(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    >>> short("abc")
+    "'abc'"
+    """
+    return _SHORT.repr(value)
 
 
 def _too_big(value: int) -> str:
@@ -74,19 +111,19 @@ def parse_number(value: object, what: str, *, finite: bool = True) -> float:
         if match:
             num, den = _plain_number(match[1]), _plain_number(match[2])
             if num is None or den is None:
-                raise KernelError(f"{what} {value!r} is not a number or a fraction like 1/16")
+                raise KernelError(f"{what} {short(value)} is not a number or a fraction like 1/16")
             if den == 0:
-                raise KernelError(f"{what} {value!r} divides by zero")
+                raise KernelError(f"{what} {short(value)} divides by zero")
             number = num / den
         else:
             parsed = _plain_number(text)
             if parsed is None:
-                raise KernelError(f"{what} must be a number, got {value!r}")
+                raise KernelError(f"{what} must be a number, got {short(value)}")
             number = parsed
     elif value is None:
         raise KernelError(f"{what} must be a number, got nothing (null)")
     else:
-        raise KernelError(f"{what} must be a number, got {value!r}")
+        raise KernelError(f"{what} must be a number, got {short(value)}")
     if finite and not np.isfinite(number):
         shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}… (too large)"
         raise KernelError(f"{what} must be a finite number, got {shown}")
