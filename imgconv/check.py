@@ -84,8 +84,8 @@ def reference(pipeline: Pipeline, image: NDArray[Any]) -> NDArray[Any]:
     for stage in pipeline.stages:
         if isinstance(stage, ConvStage):
             responses = [_reference_kernel(x, stage, k) for k in stage.members()]
-            bank = hasattr(stage.kernel, "kernels")
-            x = np.asarray(combine(responses, stage.kernel.combine)) if bank else responses[0]
+            bank = stage.bank
+            x = np.asarray(combine(responses, bank.combine)) if bank else responses[0]
         elif isinstance(stage, ActivationStage):
             if stage.kind == "relu":
                 x = np.maximum(x, 0.0)

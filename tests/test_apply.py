@@ -478,7 +478,7 @@ def test_bad_pipeline_yaml(tmp_path, gray_png):
     spec.write_text("stages:\n  - kernel: box-blur\n    strid: 2\n")
     result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
     assert result.exit_code == 2
-    assert "unknown key 'strid' in stage 1 (did you mean 'stride'?)" in result.stderr
+    assert "unknown key 'strid' in stage 1 (did you mean stride?)" in result.stderr
     spec.write_text("stages: [kernel: [}\n")
     result = invoke("apply", gray_png, "--pipeline", spec, "-o", tmp_path / "o.png")
     assert result.exit_code == 2 and "not valid YAML" in result.stderr

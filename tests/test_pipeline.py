@@ -37,7 +37,7 @@ def test_run_mapped_equals_run_then_map(kernels, how, activation, geometry):
 ])
 @pytest.mark.parametrize("activation", ["none", "relu", "abs"])
 def test_exact_int16_tiles_map_without_floats(monkeypatch, kernel, how, int16, activation):
-    import imgconv.pipeline as pl
+    import imgconv.pipeline.run as pl
 
     calls = []
     real = pl.map_int16_tile
@@ -143,6 +143,7 @@ def test_conv_then_pool_in_bands_is_the_whole_image_result(
     spec, mode, padding, pad_mode, stride, dilation, act, pool, shape, kind, band
 ):
     from imgconv import pipeline as P
+    from imgconv.pipeline import run
 
     try:
         stages = [P.conv_stage(spec, mode=mode, padding=padding, pad_mode=pad_mode,
@@ -159,25 +160,25 @@ def test_conv_then_pool_in_bands_is_the_whole_image_result(
         x = rng.standard_normal(shape).astype(np.float32) * 100
     else:
         x = rng.integers(0, 256, (*shape, 3) if kind == "color" else shape, dtype=np.uint8)
-    old = P.BAND_ROWS
+    old = run.BAND_ROWS
     try:
         expected = _stage_by_stage(pipeline, x)
     except Exception as exc:  # too small for the kernel or the pool: the same message
-        P.BAND_ROWS = band
+        run.BAND_ROWS = band
         try:
             with pytest.raises(type(exc)) as raised:
                 pipeline.run(x)
         finally:
-            P.BAND_ROWS = old
+            run.BAND_ROWS = old
         assert str(raised.value) == str(exc)
         event("an error")
         return
-    P.BAND_ROWS = band
+    run.BAND_ROWS = band
     try:
         banded = pipeline._pooled_in_bands(x)
         actual = pipeline.run(x)
     finally:
-        P.BAND_ROWS = old
+        run.BAND_ROWS = old
     event("in bands" if banded is not None else "stage by stage")
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
     conv = stages[0]

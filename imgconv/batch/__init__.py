@@ -4,7 +4,6 @@ A batch never stops for one bad file: each job returns a :class:`Result`
 whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
 
 - :mod:`~imgconv.batch.tasks`: the inputs (files, folders, patterns) and each one's output;
-- :mod:`~imgconv.batch.render`: one picture through the pipeline (alpha, depth, mapping);
 - :mod:`~imgconv.batch.job`: one input filtered into its output, safely;
 - :mod:`~imgconv.batch.workers`: executors (this process or worker processes) and :func:`run`;
 - :mod:`~imgconv.batch.manifest`: the run's JSON record.
@@ -21,7 +20,6 @@ from imgconv.batch.job import (
     remove_temporary_files,
 )
 from imgconv.batch.manifest import check_manifest_path, write_manifest
-from imgconv.batch.render import ALPHA_MODES, check_alpha_mode, render
 from imgconv.batch.tasks import (
     STDIO,
     Options,
@@ -46,7 +44,6 @@ from imgconv.batch.workers import (
 )
 
 __all__ = [
-    "ALPHA_MODES",
     "STDIO",
     "TEMPORARY_NAME",
     "Conflict",
@@ -59,7 +56,6 @@ __all__ = [
     "Status",
     "Task",
     "available_cpus",
-    "check_alpha_mode",
     "check_depth",
     "check_manifest_path",
     "check_size",
@@ -71,7 +67,6 @@ __all__ = [
     "plan",
     "process",
     "remove_temporary_files",
-    "render",
     "run",
     "skipped_subfolders",
     "write_manifest",

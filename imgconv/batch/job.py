@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgconv.batch.render import render
 from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, file_id
 from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
@@ -28,6 +27,7 @@ from imgconv.imageio import (
 )
 from imgconv.opening import check_regular, warnings_as_notes
 from imgconv.pipeline import Pipeline
+from imgconv.pipeline.render import render
 
 if TYPE_CHECKING:
 
@@ -110,7 +110,9 @@ def process(task: Task, options: Options, data: bytes | None = None,
         result.input_shape = list(picture.shape)
         check_size(options.pipeline, picture, options.max_pixels, name)
         with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
-            array, alpha, notes = render(picture, options, task.fmt, name)
+            array, alpha, notes = render(picture, options.pipeline, task.fmt, name,
+                                         alpha=options.alpha, depth=options.depth,
+                                         reuse=not options.verify)
         result.notes.extend(notes)
         result.output_shape = list(array.shape)
         if options.verify:

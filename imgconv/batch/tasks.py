@@ -20,7 +20,6 @@ from imgconv.imageio import (
     EXTENSIONS,
     FORMATS,
     INPUT_EXTENSIONS,
-    SIXTEEN_BIT,
     format_for,
 )
 from imgconv.pipeline import Pipeline
@@ -320,12 +319,12 @@ def check_name_template(template: str) -> None:
 
 def check_depth(tasks: Sequence[Task], depth: str | None) -> None:
     """Refuse a ``depth`` that an output's format cannot hold, before any file is touched."""
+    from imgconv.pipeline.render import depth_problem
+
     for task in tasks:
-        if depth == "16" and task.fmt not in SIXTEEN_BIT:
-            raise UsageError(f"`depth=16` needs png or tiff output, not {task.fmt} "
-                             f"({task.target})")
-        if depth == "float" and task.fmt != "tiff":
-            raise UsageError(f"`depth=float` needs tiff output, not {task.fmt} ({task.target})")
+        problem = None if depth is None else depth_problem(depth, task.fmt)
+        if problem is not None:
+            raise UsageError(f"{problem} ({task.target})")
 
 
 def plan(

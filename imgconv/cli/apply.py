@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from imgconv.cli.options import (
+    LAYER,
     PANEL_OUT,
     PANEL_RUN,
     Activation,
@@ -45,9 +46,11 @@ from imgconv.cli.output import (
     stdout,
 )
 from imgconv.errors import UsageError
+from imgconv.pipeline.options import LayerOptions
 
 if TYPE_CHECKING:
     from imgconv.batch import Executor, Options, Result, Task
+    from imgconv.pipeline.run import Pipeline
     from imgconv.prefetch import Prefetch
 
 
@@ -87,14 +90,14 @@ def apply_command(
             show_default=False,
         ),
     ] = None,
-    mode: Mode = "correlate",
-    padding: PaddingOpt = "same",
-    pad_mode: PadMode = "reflect",
-    cval: Cval = 0.0,
-    stride: Stride = "1",
-    dilation: Dilation = "1",
-    activation: Activation = "none",
-    pool: PoolOp = None,
+    mode: Mode = LAYER.mode,
+    padding: PaddingOpt = str(LAYER.padding),
+    pad_mode: PadMode = LAYER.pad_mode,
+    cval: Cval = LAYER.cval,
+    stride: Stride = str(LAYER.stride),
+    dilation: Dilation = str(LAYER.dilation),
+    activation: Activation = LAYER.activation,
+    pool: PoolOp = LAYER.pool,
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
     gray: Gray = False,
@@ -259,22 +262,15 @@ def apply_command(
     with report_errors(debug), _signals_interrupt():
         from imgconv import batch
         from imgconv.imageio import DEPTHS
+        from imgconv.pipeline.alpha import check_alpha_mode
 
         try:
             pipeline = build_pipeline(
                 kernel,
                 pipeline_file,
                 output_map,
-                mode=mode,
-                padding=padding,
-                pad_mode=pad_mode,
-                cval=cval,
-                stride=stride,
-                dilation=dilation,
-                activation=activation,
-                pool=pool,
-                pool_size=pool_size,
-                pool_stride=pool_stride,
+                LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
+                             pool_size, pool_stride),
             )
             check_size(pipeline, max_pixels)
             check_tol(tol)
@@ -283,7 +279,7 @@ def apply_command(
                                  "or a pipe")
             if overwrite and skip_existing:
                 raise UsageError("--overwrite and --skip-existing contradict each other")
-            batch.check_alpha_mode(alpha, pipeline)
+            check_alpha_mode(alpha, pipeline)
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
             check_core_settings(threads, jit)
@@ -496,7 +492,8 @@ def _run_with_progress(
         return run(tick)
 
 
-def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: Any) -> None:
+def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
+                options: Options) -> None:
     """The --dry-run report: the pipeline's plan for the first input, then each input's output.
 
     An output that would not be written says why, as the run would
@@ -518,7 +515,7 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: A
             headers.append(str(exc))
     h, w, full = next((x for x in headers if isinstance(x, tuple)), (0, 0, 255.0))
     say("dry run: nothing is written")
-    for line in pipeline.plan((h, w), full):
+    for line in _plan_lines(pipeline, (h, w), full):
         say(line)
     say("files:")
     for t, header in zip(tasks, headers, strict=True):
@@ -546,3 +543,65 @@ def _print_plan(tasks: list[Any], pipeline: Any, stdin: bytes | None, options: A
             elif target.exists() or target.is_symlink():
                 exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
+
+
+def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0) -> list[str]:
+    """The --dry-run report of ``pipeline`` for an input of ``shape``, values in ``0 .. full``.
+
+    For each stage: what it applies, its padding, stride and dilation, the
+    output size worked out by the formula, and bounds on the values; then
+    whether the output mapping will clip.
+    """
+    from imgconv.pipeline.stages import ActivationStage, ConvStage
+
+    lo, hi = 0.0, full
+    lines = [f"input {shape[0]}x{shape[1]} (rows x columns), values {_span(lo, hi)}"]
+    for n, stage in enumerate(pipeline.stages, 1):
+        lo, hi = stage.value_range(lo, hi)
+        if isinstance(stage, ConvStage):
+            k = stage.members()[0]
+            kh, kw = k.matrix.shape[:2]
+            top, bottom, left, right = stage.pads(k)
+            (sy, sx), (dy, dx) = stage.stride, stage.dilation
+            ey, ex = dy * (kh - 1) + 1, dx * (kw - 1) + 1
+            oh, ow = stage.out_shape(shape)
+            kind = (f"bank: {stage.bank.combine} of {len(stage.members())} kernels"
+                    if stage.bank else "kernel")
+            border = f" ({stage.pad_mode})" if top + bottom + left + right else ""
+            lines += [
+                f"stage {n}: {stage.mode} {stage.spec} ({kind}, {kh}x{kw}, "
+                f"{stage.parameter_count()} parameters)",
+                f"    padding {stage.padding} = top {top}, bottom {bottom}, left {left}, "
+                f"right {right}{border}; stride {sy}x{sx}; dilation {dy}x{dx}",
+                f"    rows    floor(({shape[0]}+{top}+{bottom}-{ey})/{sy})+1 = {oh}",
+                f"    columns floor(({shape[1]}+{left}+{right}-{ex})/{sx})+1 = {ow}",
+            ]
+            shape = (oh, ow)
+        elif isinstance(stage, ActivationStage):
+            lines.append(f"stage {n}: activation {stage.kind}")
+        else:
+            (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
+            oh, ow = stage.out_shape(shape)
+            lines += [
+                f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding",
+                f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}",
+                f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}",
+            ]
+            shape = (oh, ow)
+        lines.append(f"    values {_span(lo, hi)}")
+    how = pipeline.output_mapping()
+    out = {
+        "clip": (lo, hi),
+        "abs": (0.0 if lo < 0 < hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))),
+        "offset": (lo + (full + 1) / 2, hi + (full + 1) / 2),
+        "normalize": (0.0, full),
+    }[how]
+    fits = out[0] >= 0 and out[1] <= full
+    lines.append(f"output: --output-map {how}: {_span(*out)} "
+                 + (f"fits 0 .. {full:g}" if fits else f"will clip to 0 .. {full:g}"))
+    return lines
+
+
+
+def _span(lo: float, hi: float) -> str:
+    return f"{lo:.6g} .. {hi:.6g}"

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from imgconv.cli.options import (
+    LAYER,
     Activation,
     Cval,
     Debug,
@@ -37,20 +38,21 @@ from imgconv.cli.output import (
     stdout,
 )
 from imgconv.errors import UsageError
+from imgconv.pipeline.options import LayerOptions
 
 
 def check_command(
     inputs: Inputs,
     kernel: Kernels = None,
     pipeline_file: PipelineFile = None,
-    mode: Mode = "correlate",
-    padding: PaddingOpt = "same",
-    pad_mode: PadMode = "reflect",
-    cval: Cval = 0.0,
-    stride: Stride = "1",
-    dilation: Dilation = "1",
-    activation: Activation = "none",
-    pool: PoolOp = None,
+    mode: Mode = LAYER.mode,
+    padding: PaddingOpt = str(LAYER.padding),
+    pad_mode: PadMode = LAYER.pad_mode,
+    cval: Cval = LAYER.cval,
+    stride: Stride = str(LAYER.stride),
+    dilation: Dilation = str(LAYER.dilation),
+    activation: Activation = LAYER.activation,
+    pool: PoolOp = LAYER.pool,
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
     gray: Gray = False,
@@ -76,16 +78,8 @@ def check_command(
             kernel,
             pipeline_file,
             "auto",
-            mode=mode,
-            padding=padding,
-            pad_mode=pad_mode,
-            cval=cval,
-            stride=stride,
-            dilation=dilation,
-            activation=activation,
-            pool=pool,
-            pool_size=pool_size,
-            pool_stride=pool_stride,
+            LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
+                         pool_size, pool_stride),
         )
         check_size(pipeline, max_pixels)
         check_tol(tol)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from imgconv.cli.output import FLAGS
 from imgconv.errors import UsageError
+from imgconv.pipeline.options import LayerOptions
+
+if TYPE_CHECKING:
+    from imgconv.pipeline.run import Pipeline
+
+#: the layer's defaults, as the options show them
+LAYER = LayerOptions()
 
 PANEL_CONV = "Convolution"
 PANEL_OUT = "Output"
@@ -162,38 +171,22 @@ Tol = Annotated[
 
 
 def build_pipeline(
-    kernels: list[str] | None, pipeline_file: Path | None, output_map: str, **layer: Any
-) -> Any:
-    from imgconv.pipeline import Pipeline
+    kernels: list[str] | None, pipeline_file: Path | None, output_map: str, layer: LayerOptions
+) -> Pipeline:
+    """The pipeline the flags describe: ``-k`` and the layer's, or a ``--pipeline`` file."""
+    from imgconv.pipeline.layer import OUTPUT_MAPPINGS, choice
+    from imgconv.pipeline.run import Pipeline
 
-    defaults = {
-        "mode": "correlate",
-        "padding": "same",
-        "pad_mode": "reflect",
-        "cval": 0.0,
-        "stride": "1",
-        "dilation": "1",
-        "activation": "none",
-        "pool": None,
-        "pool_size": None,
-        "pool_stride": None,
-    }
     if pipeline_file is not None:
-        changed = sorted("--" + k.replace("_", "-") for k, v in layer.items() if v != defaults[k])
-        if kernels or changed:
-            given = (["-k"] if kernels else []) + changed
+        given = (["-k"] if kernels else []) + [FLAGS[name] for name in layer.changed()]
+        if given:
             raise UsageError(f"--pipeline describes the whole layer; drop {', '.join(given)}")
         pipeline = Pipeline.from_yaml(pipeline_file)
         if output_map != "auto":
-            from dataclasses import replace
-
-            from imgconv.pipeline import OUTPUT_MAPPINGS, _choice
-
-            pipeline = replace(
-                pipeline, output=_choice(output_map, OUTPUT_MAPPINGS, "--output-map")
-            )
+            pipeline = dataclasses.replace(
+                pipeline, output=choice(output_map, OUTPUT_MAPPINGS, "output_map"))
         return pipeline
-    return Pipeline.from_options(kernels or [], output=output_map, **layer)
+    return Pipeline.from_options(kernels or [], layer, output=output_map)
 
 
 

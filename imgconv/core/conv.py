@@ -377,3 +377,47 @@ def convolve(
         image, kernel, padding=padding, pad_mode=pad_mode, cval=cval,
         stride=stride, dilation=dilation, flip=True,
     )
+
+
+def correlate_with(
+    image: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    padding: Padding = "same",
+    pad_mode: str = "reflect",
+    cval: float = 0.0,
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+    flip: bool = False,
+    strategy: str | None = None,
+) -> NDArray[Any]:
+    """:func:`correlate` (``flip=True``: :func:`convolve`) by the strategy named.
+
+    ``strategy`` is one of :data:`imgconv.core.strategies.STRATEGIES`, or None
+    for the cost model's choice: what :func:`strategy_for` says for the whole
+    image, given to a band of it, makes the band compute as the whole would.
+    """
+    return _correlate(image, kernel, padding=padding, pad_mode=pad_mode, cval=cval,
+                      stride=stride, dilation=dilation, flip=flip, strategy=strategy)
+
+
+def strategy_for(
+    image: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    padding: Padding = "same",
+    pad_mode: str = "reflect",
+    cval: float = 0.0,
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+    flip: bool = False,
+) -> str:
+    """The strategy :func:`correlate_with` would choose; raises as it would.
+
+    >>> import numpy as np
+    >>> strategy_for(np.zeros((64, 64), np.float32), np.ones((3, 3))) in STRATEGIES
+    True
+    """
+    _, weights, geom, _, _ = _prepare(image, kernel, padding=padding, pad_mode=pad_mode,
+                                      cval=cval, stride=stride, dilation=dilation, flip=flip)
+    return choose_strategy(weights, geom)

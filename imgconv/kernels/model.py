@@ -230,6 +230,55 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(str(n) for n in shape)
 
 
+class Fold:
+    """Combine same-shape responses one at a time into one accumulator: :func:`combine`.
+
+    A bank's responses can be folded in as each is computed, so that two planes
+    are alive rather than one per member. With ``owned``, a response is the
+    caller's to give away and may be written over (the first becomes the
+    accumulator). ``dtype`` is the accumulator's (default: the first
+    response's floating dtype, float64 for integers).
+    """
+
+    def __init__(self, how: str, count: int, *, dtype: Any = None, owned: bool = False) -> None:
+        self.how = check_choice(how, COMBINES, "combine")
+        self.count, self.dtype, self.owned = count, dtype, owned
+        self.acc: NDArray[Any] | None = None
+
+    def add(self, response: NDArray[Any]) -> None:
+        r = np.asarray(response)
+        if self.acc is None:
+            dtype = np.dtype(self.dtype if self.dtype is not None
+                             else r.dtype if r.dtype.kind == "f" else np.float64)
+            acc = r if self.owned and r.dtype == dtype else r.astype(dtype, copy=True)
+            if self.how == "magnitude":
+                np.multiply(acc, acc, out=acc)
+            self.acc = acc
+            return
+        acc = self.acc
+        if r.shape != acc.shape:
+            raise ValueError(f"combine needs responses of the same shape, got "
+                             f"{sorted({acc.shape, r.shape})}")
+        if self.how == "magnitude":
+            if self.owned and r.dtype == acc.dtype:
+                acc += np.multiply(r, r, out=r)
+            else:
+                acc += np.square(r, dtype=acc.dtype)
+        elif self.how in ("sum", "mean"):
+            np.add(acc, r, out=acc, casting="unsafe")
+        else:
+            (np.maximum if self.how == "max" else np.minimum)(acc, r, out=acc, casting="unsafe")
+
+    def result(self) -> NDArray[Any]:
+        if self.acc is None:
+            raise ValueError("combine needs at least one response")
+        if self.how == "magnitude":
+            np.sqrt(self.acc, out=self.acc)
+        elif self.how == "mean":
+            self.acc /= self.count
+        return self.acc
+
+
 def combine(responses: Sequence[NDArray[Any]], how: str) -> NDArray[Any]:
     """Combine same-shape responses elementwise: one of :data:`COMBINES`.
 
@@ -248,29 +297,11 @@ def combine(responses: Sequence[NDArray[Any]], how: str) -> NDArray[Any]:
     arrays = [np.asarray(r) for r in responses]
     if not arrays:
         raise ValueError("combine needs at least one response")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"combine needs responses of the same shape, got {sorted(shapes)}")
     dtype = np.result_type(*arrays)
-    if dtype.kind != "f":
-        dtype = np.dtype(np.float64)
-    first = arrays[0].astype(dtype, copy=True)
-    if how == "magnitude":
-        acc = first * first
-        for a in arrays[1:]:
-            acc += np.square(a, dtype=dtype)
-        result: NDArray[Any] = np.sqrt(acc, out=acc)
-        return result
-    if how in ("sum", "mean"):
-        for a in arrays[1:]:
-            np.add(first, a, out=first, casting="unsafe")
-        if how == "mean":
-            first /= len(arrays)
-        return first
-    ufunc = np.maximum if how == "max" else np.minimum
-    for a in arrays[1:]:
-        ufunc(first, a, out=first, casting="unsafe")
-    return first
+    fold = Fold(how, len(arrays), dtype=dtype if dtype.kind == "f" else np.float64)
+    for a in arrays:
+        fold.add(a)
+    return fold.result()
 
 
 def rotate_matrix(matrix: NDArray[np.float64], degrees: int) -> NDArray[np.float64]:

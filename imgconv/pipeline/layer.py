@@ -1,0 +1,151 @@
+"""The checks on a layer's settings (:class:`~imgconv.pipeline.options.LayerOptions`),
+and the stages they make (:func:`build_stages`, :func:`conv_stage`, :func:`pool_stage`).
+
+Messages name the parameters as `name` (see :mod:`imgconv.errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from imgconv.core.geometry import PADDING_NAMES, normalize_pair
+from imgconv.core.padding import normalize_pad_mode
+from imgconv.core.pooling import ACTIVATIONS, POOL_OPS
+from imgconv.errors import UsageError
+from imgconv.kernels.model import OUTPUT_MAPS, Kernel, KernelBank, suggest
+from imgconv.pipeline.options import LayerOptions
+from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
+
+CONV_MODES = ("correlate", "convolve")
+#: A pipeline's output map: a kernel's own preference (``auto``) or one of the maps
+OUTPUT_MAPPINGS = ("auto", *OUTPUT_MAPS)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The largest padding, stride, dilation or pooling number accepted (2**31 - 1)
+MAX_GEOMETRY = 2**31 - 1
+
+
+def choice(value: object, choices: Sequence[str], name: str) -> str:
+    """``value`` if it is one of ``choices``, else a UsageError that lists them.
+
+    >>> choice("max", POOL_OPS, "pool")
+    'max'
+    """
+    if not isinstance(value, str) or value not in choices:
+        hint = suggest(value, choices) if isinstance(value, str) else ""
+        raise UsageError(f"`{name}` must be one of {', '.join(choices)}, got {value!r}{hint}")
+    return value
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise UsageError(
+            f"`{name}` must be whole numbers separated by commas, got {text[:40]!r}"
+        ) from None
+    if any(abs(n) > MAX_GEOMETRY for n in numbers):
+        raise UsageError(f"`{name}` takes numbers up to {MAX_GEOMETRY}, got {text[:40]!r}")
+    return numbers
+
+
+def parse_pair(value: object, name: str) -> tuple[int, int]:
+    """``2``, ``"2"``, ``"2,3"`` or ``[2, 3]`` as a pair of ints ``>= 1``.
+
+    >>> parse_pair("2,3", "stride")
+    (2, 3)
+    """
+    if isinstance(value, str):
+        parts = _ints(value, name)
+        value = parts[0] if len(parts) == 1 else parts
+    try:
+        return normalize_pair(list(value) if isinstance(value, tuple) else value, f"`{name}`")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_padding(value: object) -> str | int | tuple[int, ...]:
+    """``same``/``valid``/``full``, ``N``, ``N,M`` or ``T,B,L,R`` (strings or YAML values).
+
+    >>> parse_padding("1,2,0,3")
+    (1, 2, 0, 3)
+    """
+    if isinstance(value, str) and value in PADDING_NAMES:
+        return value
+    parts: tuple[int, ...]
+    if isinstance(value, str):
+        try:
+            parts = _ints(value, "padding")
+        except UsageError:
+            parts = ()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = (value,)
+    elif isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        parts = tuple(value)
+    else:
+        parts = ()
+    if len(parts) not in (1, 2, 4) or min(parts, default=-1) < 0:
+        raise UsageError(
+            f"`padding` must be one of {', '.join(PADDING_NAMES)}, N, N,M or T,B,L,R "
+            f"(whole numbers >= 0), got {value!r}"
+        )
+    return parts[0] if len(parts) == 1 else parts
+
+
+def build_stages(kernels: Sequence[str], layer: LayerOptions) -> tuple[Stage, ...]:
+    """Each kernel a convolution stage with ``layer``'s settings, then its activation and
+    pooling, every setting checked."""
+    if not kernels:
+        raise UsageError("give at least one kernel (`kernel`), or a `pipeline` file")
+    stages: list[Stage] = [conv_stage(spec, **layer.conv()) for spec in kernels]
+    choice(layer.activation, ACTIVATIONS, "activation")
+    if layer.activation != "none":
+        stages.append(ActivationStage(layer.activation))
+    if layer.pool is None:
+        if layer.pool_size is not None or layer.pool_stride is not None:
+            raise UsageError("`pool_size` and `pool_stride` need `pool` max|avg")
+    else:
+        stages.append(pool_stage(layer.pool, layer.pool_size, layer.pool_stride))
+    return tuple(stages)
+
+
+def conv_stage(
+    spec: str,
+    *,
+    mode: str = LayerOptions.mode,
+    padding: object = LayerOptions.padding,
+    pad_mode: str = LayerOptions.pad_mode,
+    cval: object = LayerOptions.cval,
+    stride: object = LayerOptions.stride,
+    dilation: object = LayerOptions.dilation,
+    kernel: Kernel | KernelBank | None = None,
+) -> ConvStage:
+    """Resolve a kernel spec (unless ``kernel`` is given, already resolved) and check every
+    setting; raises UsageError/KernelError."""
+    from imgconv.kernels import resolve
+
+    choice(mode, CONV_MODES, "mode")
+    pad = parse_padding(padding)
+    try:
+        canonical, fill = normalize_pad_mode(pad_mode, cval)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc).replace("pad_mode", "`pad_mode`").replace("cval", "`cval`")
+                         ) from None
+    if abs(fill) > FLOAT32_MAX:  # the stages work in float32: it would become infinity
+        raise UsageError(f"`cval` must be within float32's range (about ±3.4e38), got {fill:g}")
+    kernel = resolve(spec) if kernel is None else kernel
+    return ConvStage(spec, mode, pad, canonical, fill, parse_pair(stride, "stride"),
+                     parse_pair(dilation, "dilation"), kernel)
+
+
+def pool_stage(op: object, size: object, stride: object) -> PoolStage:
+    """A pooling stage, checked (its settings named `pool`, `pool_size`, `pool_stride`)."""
+    choice(op, POOL_OPS, "pool")
+    if size is None:
+        raise UsageError("`pool` needs `pool_size` N or N,M")
+    return PoolStage(
+        str(op), parse_pair(size, "pool_size"),
+        None if stride is None else parse_pair(stride, "pool_stride"),
+    )
