@@ -60,3 +60,72 @@ def test_main_leaves_the_garbage_collector_alone():
 
 def test_dir_lists_the_lazily_loaded_api():
     assert {"correlate", "convolve", "pool", "activate", "__version__"} <= set(dir(imgconv))
+
+
+def _imports(path, module, package, modules):
+    """The imgconv modules that ``module`` imports anywhere, functions included.
+
+    ``from package import submodule`` is an edge to the submodule alone: the
+    package's own ``__init__`` runs first whatever is imported, which is not a
+    dependency of the importer's making.
+    """
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            submodules = {f"{base}.{a.name}" for a in node.names} & modules
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # a name defined in base itself
+                found.add(base)
+    return (found & modules) - {module}
+
+
+def test_no_import_cycles():
+    from pathlib import Path
+
+    root = Path(imgconv.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    modules = set(files)
+    graph = {m: _imports(p, m, m if p.name == "__init__.py" else m.rpartition(".")[0], modules)
+             for m, p in files.items()}
+    cycles = set()
+
+    def visit(module, path):
+        for other in sorted(graph[module]):
+            if other in path:
+                cycle = path[path.index(other):]
+                first = cycle.index(min(cycle))  # each cycle once, from its smallest module
+                cycle = cycle[first:] + cycle[:first]
+                cycles.add(" -> ".join([*cycle, cycle[0]]))
+            elif other not in done:
+                visit(other, [*path, other])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert sorted(cycles) == []
+
+
+def test_no_flag_names_outside_the_cli():
+    # the library names its parameters (`max_pixels`); only imgconv/cli/ knows the flags
+    import re
+    from pathlib import Path
+
+    root = Path(imgconv.__file__).parent
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    found = [f"{path.relative_to(root)}:{n}: {line.strip()}"
+             for path in sorted(root.rglob("*.py")) if "cli" not in path.relative_to(root).parts
+             for n, line in enumerate(path.read_text().splitlines(), 1) if flag.search(line)]
+    assert found == []

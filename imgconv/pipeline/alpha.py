@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from imgconv.errors import UsageError
+from imgconv.pipeline.layer import choice
 from imgconv.pipeline.run import Pipeline
 from imgconv.pipeline.stages import ConvStage, PoolStage
 
 ALPHA_MODES = ("auto", "premultiply", "copy", "drop")
+
 
 def _premultiply_problem(pipeline: Pipeline) -> str | None:
     """Why premultiplied alpha would give wrong colours with this pipeline, or None.
@@ -36,9 +38,7 @@ def _premultiply_problem(pipeline: Pipeline) -> str | None:
 
 def check_alpha_mode(mode: str, pipeline: Pipeline) -> None:
     """Refuse ``alpha="premultiply"`` where it would give wrong colours (see below)."""
-    if mode not in ALPHA_MODES:
-        raise UsageError(f"`alpha` must be one of {', '.join(ALPHA_MODES)}, got {mode!r}")
-    choose_alpha(mode, pipeline)
+    choose_alpha(choice(mode, ALPHA_MODES, "alpha"), pipeline)
 
 
 def choose_alpha(mode: str, pipeline: Pipeline) -> str:
