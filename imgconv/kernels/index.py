@@ -83,7 +83,7 @@ def documents(index: dict[str, Any], name: str, text: str) -> list[Any] | None:
 def main() -> int:
     """Rewrite the checkout's ``kernels/index.json`` from its YAML files."""
     root = Path(__file__).resolve().parents[2] / "kernels"
-    from imgconv.kernels.library import YAML_SUFFIXES
+    from imgconv.kernels.parse import YAML_SUFFIXES
 
     names = sorted(p.name for p in root.iterdir() if p.name.endswith(YAML_SUFFIXES))
     text = json.dumps(build(root, names), indent=1, ensure_ascii=False) + "\n"

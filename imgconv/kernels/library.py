@@ -20,6 +20,7 @@ from imgconv.errors import KernelError
 from imgconv.kernels import families
 from imgconv.kernels.model import Kernel, KernelBank, rotate_matrix, suggest
 from imgconv.kernels.parse import (
+    YAML_SUFFIXES,
     Entry,
     Refused,
     Where,
@@ -33,7 +34,6 @@ from imgconv.kernels.parse import (
 from imgconv.kernels.text import INLINE_CHARS, short
 
 BUILTIN = "built-in"
-YAML_SUFFIXES = (".yaml", ".yml")
 _FILE_SPEC = re.compile(r"^(.+\.ya?ml)(?::([^:/\\]+))?$", re.IGNORECASE)
 # A file spec with something after FILE.yaml: that is not one NAME.
 _BAD_FILE_SPEC = re.compile(r"^(.+\.ya?ml):(.*)$", re.IGNORECASE)

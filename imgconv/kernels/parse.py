@@ -30,6 +30,8 @@ from imgconv.kernels.model import (
 )
 from imgconv.kernels.text import parse_number, parse_rows, short, split_rows
 
+#: the file names a kernel folder is searched for
+YAML_SUFFIXES = (".yaml", ".yml")
 COMMON_KEYS = ("name", "description", "output", "tags")
 KERNEL_KEYS = (*COMMON_KEYS, "matrix", "scale", "normalize", "bias", "anchor")
 BANK_KEYS = (*COMMON_KEYS, "kernels", "combine", "rotate")
