@@ -299,6 +299,54 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
         resolve("big.yaml")
 
 
+SIZE_LIMIT = r"more than the limit of 1001"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("matrix:\n" + "  - [0]\n" * 1002,
+     r"big\.yaml:1: kernel 'big': matrix has 1002 rows, " + SIZE_LIMIT),
+    ("matrix:\n  - [" + "0, " * 5000 + "0]\n",
+     r"big\.yaml:2: kernel 'big': matrix row 1 has 5001 numbers, " + SIZE_LIMIT),
+    ("matrix: [" + "[[1]], " * 1002 + "[[1]]]\n", r"matrix has 1003 channels, " + SIZE_LIMIT),
+    ("matrix: |\n  " + "0 " * 1002 + "\n", r"matrix row 1 has 1002 numbers, " + SIZE_LIMIT),
+])
+def test_file_kernels_have_the_family_size_limit(tmp_path, text, message):
+    write(tmp_path, "big.yaml", text)
+    with pytest.raises(KernelError, match=message):
+        resolve("big.yaml")
+
+
+def test_every_kernel_has_the_size_limit():
+    from imgconv.kernels import families, model
+
+    assert families.MAX_SIZE is model.MAX_SIZE == 1001
+    with pytest.raises(KernelError, match=r"matrix row 1 has 1002 numbers, " + SIZE_LIMIT):
+        resolve("0 " * 1002)
+    with pytest.raises(KernelError, match=r"kernel 'k': the matrix is 1×1002, larger than the "
+                                          r"limit of 1001 a side"):
+        Kernel("k", np.zeros((1, 1002)))
+    assert Kernel("k", np.zeros((1001, 1))).shape == (1001, 1)
+
+
+def test_plain_numbers_take_the_fast_path_and_read_as_yaml_does(tmp_path, monkeypatch):
+    import yaml
+
+    import imgconv.kernels.text as text
+
+    values = ["010", "1_000", "0x1f", "1.5", "-0", "+3", ".5", "1e3", "1.0e+3", "0b11", "1:30",
+              "-2.", "00", "7"]
+    write(tmp_path, "odd.yaml", f"matrix: [[{', '.join(values)}]]\n")
+    expected = [float(text.parse_number(v, "v")) for v in yaml.safe_load(f"[{', '.join(values)}]")]
+    assert resolve("odd.yaml").matrix.tolist() == [expected]
+    # a large matrix of plain numbers never reaches the per-value checks
+    calls = []
+    monkeypatch.setattr(text, "parse_number", lambda *a, **k: calls.append(a) or 0.0)
+    rows = "".join(f"  - [{', '.join(str((i * j) % 7 - 3) for j in range(301))}]\n"
+                   for i in range(301))
+    write(tmp_path, "big.yaml", "matrix:\n" + rows.replace(", 2,", ", 2.5,"))
+    assert resolve("big.yaml").shape == (301, 301) and calls == []
+
+
 # --- search path ------------------------------------------------------------------------------
 
 

@@ -17,11 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import KernelError
-from imgconv.kernels.model import Kernel, suggest
+from imgconv.kernels.model import MAX_SIZE, Kernel, suggest
 from imgconv.kernels.text import parse_number, short
 
-# Big enough for any sensible blur, small enough not to exhaust memory by a typo.
-MAX_SIZE = 1001
+__all__ = ["FAMILIES", "MAX_SIZE", "make", "parse_params"]
 
 Params = dict[str, Any]
 

@@ -15,6 +15,10 @@ from imgconv.errors import KernelError
 from imgconv.kernels.text import short
 
 OUTPUT_MAPS = ("clip", "abs", "offset", "normalize")
+# The largest kernel side (and channel count), for every kernel: a family's, a file's,
+# an inline one and a Kernel made in Python. Big enough for any sensible blur, small
+# enough not to exhaust memory by a typo (a 1001×1001 file is read and shown in seconds).
+MAX_SIZE = 1001
 COMBINES = ("magnitude", "max", "min", "sum", "mean")
 
 
@@ -62,6 +66,9 @@ def check_matrix(matrix: object) -> NDArray[np.float64]:
         arr = np.array(as_kernel(matrix), dtype=np.float64, copy=True)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise KernelError(str(exc).replace("kernel must", "the matrix must", 1)) from None
+    if max(arr.shape) > MAX_SIZE:
+        shape = "×".join(map(str, arr.shape))
+        raise KernelError(f"the matrix is {shape}, larger than the limit of {MAX_SIZE} a side")
     arr.setflags(write=False)
     return arr
 

@@ -21,6 +21,7 @@ import numpy as np
 from imgconv.errors import KernelError
 from imgconv.kernels.model import (
     COMBINES,
+    MAX_SIZE,
     OUTPUT_MAPS,
     Kernel,
     check_anchor,
@@ -79,8 +80,24 @@ def _construct_map(loader: Any, node: Any) -> LineDict:
     return data
 
 
+# The plain numbers YAML 1.1 reads as int or float that Python's int() and float() read
+# the same way (no 0o10, 1_000, 1:30 or .inf): a matrix of a million numbers is built
+# without PyYAML's per-value resolver and constructor, ten times faster.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
+
+
 def _construct_seq(loader: Any, node: Any) -> LineList:
-    data = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    data = LineList()
+    for child in node.value:
+        value = child.value
+        if child.tag == _INT_TAG and isinstance(value, str) and _PLAIN_INT.fullmatch(value):
+            data.append(int(value))
+        elif child.tag == _FLOAT_TAG and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
+            data.append(float(value))
+        else:
+            data.append(loader.construct_object(child, deep=True))
     data.line = node.start_mark.line + 1
     data.lines = [child.start_mark.line + 1 for child in node.value]
     return data
@@ -95,24 +112,30 @@ class Refused(Exception):
         self.line = line
 
 
-def _children(node: Any) -> list[Any]:
+def _collections(node: Any) -> tuple[list[Any], int]:
+    """A node's child lists and mappings, and how many scalars it holds besides."""
     if isinstance(node.value, str):  # a scalar
-        return []
+        return [], 0
     if node.value and isinstance(node.value[0], tuple):  # a mapping's (key, value) pairs
-        return [n for pair in node.value for n in pair]
-    return list(node.value)
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = node.value
+    nested = [n for n in children if not isinstance(n.value, str)]
+    return nested, len(children) - len(nested)
 
 
 def check_node(node: Any) -> None:
     """Refuse a composed YAML document nested too deep or whose aliases repeat too much.
 
-    Walks the node graph once (each anchored node once), counting the values
-    each alias would add if expanded, and stops as soon as a limit is passed.
+    Walks the lists and mappings once (each anchored one once), counting the
+    values each alias of one would add if expanded, and stops as soon as a
+    limit is passed. (An alias of a scalar adds one value for its own few bytes.)
     """
     sizes: dict[int, int] = {}
     added = 0
-    # [node, its children left to visit, its size so far (aliases expanded)]
-    stack: list[list[Any]] = [[node, _children(node), 1]]
+    nested, scalars = _collections(node)
+    # [node, its lists and mappings left to visit, its size so far (aliases expanded)]
+    stack: list[list[Any]] = [[node, nested, 1 + scalars]]
     open_ids = {id(node)}
     while stack:
         top = stack[-1]
@@ -124,7 +147,7 @@ def check_node(node: Any) -> None:
                 stack[-1][2] += top[2]
             continue
         child = top[1].pop()
-        if id(child) in sizes:  # an alias of a node already read
+        if id(child) in sizes:  # an alias of a list or mapping already read
             added += sizes[id(child)]
             top[2] += sizes[id(child)]
             if added > MAX_ALIAS_VALUES:
@@ -137,7 +160,8 @@ def check_node(node: Any) -> None:
             if len(stack) >= MAX_YAML_DEPTH:
                 raise Refused(f"lists and mappings nest more than {MAX_YAML_DEPTH} deep",
                               child.start_mark.line + 1)
-            stack.append([child, _children(child), 1])
+            nested, scalars = _collections(child)
+            stack.append([child, nested, 1 + scalars])
             open_ids.add(id(child))
 
 
@@ -148,6 +172,14 @@ def safe_loader() -> Any:
     import yaml
 
     class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and implicit[0]:  # a plain scalar: try numbers first
+                if _PLAIN_INT.fullmatch(value):
+                    return _INT_TAG
+                if _PLAIN_FLOAT.fullmatch(value):
+                    return _FLOAT_TAG
+            return super().resolve(kind, value, implicit)
+
         def construct_document(self, node: Any) -> Any:
             check_node(node)
             return super().construct_document(node)
@@ -445,6 +477,9 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
             f"got {_kind_of(value) if value != [] else 'an empty list'}"
         )
     if all(isinstance(v, list) and v and isinstance(v[0], list) for v in value):
+        if len(value) > MAX_SIZE:
+            raise where.error(f"matrix has {len(value)} channels, more than the limit of "
+                              f"{MAX_SIZE}")
         lines = getattr(value, "lines", [where.line] * len(value))
         channels = [_rows(list(v), where.at(line), f"channel {i} ")
                     for i, (v, line) in enumerate(zip(value, lines, strict=True), 1)]
@@ -459,15 +494,22 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
 
 
 def _rows(rows: Sequence[object], where: Where, prefix: str = "") -> np.ndarray[Any, Any]:
+    # Sizes are checked before any number is read: refusing a 5001×5001 file is quick.
+    if len(rows) > MAX_SIZE:
+        raise where.error(f"{prefix}matrix has {len(rows)} rows, more than the limit of "
+                          f"{MAX_SIZE}")
     lines = getattr(rows, "lines", [where.line] * len(rows))
     split: list[list[object]] = []
-    for row, line in zip(rows, lines, strict=True):
+    for i, (row, line) in enumerate(zip(rows, lines, strict=True), 1):
         if isinstance(row, str):
             row = split_rows(row)[0] if row.strip() else []
         elif not isinstance(row, list):
             raise where.at(line).error(
                 f"{prefix}matrix rows must be lists of numbers; got {_kind_of(row)}"
             )
+        if len(row) > MAX_SIZE:
+            raise where.at(line).error(f"{prefix}matrix row {i} has {len(row)} numbers, more "
+                                       f"than the limit of {MAX_SIZE}")
         split.append(list(row))
     try:
         values = parse_rows(split, f"{prefix}matrix")
