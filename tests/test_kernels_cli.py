@@ -187,6 +187,29 @@ def test_a_broken_user_file_fails_list_cleanly(tmp_path):
     assert_clean_error(run("list"), "unknown key 'matrx' (did you mean matrix?)")
 
 
+def test_an_unreadable_folder_is_one_warning_and_builtins_still_work(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "k.yaml").write_text("name: k\nmatrix: [[1]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    for args in (["show", "sobel"], ["list"]):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (f"warning: kernel folder '{folder}' cannot be read "
+                                 "(Permission denied); skipped\n")
+        assert "sobel" in result.stdout
+
+
 def test_a_self_referring_user_bank_fails_list_cleanly(tmp_path):
     folder = tmp_path / "config" / "imgconv" / "kernels"
     folder.mkdir(parents=True)

@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import imgconv
+import imgconv.errors
+import imgconv.kernels.library
 from imgconv.errors import KernelError
 from imgconv.kernels import Kernel, KernelBank, builtin_dir, catalog, dump, resolve, search_path
 
@@ -412,6 +414,70 @@ def test_duplicate_names_across_files_of_a_folder(tmp_path, monkeypatch):
 def test_a_missing_folder_on_the_path_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(tmp_path / "missing"))
     assert resolve("identity").weights[1, 1] == 1
+
+
+def _deny(monkeypatch, method, name):
+    """Make ``Path.<method>`` raise PermissionError for ``name`` (tests run as root,
+    where chmod 000 denies nothing)."""
+    real = getattr(Path, method)
+
+    def denied(self, *args, **kwargs):
+        if self.name == name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, denied)
+
+
+def _user_folder_with(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    write(folder, "good.yaml", "name: good\nmatrix: [[2]]\n")
+    write(folder, "locked.yaml", "name: locked\nmatrix: [[3]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    return folder
+
+
+def test_an_unreadable_folder_on_the_path_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    folder = _user_folder_with(tmp_path, monkeypatch)
+    _deny(monkeypatch, "iterdir", "mine")
+    with pytest.warns(imgconv.errors.ImgconvWarning,
+                      match=rf"^kernel folder '{folder}' cannot be read \(Permission denied\); "
+                            r"skipped$"):
+        assert resolve("sobel-x").shape == (3, 3)
+    with pytest.warns(imgconv.errors.ImgconvWarning):
+        assert "sobel" in [e.name for e in catalog()]
+
+
+def test_an_unreadable_file_in_a_folder_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    _user_folder_with(tmp_path, monkeypatch)
+    monkeypatch.setattr(imgconv.kernels.library, "_FILE_CACHE", {})
+    real = imgconv.kernels.library.read_text
+
+    def read_text(path, *args):
+        if Path(path).name == "locked.yaml":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(imgconv.kernels.library, "read_text", read_text)
+    with pytest.warns(imgconv.errors.ImgconvWarning,
+                      match=r"kernel file '.*locked\.yaml' cannot be read: Permission denied; "
+                            r"skipped"):
+        assert resolve("good").weights.tolist() == [[2.0]]
+    with pytest.raises(KernelError, match="unknown kernel 'locked'"), \
+            pytest.warns(imgconv.errors.ImgconvWarning):
+        resolve("locked")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads a chmod 000 folder")
+def test_a_chmod_000_folder_is_skipped(tmp_path, monkeypatch):
+    folder = _user_folder_with(tmp_path, monkeypatch)
+    folder.chmod(0)
+    try:
+        with pytest.warns(imgconv.errors.ImgconvWarning, match="cannot be read"):
+            assert resolve("sobel-x").shape == (3, 3)
+    finally:
+        folder.chmod(0o755)
 
 
 def test_edited_files_are_reread(tmp_path):
