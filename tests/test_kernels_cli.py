@@ -250,3 +250,11 @@ def test_list_and_show_import_no_scipy_or_pil(args):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["show", "sobl"], ["list", "--tag", "nosuch"]])
+def test_show_and_list_take_the_debug_the_internal_error_message_names(command):
+    # cli.main's "internal error: ... (rerun with --debug ...)" must name an option they have
+    assert_clean_error(run(*command), "error")  # without it: one line
+    result = run(*command, "--debug")
+    assert type(result.exception).__name__ == "KernelError"  # with it: the exception itself

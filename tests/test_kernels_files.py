@@ -95,6 +95,13 @@ BAD_FILES = [
     ("- name: a\n  matrix: [[1]]\n- matrix: [[2]]\n", r"a kernel needs a name"),
     ("", r"bad\.yaml: holds no kernels"),
     ("42\n", r"each kernel must be a mapping"),
+    # issue 14, item 19: float32 overflow (a black image), and not "sums to 0"
+    ("matrix: [[1e308, 1e308]]\nnormalize: true\n",
+     r"bad\.yaml:1: kernel 'bad': the matrix value 1e\+308 at row 1, column 1 is larger than "
+     r"float32's largest"),
+    ("matrix: [[1]]\nscale: 1e39\n", r"bad\.yaml:2: kernel 'bad': scale 1e\+39 is larger"),
+    ("matrix: [[1]]\nbias: -1e39\n", r"bad\.yaml:2: kernel 'bad': bias -1e\+39 is larger"),
+    ("matrix: [[1e38]]\nscale: 10\n", r"kernel 'bad': the weights \(matrix × scale\) reach"),
 ]
 
 

@@ -27,6 +27,8 @@ from imgconv.kernels.model import (
     check_anchor,
     check_choice,
     check_matrix,
+    check_number,
+    check_weights,
     suggest,
 )
 from imgconv.kernels.text import parse_number, parse_rows, short, split_rows
@@ -454,6 +456,10 @@ def build_kernel(item: dict[str, Any], where: Where, name: str, source: str) -> 
         anchor = check_anchor(item.get("anchor"), matrix.shape)
     except KernelError as exc:
         raise where.at(_line(item, "anchor")).error(exc) from None
+    try:
+        check_weights(matrix, scale)
+    except KernelError as exc:
+        raise where.at(_line(item, "scale") or _line(item, "normalize")).error(exc) from None
     return Kernel(
         name=name,
         matrix=matrix,
@@ -489,7 +495,10 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
                 raise where.at(lines[i - 1]).error(
                     f"channel {i} has shape {_shape(shape)} but channel 1 has {_shape(shapes[0])}"
                 )
-        return check_matrix(np.stack(channels, axis=-1))
+        try:
+            return check_matrix(np.stack(channels, axis=-1))
+        except KernelError as exc:
+            raise where.error(exc) from None
     return _rows(value, where)
 
 
@@ -517,7 +526,10 @@ def _rows(rows: Sequence[object], where: Where, prefix: str = "") -> np.ndarray[
         match = re.search(r"row (\d+)", str(exc))
         line = lines[int(match[1]) - 1] if match and int(match[1]) <= len(lines) else where.line
         raise where.at(line).error(exc) from None
-    return check_matrix(values)
+    try:
+        return check_matrix(values)
+    except KernelError as exc:
+        raise where.error(exc) from None
 
 
 def _line(item: dict[str, Any], key: str) -> int | None:
@@ -526,7 +538,7 @@ def _line(item: dict[str, Any], key: str) -> int | None:
 
 def _number(value: object, what: str, where: Where) -> float:
     try:
-        return parse_number(value, what)
+        return check_number(parse_number(value, what), what)
     except KernelError as exc:
         raise where.error(exc) from None
 
