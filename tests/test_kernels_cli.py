@@ -258,3 +258,21 @@ def test_show_and_list_take_the_debug_the_internal_error_message_names(command):
     assert_clean_error(run(*command), "error")  # without it: one line
     result = run(*command, "--debug")
     assert type(result.exception).__name__ == "KernelError"  # with it: the exception itself
+
+
+def test_every_name_list_and_show_print_resolves():
+    # issue 14, item 27: `show kirsch` printed kirsch-n@45, which -k did not know
+    from imgconv.kernels import resolve
+
+    listed = json.loads(run("list", "--json").stdout)
+    names = {row["name"] for row in listed} | {m for row in listed for m in row["members"]}
+    shown = set()
+    for name in sorted(names):
+        info = json.loads(run("show", name, "--json").stdout)
+        shown |= {info["name"], *(k["name"] for k in info.get("kernels", []))}
+        for k in info.get("kernels", []):
+            assert resolve(k["name"]).weights.tolist() == k["weights"], k["name"]
+    assert {"kirsch-n", "kirsch-n@45", "kirsch-n@315"} <= names | shown
+    for name in sorted(names | shown):
+        result = run("show", name)
+        assert result.exit_code == 0, (name, result.stderr)

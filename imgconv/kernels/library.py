@@ -219,6 +219,10 @@ class _Resolver:
             return inline(spec)
         name, colon, params = spec.partition(":")
         entry = self.lookup(name, scope)
+        if entry is None or (colon and "@" in params):
+            member = self.bank_member(spec)
+            if member is not None:
+                return member
         if entry is None:
             if name in families.FAMILIES:
                 return families.make(name, params)
@@ -233,6 +237,24 @@ class _Resolver:
                 f"families: {', '.join(families.FAMILIES)}"
             )
         return self.build(entry, params)
+
+    def bank_member(self, spec: str) -> Kernel | None:
+        """The member named ``spec`` of a bank on the search path (``kirsch-n``, or
+        ``kirsch-n@45`` of a rotated bank): every name ``imgconv show`` prints resolves."""
+        for folder in self.folders:
+            for entry in folder.entries.values():
+                if entry.kind != "bank" or (_file_key(entry.where.file), entry.name) in \
+                        self.building:
+                    continue
+                try:
+                    bank = self.build(entry)
+                except KernelError:  # a broken bank is reported when it is asked for
+                    continue
+                assert isinstance(bank, KernelBank)
+                for kernel in bank.kernels:
+                    if kernel.name == spec:
+                        return kernel
+        return None
 
     def from_file(self, path: Path, member: str | None) -> Kernel | KernelBank:
         entries = {e.name: e for e in read_file(path)}
