@@ -286,6 +286,28 @@ def test_weights_that_overflow_float32_are_refused(kwargs, message):
 # --- inline ---------------------------------------------------------------------------------
 
 
+def test_a_complex_kernel_is_refused_not_made_real():
+    # issue 14, item 32: numpy's ComplexWarning and the dropped imaginary part
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KernelError, match=r"^kernel 'c': the matrix must hold real numbers, "
+                                              r"got dtype complex128$"):
+            Kernel("c", np.array([[1j]]))
+
+
+@pytest.mark.parametrize(("spec", "rows"), [("[1, 2, 1]", [[1, 2, 1]]), ("[1]", [[1]]),
+                                             ("[1, 2, 1]", resolve("1 2 1").matrix.tolist())])
+def test_an_inline_flat_list_is_one_row_as_text_is(spec, rows):
+    # issue 14, item 32: "[1,2,1]" failed with "inline kernel '[1,2,1]':1: matrix rows must be
+    # lists"; a flat list reads as the one row "1 2 1" does (1×N), in files too
+    assert resolve(spec).matrix.tolist() == rows
+
+
+def test_inline_errors_have_no_line_number():
+    with pytest.raises(KernelError, match=r"^inline kernel '\[\[1, 2\], \[1\]\]': matrix row 2"):
+        resolve("[[1, 2], [1]]")
+
+
 @pytest.mark.parametrize("spec", ["0 1 0; 1 -4 1; 0 1 0", "0,1,0;1,-4,1;0,1,0",
                                   "[[0, 1, 0], [1, -4, 1], [0, 1, 0]]", " 0 1 0 ;1 -4 1; 0 1 0; "])
 def test_inline(spec):

@@ -384,7 +384,7 @@ def inline(spec: str) -> Kernel:
     >>> inline("1/9 1/9 1/9").weights.shape
     (1, 3)
     """
-    where = Where(f"inline kernel {short(spec)}")
+    where = Where(f"inline kernel {short(spec)}", lines=False)
     value: object = spec
     if spec.startswith("["):
         docs = load_yaml(spec, where.file)

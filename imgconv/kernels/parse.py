@@ -240,12 +240,14 @@ class Where:
     file: str
     line: int | None = None
     kernel: str | None = None
+    #: False for text with no lines to speak of (an inline kernel on the command line)
+    lines: bool = True
 
     def at(self, line: int | None = None, kernel: str | None = None) -> Where:
-        return Where(self.file, line or self.line, kernel or self.kernel)
+        return Where(self.file, line or self.line, kernel or self.kernel, self.lines)
 
     def error(self, what: object) -> KernelError:
-        place = self.file + (f":{self.line}" if self.line else "")
+        place = self.file + (f":{self.line}" if self.line and self.lines else "")
         if not self.file:  # a mapping inside another file (a pipeline's), which names it
             place = f"line {self.line}" if self.line else ""
         who = f" kernel {short(self.kernel)}:" if self.kernel else ""
@@ -482,6 +484,9 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
             f"matrix must be rows of numbers (or a list of matrices, one per channel); "
             f"got {_kind_of(value) if value != [] else 'an empty list'}"
         )
+    if not any(isinstance(v, (list, str)) for v in value):
+        # a flat list of numbers is one row, as "1 2 1" is: [1, 2, 1] is 1×3
+        value = [value]
     if all(isinstance(v, list) and v and isinstance(v[0], list) for v in value):
         if len(value) > MAX_SIZE:
             raise where.error(f"matrix has {len(value)} channels, more than the limit of "
