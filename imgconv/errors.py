@@ -27,3 +27,11 @@ class ImageError(ImgconvError):
     """An input that cannot be read or an output that cannot be written."""
 
     exit_code = 1
+
+
+class ImgconvWarning(UserWarning):
+    """Something skipped that the user should hear of (an unreadable kernel folder or file).
+
+    The library issues it with :func:`warnings.warn`; the CLI prints it as one
+    ``warning: ...`` line.
+    """

@@ -39,6 +39,10 @@ K3 = np.ones((3, 3))
         ({"image": np.zeros((2, 2, 2, 2))}, ValueError, r"image must be 2-D"),
         ({"image": np.zeros((0, 4))}, ValueError, r"image must not be empty"),
         ({"image": np.zeros((3, 3), complex)}, TypeError, r"image must hold real numbers"),
+        # issue 14, item 32: a complex kernel was made real (imaginary part dropped)
+        ({"kernel": np.array([[1j]])}, TypeError,
+         r"^kernel must hold real numbers, got dtype complex128$"),
+        ({"kernel": [[1 + 0j, 2]]}, TypeError, r"^kernel must hold real numbers, got dtype"),
         ({"image": np.zeros((5, 5, 2)), "kernel": np.ones((3, 3, 3))}, ValueError,
          r"multi-channel filter of shape \(3, 3, 3\) needs an image with 3 channels"),
         ({"kernel": np.ones((3, 3, 3))}, ValueError, r"needs an image with 3 channels"),

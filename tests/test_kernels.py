@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -246,13 +248,64 @@ def test_log_family():
     ("1 1e400", r"column 2 must be a finite number, got '1e400'"),
     ("1e400/1e400", r"must be a finite number"),
     ("sobel-x:3", r"'sobel-x' is a kernel .*not a family, so it takes no parameters"),
+    # issue 14, items 19 and 20: no OverflowError, no numpy warning, the parameter named
+    ("gaussian:sigma=1e308", r"sigma=1e\+308 gives a kernel larger than the limit 1001"),
+    ("log:sigma=1e308", r"sigma=1e\+308 gives a kernel larger than the limit 1001"),
+    ("gaussian:sigma=1e-300", r"sigma must be >= 0.01, got 1e-300; gaussian accepts sigma=S"),
+    ("log:sigma=0.001,size=5", r"sigma must be >= 0.01"),
+    ("log:sigma=1e308,size=5", r"for log: the parameters are out of range"),
+    ("1e308 1", r"inline kernel '1e308 1':.*matrix value 1e\+308 at row 1, column 1 is larger "
+                r"than float32's largest, 3.403e\+38"),
 ])
 def test_bad_family_parameters(spec, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning fails the test
+        with pytest.raises(KernelError, match=message):
+            resolve(spec)
+
+
+@pytest.mark.parametrize("spec", ["gaussian:sigma=0.01", "log:sigma=0.01", "log:sigma=166",
+                                  "gaussian:sigma=1e308,size=5", "[[1e38, 1e38]]"])
+def test_extreme_parameters_that_work(spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(resolve(spec).weights).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"matrix": [[1e39]]}, r"kernel 'k': the matrix value 1e\+39 at row 1, column 1 is larger"),
+    ({"matrix": [[1]], "scale": 1e39}, r"kernel 'k': scale 1e\+39 is larger than float32's"),
+    ({"matrix": [[1]], "bias": -1e39}, r"kernel 'k': bias -1e\+39 is larger than float32's"),
+    ({"matrix": [[1e38]], "scale": 10}, r"the weights \(matrix × scale\) reach 1e\+39"),
+])
+def test_weights_that_overflow_float32_are_refused(kwargs, message):
     with pytest.raises(KernelError, match=message):
-        resolve(spec)
+        Kernel("k", **kwargs)
 
 
 # --- inline ---------------------------------------------------------------------------------
+
+
+def test_a_complex_kernel_is_refused_not_made_real():
+    # issue 14, item 32: numpy's ComplexWarning and the dropped imaginary part
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KernelError, match=r"^kernel 'c': the matrix must hold real numbers, "
+                                              r"got dtype complex128$"):
+            Kernel("c", np.array([[1j]]))
+
+
+@pytest.mark.parametrize(("spec", "rows"), [("[1, 2, 1]", [[1, 2, 1]]), ("[1]", [[1]]),
+                                             ("[1, 2, 1]", resolve("1 2 1").matrix.tolist())])
+def test_an_inline_flat_list_is_one_row_as_text_is(spec, rows):
+    # issue 14, item 32: "[1,2,1]" failed with "inline kernel '[1,2,1]':1: matrix rows must be
+    # lists"; a flat list reads as the one row "1 2 1" does (1×N), in files too
+    assert resolve(spec).matrix.tolist() == rows
+
+
+def test_inline_errors_have_no_line_number():
+    with pytest.raises(KernelError, match=r"^inline kernel '\[\[1, 2\], \[1\]\]': matrix row 2"):
+        resolve("[[1, 2], [1]]")
 
 
 @pytest.mark.parametrize("spec", ["0 1 0; 1 -4 1; 0 1 0", "0,1,0;1,-4,1;0,1,0",
@@ -431,7 +484,7 @@ def test_huge_numbers_in_code():
         make("box", {"size": 10**400})
 
 
-@pytest.mark.parametrize("scale", [1.0, 2.0**-60, 1e-15, 1e-200, 1e200])
+@pytest.mark.parametrize("scale", [1.0, 2.0**-60, 1e-15, 1e-200, 1e30, 1e200])
 @pytest.mark.parametrize("spec", ["gaussian:sigma=1", "gaussian:sigma=4", "box-blur", "sobel-x"])
 def test_separable_factors_are_scale_invariant(spec, scale):
     # One eps-relative tolerance (describe.rtol): tiny or huge weights split the same way.
@@ -441,6 +494,8 @@ def test_separable_factors_are_scale_invariant(spec, scale):
     if abs(w.sum()) > 0 and spec.startswith("gaussian"):
         # Non-integer factors of a non-zero-sum kernel share the sum equally.
         assert col.sum() == pytest.approx(row.sum(), rel=1e-12)
+    if scale > 1e38:  # a Kernel refuses weights beyond float32 (issue 14, item 19)
+        return
     info = describe(resolve(spec) if scale == 1 else Kernel("k", w))
     assert info["rank"] == 1 and info["separable"] is not None
 

@@ -187,6 +187,29 @@ def test_a_broken_user_file_fails_list_cleanly(tmp_path):
     assert_clean_error(run("list"), "unknown key 'matrx' (did you mean matrix?)")
 
 
+def test_an_unreadable_folder_is_one_warning_and_builtins_still_work(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "k.yaml").write_text("name: k\nmatrix: [[1]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    for args in (["show", "sobel"], ["list"]):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (f"warning: kernel folder '{folder}' cannot be read "
+                                 "(Permission denied); skipped\n")
+        assert "sobel" in result.stdout
+
+
 def test_a_self_referring_user_bank_fails_list_cleanly(tmp_path):
     folder = tmp_path / "config" / "imgconv" / "kernels"
     folder.mkdir(parents=True)
@@ -227,3 +250,29 @@ def test_list_and_show_import_no_scipy_or_pil(args):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["show", "sobl"], ["list", "--tag", "nosuch"]])
+def test_show_and_list_take_the_debug_the_internal_error_message_names(command):
+    # cli.main's "internal error: ... (rerun with --debug ...)" must name an option they have
+    assert_clean_error(run(*command), "error")  # without it: one line
+    result = run(*command, "--debug")
+    assert type(result.exception).__name__ == "KernelError"  # with it: the exception itself
+
+
+def test_every_name_list_and_show_print_resolves():
+    # issue 14, item 27: `show kirsch` printed kirsch-n@45, which -k did not know
+    from imgconv.kernels import resolve
+
+    listed = json.loads(run("list", "--json").stdout)
+    names = {row["name"] for row in listed} | {m for row in listed for m in row["members"]}
+    shown = set()
+    for name in sorted(names):
+        info = json.loads(run("show", name, "--json").stdout)
+        shown |= {info["name"], *(k["name"] for k in info.get("kernels", []))}
+        for k in info.get("kernels", []):
+            assert resolve(k["name"]).weights.tolist() == k["weights"], k["name"]
+    assert {"kirsch-n", "kirsch-n@45", "kirsch-n@315"} <= names | shown
+    for name in sorted(names | shown):
+        result = run("show", name)
+        assert result.exit_code == 0, (name, result.stderr)

@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import imgconv
+import imgconv.errors
+import imgconv.kernels.library
 from imgconv.errors import KernelError
 from imgconv.kernels import Kernel, KernelBank, builtin_dir, catalog, dump, resolve, search_path
 
@@ -93,6 +95,13 @@ BAD_FILES = [
     ("- name: a\n  matrix: [[1]]\n- matrix: [[2]]\n", r"a kernel needs a name"),
     ("", r"bad\.yaml: holds no kernels"),
     ("42\n", r"each kernel must be a mapping"),
+    # issue 14, item 19: float32 overflow (a black image), and not "sums to 0"
+    ("matrix: [[1e308, 1e308]]\nnormalize: true\n",
+     r"bad\.yaml:1: kernel 'bad': the matrix value 1e\+308 at row 1, column 1 is larger than "
+     r"float32's largest"),
+    ("matrix: [[1]]\nscale: 1e39\n", r"bad\.yaml:2: kernel 'bad': scale 1e\+39 is larger"),
+    ("matrix: [[1]]\nbias: -1e39\n", r"bad\.yaml:2: kernel 'bad': bias -1e\+39 is larger"),
+    ("matrix: [[1e38]]\nscale: 10\n", r"kernel 'bad': the weights \(matrix × scale\) reach"),
 ]
 
 
@@ -299,6 +308,54 @@ def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
         resolve("big.yaml")
 
 
+SIZE_LIMIT = r"more than the limit of 1001"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("matrix:\n" + "  - [0]\n" * 1002,
+     r"big\.yaml:1: kernel 'big': matrix has 1002 rows, " + SIZE_LIMIT),
+    ("matrix:\n  - [" + "0, " * 5000 + "0]\n",
+     r"big\.yaml:2: kernel 'big': matrix row 1 has 5001 numbers, " + SIZE_LIMIT),
+    ("matrix: [" + "[[1]], " * 1002 + "[[1]]]\n", r"matrix has 1003 channels, " + SIZE_LIMIT),
+    ("matrix: |\n  " + "0 " * 1002 + "\n", r"matrix row 1 has 1002 numbers, " + SIZE_LIMIT),
+])
+def test_file_kernels_have_the_family_size_limit(tmp_path, text, message):
+    write(tmp_path, "big.yaml", text)
+    with pytest.raises(KernelError, match=message):
+        resolve("big.yaml")
+
+
+def test_every_kernel_has_the_size_limit():
+    from imgconv.kernels import families, model
+
+    assert families.MAX_SIZE is model.MAX_SIZE == 1001
+    with pytest.raises(KernelError, match=r"matrix row 1 has 1002 numbers, " + SIZE_LIMIT):
+        resolve("0 " * 1002)
+    with pytest.raises(KernelError, match=r"kernel 'k': the matrix is 1×1002, larger than the "
+                                          r"limit of 1001 a side"):
+        Kernel("k", np.zeros((1, 1002)))
+    assert Kernel("k", np.zeros((1001, 1))).shape == (1001, 1)
+
+
+def test_plain_numbers_take_the_fast_path_and_read_as_yaml_does(tmp_path, monkeypatch):
+    import yaml
+
+    import imgconv.kernels.text as text
+
+    values = ["010", "1_000", "0x1f", "1.5", "-0", "+3", ".5", "1e3", "1.0e+3", "0b11", "1:30",
+              "-2.", "00", "7"]
+    write(tmp_path, "odd.yaml", f"matrix: [[{', '.join(values)}]]\n")
+    expected = [float(text.parse_number(v, "v")) for v in yaml.safe_load(f"[{', '.join(values)}]")]
+    assert resolve("odd.yaml").matrix.tolist() == [expected]
+    # a large matrix of plain numbers never reaches the per-value checks
+    calls = []
+    monkeypatch.setattr(text, "parse_number", lambda *a, **k: calls.append(a) or 0.0)
+    rows = "".join(f"  - [{', '.join(str((i * j) % 7 - 3) for j in range(301))}]\n"
+                   for i in range(301))
+    write(tmp_path, "big.yaml", "matrix:\n" + rows.replace(", 2,", ", 2.5,"))
+    assert resolve("big.yaml").shape == (301, 301) and calls == []
+
+
 # --- search path ------------------------------------------------------------------------------
 
 
@@ -364,6 +421,70 @@ def test_duplicate_names_across_files_of_a_folder(tmp_path, monkeypatch):
 def test_a_missing_folder_on_the_path_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(tmp_path / "missing"))
     assert resolve("identity").weights[1, 1] == 1
+
+
+def _deny(monkeypatch, method, name):
+    """Make ``Path.<method>`` raise PermissionError for ``name`` (tests run as root,
+    where chmod 000 denies nothing)."""
+    real = getattr(Path, method)
+
+    def denied(self, *args, **kwargs):
+        if self.name == name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, denied)
+
+
+def _user_folder_with(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    write(folder, "good.yaml", "name: good\nmatrix: [[2]]\n")
+    write(folder, "locked.yaml", "name: locked\nmatrix: [[3]]\n")
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    return folder
+
+
+def test_an_unreadable_folder_on_the_path_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    folder = _user_folder_with(tmp_path, monkeypatch)
+    _deny(monkeypatch, "iterdir", "mine")
+    with pytest.warns(imgconv.errors.ImgconvWarning,
+                      match=rf"^kernel folder '{folder}' cannot be read \(Permission denied\); "
+                            r"skipped$"):
+        assert resolve("sobel-x").shape == (3, 3)
+    with pytest.warns(imgconv.errors.ImgconvWarning):
+        assert "sobel" in [e.name for e in catalog()]
+
+
+def test_an_unreadable_file_in_a_folder_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    _user_folder_with(tmp_path, monkeypatch)
+    monkeypatch.setattr(imgconv.kernels.library, "_FILE_CACHE", {})
+    real = imgconv.kernels.library.read_text
+
+    def read_text(path, *args):
+        if Path(path).name == "locked.yaml":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(imgconv.kernels.library, "read_text", read_text)
+    with pytest.warns(imgconv.errors.ImgconvWarning,
+                      match=r"kernel file '.*locked\.yaml' cannot be read: Permission denied; "
+                            r"skipped"):
+        assert resolve("good").weights.tolist() == [[2.0]]
+    with pytest.raises(KernelError, match="unknown kernel 'locked'"), \
+            pytest.warns(imgconv.errors.ImgconvWarning):
+        resolve("locked")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads a chmod 000 folder")
+def test_a_chmod_000_folder_is_skipped(tmp_path, monkeypatch):
+    folder = _user_folder_with(tmp_path, monkeypatch)
+    folder.chmod(0)
+    try:
+        with pytest.warns(imgconv.errors.ImgconvWarning, match="cannot be read"):
+            assert resolve("sobel-x").shape == (3, 3)
+    finally:
+        folder.chmod(0o755)
 
 
 def test_edited_files_are_reread(tmp_path):

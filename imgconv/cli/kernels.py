@@ -38,9 +38,10 @@ def show_command(
     json_: Annotated[
         bool, typer.Option("--json", metavar="", help="Print one JSON object.")
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks.")] = False,
 ) -> None:
     """Show a kernel: its matrix and weights (colour-coded), sum, anchor, separability."""
-    with report_errors():
+    with report_errors(debug):
         from imgconv.kernels import FAMILIES, describe, resolve
 
         info = describe(resolve(spec))
@@ -58,9 +59,10 @@ def list_command(
         str | None, typer.Option("--tag", metavar="TAG", help="Only kernels with this tag.")
     ] = None,
     json_: Annotated[bool, typer.Option("--json", metavar="", help="Print a JSON array.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks.")] = False,
 ) -> None:
     """List the kernels, banks and families on the search path."""
-    with report_errors():
+    with report_errors(debug):
         from imgconv.kernels import catalog
         from imgconv.kernels.model import suggest
 

@@ -13,13 +13,14 @@ import io
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
-from imgconv.errors import ImgconvError
+from imgconv.errors import ImgconvError, ImgconvWarning
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -293,10 +294,25 @@ def print_warning(message: str) -> None:
 def report_errors(debug: bool = False) -> Iterator[None]:
     """Turn an ImgconvError into one ``error: ...`` line and its exit code.
 
-    With ``debug`` the exception propagates, so the traceback is shown.
+    With ``debug`` the exception propagates, so the traceback is shown. An
+    :class:`~imgconv.errors.ImgconvWarning` is one ``warning: ...`` line, once.
     """
+    shown: set[str] = set()
+    default_show = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any,
+             **kwargs: Any) -> None:
+        if not issubclass(category, ImgconvWarning):
+            default_show(message, category, *args, **kwargs)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print_warning(str(message))
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ImgconvWarning)
+            warnings.showwarning = show
+            yield
     except ImgconvError as exc:
         if debug:
             raise

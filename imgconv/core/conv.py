@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,13 @@ def as_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
 
 
 def as_kernel(kernel: ArrayLike) -> NDArray[np.float64]:
-    """Check that ``kernel`` is a finite, non-empty 2-D or 3-D array of numbers."""
+    """Check that ``kernel`` is a finite, non-empty 2-D or 3-D array of real numbers."""
+    dtype = getattr(kernel, "dtype", None)
+    if dtype is None:
+        with contextlib.suppress(ValueError):  # ragged: said below
+            dtype = np.asarray(kernel).dtype
+    if dtype is not None and dtype.kind == "c":  # refused as a complex image is (as_image)
+        raise TypeError(f"kernel must hold real numbers, got dtype {dtype}")
     try:
         arr = np.asarray(kernel, dtype=np.float64)
     except (TypeError, ValueError) as exc:

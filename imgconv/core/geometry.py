@@ -12,6 +12,7 @@ pads ``d*a`` before and ``d*(k-1-a)`` after, with the anchor ``a = k // 2``
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +43,10 @@ def normalize_pair(value: object, name: str, *, minimum: int = 1) -> tuple[int, 
     ):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise TypeError(f"{name} must be an int or a pair of ints (y, x), got {value!r}")
+        raise TypeError(
+            f"{name} must be an int or a pair of ints (y, x), got {reprlib.repr(value)}")
     if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {reprlib.repr(value)}")
     return pair
 
 

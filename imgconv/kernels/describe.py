@@ -101,7 +101,7 @@ def describe(item: Kernel | KernelBank) -> dict[str, Any]:
     weights = item.weights
     if weights.ndim == 2:
         rank: int | list[int] = _rank(weights)
-        factors = separable_factors(weights)
+        factors = separable_factors(weights) if rank == 1 else None  # (one SVD, not two)
     else:
         rank = [_rank(weights[:, :, c]) for c in range(weights.shape[2])]
         factors = None
@@ -128,14 +128,8 @@ def describe(item: Kernel | KernelBank) -> dict[str, Any]:
     }
 
 
-def _clean(x: float) -> float:
-    # -0.0 reads as a different value in JSON; tiny weights are real and kept.
-    return x + 0.0
-
-
 def _lists(a: NDArray[np.float64]) -> Any:
     if a.ndim == 3:
         return [_lists(a[:, :, c]) for c in range(a.shape[2])]
-    return [[_clean(float(v)) for v in row] for row in a] if a.ndim == 2 else [
-        _clean(float(v)) for v in a
-    ]
+    # -0.0 reads as a different value in JSON (+ 0.0 makes it 0.0); tiny weights are kept.
+    return (a + 0.0).tolist()

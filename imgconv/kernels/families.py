@@ -17,13 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import KernelError
-from imgconv.kernels.model import Kernel, suggest
+from imgconv.kernels.model import MAX_SIZE, Kernel, suggest
 from imgconv.kernels.text import parse_number, short
 
-# Big enough for any sensible blur, small enough not to exhaust memory by a typo.
-MAX_SIZE = 1001
+__all__ = ["FAMILIES", "MAX_SIZE", "make", "parse_params"]
 
 Params = dict[str, Any]
+#: The narrowest Gaussian (and LoG): a sigma of 0.01 pixel is already the identity.
+MIN_SIGMA = 0.01
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ def _sigma(value: object, _: Params) -> float:
     sigma = parse_number(value, "sigma")
     if sigma <= 0:
         raise KernelError(f"sigma must be > 0, got {value}")
+    if sigma < MIN_SIGMA:  # narrower is the identity, and 1e-300 underflows
+        raise KernelError(f"sigma must be >= {MIN_SIGMA}, got {value}")
     return sigma
 
 
@@ -92,6 +95,9 @@ def _box_size(value: object, _: Params) -> tuple[int, int]:
 def _default_size(sigma: float, size: int | None) -> int:
     if size is not None:
         return size
+    if 3 * sigma > MAX_SIZE:  # (and math.ceil(inf) raises)
+        raise KernelError(f"sigma={sigma:g} gives a kernel larger than the limit {MAX_SIZE}; "
+                          f"give size=N or a sigma <= {MAX_SIZE // 6}")
     size = 2 * math.ceil(3 * sigma) + 1
     if size > MAX_SIZE:
         raise KernelError(
@@ -175,7 +181,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "gaussian",
-            (Param("sigma", "S (> 0; default 1)", 1.0, _sigma),
+            (Param("sigma", f"S (>= {MIN_SIGMA}; default 1)", 1.0, _sigma),
              Param("size", SIZE_RULE, None, _odd_size)),
             _gaussian, "Gaussian blur, exp(-(x²+y²)/2σ²) divided by its sum", "clip",
             ("blur", "smooth"),
@@ -188,7 +194,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "log",
-            (Param("sigma", "S (> 0; default 1)", 1.0, _sigma),
+            (Param("sigma", f"S (>= {MIN_SIGMA}; default 1)", 1.0, _sigma),
              Param("size", SIZE_RULE, None, _odd_size)),
             _log, "Laplacian of Gaussian (zero-sum; negative centre)", "abs",
             ("edge", "blob"),
@@ -256,7 +262,13 @@ def make(family: str, params: str | Mapping[str, object] = "", *, name: str | No
         for p in fam.params:
             value = given.get(p.name, p.default)
             values[p.name] = None if value is None else p.check(value, values)
-        matrix, scale = fam.build(values)
+        # numpy warnings never leak: parameters that overflow are the user's error
+        with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+            try:
+                matrix, scale = fam.build(values)
+            except (FloatingPointError, OverflowError):
+                raise KernelError("the parameters are out of range (the weights overflow)"
+                                  ) from None
     except KernelError as exc:
         shown = repr(text) if len(text) <= 60 else f"{text[:20]!r}…"
         raise KernelError(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from imgconv.errors import KernelError
+from imgconv.errors import ImgconvWarning, KernelError
 from imgconv.kernels import families
 from imgconv.kernels.model import Kernel, KernelBank, rotate_matrix, suggest
 from imgconv.kernels.parse import (
@@ -123,17 +124,39 @@ def read_file(path: Path) -> list[Entry]:
     except UnicodeDecodeError:
         raise KernelError(f"{label}: not valid YAML: the file is not UTF-8 text") from None
     except OSError as exc:
-        raise KernelError(f"kernel file {label!r} cannot be read: {exc.strerror}") from None
+        raise _Unreadable(f"kernel file {label!r} cannot be read: {exc.strerror}") from None
     entries = parse_file(text, label, label, path.stem)
     _FILE_CACHE[key] = entries
     return entries
 
 
+class _Unreadable(KernelError):
+    """A kernel file that cannot be opened or read (permissions, I/O): in a folder of the
+    search path it is skipped with a warning, not an error."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ImgconvWarning, stacklevel=3)
+
+
 def _user_folder(folder: Path) -> Folder | None:
-    if not folder.is_dir():
+    # One unreadable folder or file on the search path must not break the others and
+    # the built-ins: it is skipped, with a warning.
+    try:
+        if not folder.is_dir():
+            return None
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in YAML_SUFFIXES)
+        files = [p for p in files if p.is_file()]
+    except OSError as exc:
+        _warn(f"kernel folder {str(folder)!r} cannot be read ({exc.strerror}); skipped")
         return None
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in YAML_SUFFIXES)
-    return _index(str(folder), [(str(p), read_file(p)) for p in files if p.is_file()])
+    parsed = []
+    for p in files:
+        try:
+            parsed.append((str(p), read_file(p)))
+        except _Unreadable as exc:
+            _warn(f"{exc}; skipped")
+    return _index(str(folder), parsed)
 
 
 def folders() -> list[Folder]:
@@ -196,6 +219,10 @@ class _Resolver:
             return inline(spec)
         name, colon, params = spec.partition(":")
         entry = self.lookup(name, scope)
+        if entry is None or (colon and "@" in params):
+            member = self.bank_member(spec)
+            if member is not None:
+                return member
         if entry is None:
             if name in families.FAMILIES:
                 return families.make(name, params)
@@ -210,6 +237,24 @@ class _Resolver:
                 f"families: {', '.join(families.FAMILIES)}"
             )
         return self.build(entry, params)
+
+    def bank_member(self, spec: str) -> Kernel | None:
+        """The member named ``spec`` of a bank on the search path (``kirsch-n``, or
+        ``kirsch-n@45`` of a rotated bank): every name ``imgconv show`` prints resolves."""
+        for folder in self.folders:
+            for entry in folder.entries.values():
+                if entry.kind != "bank" or (_file_key(entry.where.file), entry.name) in \
+                        self.building:
+                    continue
+                try:
+                    bank = self.build(entry)
+                except KernelError:  # a broken bank is reported when it is asked for
+                    continue
+                assert isinstance(bank, KernelBank)
+                for kernel in bank.kernels:
+                    if kernel.name == spec:
+                        return kernel
+        return None
 
     def from_file(self, path: Path, member: str | None) -> Kernel | KernelBank:
         entries = {e.name: e for e in read_file(path)}
@@ -339,7 +384,7 @@ def inline(spec: str) -> Kernel:
     >>> inline("1/9 1/9 1/9").weights.shape
     (1, 3)
     """
-    where = Where(f"inline kernel {short(spec)}")
+    where = Where(f"inline kernel {short(spec)}", lines=False)
     value: object = spec
     if spec.startswith("["):
         docs = load_yaml(spec, where.file)

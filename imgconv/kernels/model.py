@@ -15,6 +15,13 @@ from imgconv.errors import KernelError
 from imgconv.kernels.text import short
 
 OUTPUT_MAPS = ("clip", "abs", "offset", "normalize")
+# The largest kernel side (and channel count), for every kernel: a family's, a file's,
+# an inline one and a Kernel made in Python. Big enough for any sensible blur, small
+# enough not to exhaust memory by a typo (a 1001×1001 file is read and shown in seconds).
+MAX_SIZE = 1001
+# Images of up to 16 bits are filtered in float32: a larger weight, scale or bias
+# would overflow to infinity (a black image).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 COMBINES = ("magnitude", "max", "min", "sum", "mean")
 
 
@@ -62,6 +69,16 @@ def check_matrix(matrix: object) -> NDArray[np.float64]:
         arr = np.array(as_kernel(matrix), dtype=np.float64, copy=True)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise KernelError(str(exc).replace("kernel must", "the matrix must", 1)) from None
+    big = np.abs(arr) > FLOAT32_MAX
+    if big.any():
+        at = tuple(int(i) for i in np.argwhere(big)[0])
+        names = ("row", "column", "channel")[:len(at)]
+        place = ", ".join(f"{n} {i + 1}" for n, i in zip(names, at, strict=True))
+        raise KernelError(f"the matrix value {arr[at]:g} at {place} is larger than "
+                          f"float32's largest, {FLOAT32_MAX:.4g}")
+    if max(arr.shape) > MAX_SIZE:
+        shape = "×".join(map(str, arr.shape))
+        raise KernelError(f"the matrix is {shape}, larger than the limit of {MAX_SIZE} a side")
     arr.setflags(write=False)
     return arr
 
@@ -76,7 +93,18 @@ def check_number(value: object, what: str) -> float:
         raise KernelError(f"{what} must be a finite number, got a too large integer") from None
     if not np.isfinite(number):
         raise KernelError(f"{what} must be a finite number, got {number}")
+    if abs(number) > FLOAT32_MAX:
+        raise KernelError(f"{what} {number:g} is larger than float32's largest, "
+                          f"{FLOAT32_MAX:.4g}")
     return number
+
+
+def check_weights(matrix: NDArray[np.float64], scale: float) -> None:
+    """Refuse weights ``matrix * scale`` beyond float32 (what images are filtered in)."""
+    peak = float(np.abs(matrix).max()) * abs(scale)
+    if peak > FLOAT32_MAX:
+        raise KernelError(f"the weights (matrix × scale) reach {peak:g}, larger than "
+                          f"float32's largest, {FLOAT32_MAX:.4g}")
 
 
 def check_anchor(anchor: object, shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -135,6 +163,7 @@ class Kernel:
             set_(self, "bias", check_number(self.bias, "bias"))
             if self.scale == 0:
                 raise KernelError("scale must not be zero")
+            check_weights(self.matrix, self.scale)
             set_(self, "anchor", check_anchor(self.anchor, self.matrix.shape))
             if self.output is not None:
                 check_choice(self.output, OUTPUT_MAPS, "output")

@@ -21,11 +21,14 @@ import numpy as np
 from imgconv.errors import KernelError
 from imgconv.kernels.model import (
     COMBINES,
+    MAX_SIZE,
     OUTPUT_MAPS,
     Kernel,
     check_anchor,
     check_choice,
     check_matrix,
+    check_number,
+    check_weights,
     suggest,
 )
 from imgconv.kernels.text import parse_number, parse_rows, short, split_rows
@@ -81,8 +84,24 @@ def _construct_map(loader: Any, node: Any) -> LineDict:
     return data
 
 
+# The plain numbers YAML 1.1 reads as int or float that Python's int() and float() read
+# the same way (no 0o10, 1_000, 1:30 or .inf): a matrix of a million numbers is built
+# without PyYAML's per-value resolver and constructor, ten times faster.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
+
+
 def _construct_seq(loader: Any, node: Any) -> LineList:
-    data = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    data = LineList()
+    for child in node.value:
+        value = child.value
+        if child.tag == _INT_TAG and isinstance(value, str) and _PLAIN_INT.fullmatch(value):
+            data.append(int(value))
+        elif child.tag == _FLOAT_TAG and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
+            data.append(float(value))
+        else:
+            data.append(loader.construct_object(child, deep=True))
     data.line = node.start_mark.line + 1
     data.lines = [child.start_mark.line + 1 for child in node.value]
     return data
@@ -97,24 +116,30 @@ class Refused(Exception):
         self.line = line
 
 
-def _children(node: Any) -> list[Any]:
+def _collections(node: Any) -> tuple[list[Any], int]:
+    """A node's child lists and mappings, and how many scalars it holds besides."""
     if isinstance(node.value, str):  # a scalar
-        return []
+        return [], 0
     if node.value and isinstance(node.value[0], tuple):  # a mapping's (key, value) pairs
-        return [n for pair in node.value for n in pair]
-    return list(node.value)
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = node.value
+    nested = [n for n in children if not isinstance(n.value, str)]
+    return nested, len(children) - len(nested)
 
 
 def check_node(node: Any) -> None:
     """Refuse a composed YAML document nested too deep or whose aliases repeat too much.
 
-    Walks the node graph once (each anchored node once), counting the values
-    each alias would add if expanded, and stops as soon as a limit is passed.
+    Walks the lists and mappings once (each anchored one once), counting the
+    values each alias of one would add if expanded, and stops as soon as a
+    limit is passed. (An alias of a scalar adds one value for its own few bytes.)
     """
     sizes: dict[int, int] = {}
     added = 0
-    # [node, its children left to visit, its size so far (aliases expanded)]
-    stack: list[list[Any]] = [[node, _children(node), 1]]
+    nested, scalars = _collections(node)
+    # [node, its lists and mappings left to visit, its size so far (aliases expanded)]
+    stack: list[list[Any]] = [[node, nested, 1 + scalars]]
     open_ids = {id(node)}
     while stack:
         top = stack[-1]
@@ -126,7 +151,7 @@ def check_node(node: Any) -> None:
                 stack[-1][2] += top[2]
             continue
         child = top[1].pop()
-        if id(child) in sizes:  # an alias of a node already read
+        if id(child) in sizes:  # an alias of a list or mapping already read
             added += sizes[id(child)]
             top[2] += sizes[id(child)]
             if added > MAX_ALIAS_VALUES:
@@ -139,7 +164,8 @@ def check_node(node: Any) -> None:
             if len(stack) >= MAX_YAML_DEPTH:
                 raise Refused(f"lists and mappings nest more than {MAX_YAML_DEPTH} deep",
                               child.start_mark.line + 1)
-            stack.append([child, _children(child), 1])
+            nested, scalars = _collections(child)
+            stack.append([child, nested, 1 + scalars])
             open_ids.add(id(child))
 
 
@@ -150,6 +176,14 @@ def safe_loader() -> Any:
     import yaml
 
     class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and implicit[0]:  # a plain scalar: try numbers first
+                if _PLAIN_INT.fullmatch(value):
+                    return _INT_TAG
+                if _PLAIN_FLOAT.fullmatch(value):
+                    return _FLOAT_TAG
+            return super().resolve(kind, value, implicit)
+
         def construct_document(self, node: Any) -> Any:
             check_node(node)
             return super().construct_document(node)
@@ -208,12 +242,14 @@ class Where:
     file: str
     line: int | None = None
     kernel: str | None = None
+    #: False for text with no lines to speak of (an inline kernel on the command line)
+    lines: bool = True
 
     def at(self, line: int | None = None, kernel: str | None = None) -> Where:
-        return Where(self.file, line or self.line, kernel or self.kernel)
+        return Where(self.file, line or self.line, kernel or self.kernel, self.lines)
 
     def error(self, what: object) -> KernelError:
-        place = self.file + (f":{self.line}" if self.line else "")
+        place = self.file + (f":{self.line}" if self.line and self.lines else "")
         if not self.file:  # a mapping inside another file (a pipeline's), which names it
             place = f"line {self.line}" if self.line else ""
         who = f" kernel {short(self.kernel)}:" if self.kernel else ""
@@ -424,6 +460,10 @@ def build_kernel(item: dict[str, Any], where: Where, name: str, source: str) -> 
         anchor = check_anchor(item.get("anchor"), matrix.shape)
     except KernelError as exc:
         raise where.at(_line(item, "anchor")).error(exc) from None
+    try:
+        check_weights(matrix, scale)
+    except KernelError as exc:
+        raise where.at(_line(item, "scale") or _line(item, "normalize")).error(exc) from None
     return Kernel(
         name=name,
         matrix=matrix,
@@ -446,7 +486,13 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
             f"matrix must be rows of numbers (or a list of matrices, one per channel); "
             f"got {_kind_of(value) if value != [] else 'an empty list'}"
         )
+    if not any(isinstance(v, (list, str)) for v in value):
+        # a flat list of numbers is one row, as "1 2 1" is: [1, 2, 1] is 1×3
+        value = [value]
     if all(isinstance(v, list) and v and isinstance(v[0], list) for v in value):
+        if len(value) > MAX_SIZE:
+            raise where.error(f"matrix has {len(value)} channels, more than the limit of "
+                              f"{MAX_SIZE}")
         lines = getattr(value, "lines", [where.line] * len(value))
         channels = [_rows(list(v), where.at(line), f"channel {i} ")
                     for i, (v, line) in enumerate(zip(value, lines, strict=True), 1)]
@@ -456,20 +502,30 @@ def parse_matrix(value: object, where: Where) -> np.ndarray[Any, np.dtype[np.flo
                 raise where.at(lines[i - 1]).error(
                     f"channel {i} has shape {_shape(shape)} but channel 1 has {_shape(shapes[0])}"
                 )
-        return check_matrix(np.stack(channels, axis=-1))
+        try:
+            return check_matrix(np.stack(channels, axis=-1))
+        except KernelError as exc:
+            raise where.error(exc) from None
     return _rows(value, where)
 
 
 def _rows(rows: Sequence[object], where: Where, prefix: str = "") -> np.ndarray[Any, Any]:
+    # Sizes are checked before any number is read: refusing a 5001×5001 file is quick.
+    if len(rows) > MAX_SIZE:
+        raise where.error(f"{prefix}matrix has {len(rows)} rows, more than the limit of "
+                          f"{MAX_SIZE}")
     lines = getattr(rows, "lines", [where.line] * len(rows))
     split: list[list[object]] = []
-    for row, line in zip(rows, lines, strict=True):
+    for i, (row, line) in enumerate(zip(rows, lines, strict=True), 1):
         if isinstance(row, str):
             row = split_rows(row)[0] if row.strip() else []
         elif not isinstance(row, list):
             raise where.at(line).error(
                 f"{prefix}matrix rows must be lists of numbers; got {_kind_of(row)}"
             )
+        if len(row) > MAX_SIZE:
+            raise where.at(line).error(f"{prefix}matrix row {i} has {len(row)} numbers, more "
+                                       f"than the limit of {MAX_SIZE}")
         split.append(list(row))
     try:
         values = parse_rows(split, f"{prefix}matrix")
@@ -477,7 +533,10 @@ def _rows(rows: Sequence[object], where: Where, prefix: str = "") -> np.ndarray[
         match = re.search(r"row (\d+)", str(exc))
         line = lines[int(match[1]) - 1] if match and int(match[1]) <= len(lines) else where.line
         raise where.at(line).error(exc) from None
-    return check_matrix(values)
+    try:
+        return check_matrix(values)
+    except KernelError as exc:
+        raise where.error(exc) from None
 
 
 def _line(item: dict[str, Any], key: str) -> int | None:
@@ -486,7 +545,7 @@ def _line(item: dict[str, Any], key: str) -> int | None:
 
 def _number(value: object, what: str, where: Where) -> float:
     try:
-        return parse_number(value, what)
+        return check_number(parse_number(value, what), what)
     except KernelError as exc:
         raise where.error(exc) from None
 

@@ -15,6 +15,7 @@ from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.pooling import ACTIVATIONS, POOL_OPS
 from imgconv.errors import UsageError
 from imgconv.kernels.model import OUTPUT_MAPS, Kernel, KernelBank, suggest
+from imgconv.kernels.text import short
 from imgconv.pipeline.options import LayerOptions
 from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
 
@@ -34,7 +35,7 @@ def choice(value: object, choices: Sequence[str], name: str) -> str:
     """
     if not isinstance(value, str) or value not in choices:
         hint = suggest(value, choices) if isinstance(value, str) else ""
-        raise UsageError(f"`{name}` must be one of {', '.join(choices)}, got {value!r}{hint}")
+        raise UsageError(f"`{name}` must be one of {', '.join(choices)}, got {short(value)}{hint}")
     return value
 
 
@@ -89,7 +90,7 @@ def parse_padding(value: object) -> str | int | tuple[int, ...]:
     if len(parts) not in (1, 2, 4) or min(parts, default=-1) < 0:
         raise UsageError(
             f"`padding` must be one of {', '.join(PADDING_NAMES)}, N, N,M or T,B,L,R "
-            f"(whole numbers >= 0), got {value!r}"
+            f"(whole numbers >= 0), got {short(value)}"
         )
     return parts[0] if len(parts) == 1 else parts
 
