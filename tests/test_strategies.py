@@ -26,6 +26,7 @@ from test_conv import (
     by_strategy,
     make_image,
     once,
+    per_executor,
 )
 
 import imgconv
@@ -438,10 +439,40 @@ def working(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def random_kernel(kind, kh, kw, rng):
+    """A dense (full-rank), rank-1, or sparse whole-number kernel of shape (kh, kw)."""
+    if kind == "rank1":
+        return np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    kernel = rng.standard_normal((kh, kw))
+    if kind == "sparse":
+        kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
+    return kernel
+
+
+#: The kernels (kind, height, width, seed) the compiled path draws in geometries():
+#: every height and width from 1 to 5, each kind at least twice, the sparse ones
+#: with zeros and weights of 1, 2 and 3 in both signs. numba compiles a kernel for
+#: each new program shape, which follows the taps' pattern of zeros, signs and equal
+#: weights: random kernels make a new one nearly every example. The image, padding,
+#: stride, dilation, border mode and tiles are drawn as on the numpy path.
+COMPILED_KERNELS = [("dense", 1, 1, 0), ("dense", 2, 4, 0), ("dense", 5, 3, 0),
+                    ("rank1", 3, 5, 0), ("rank1", 4, 2, 0), ("sparse", 5, 5, 4),
+                    ("sparse", 1, 4, 3)]
+
+
 @st.composite
-def geometries(draw):
-    """A random image, kernel, padding, stride, dilation and border mode with output >= 1."""
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+def geometries(draw, compiled=None):
+    """A random image, kernel, padding, stride, dilation and border mode with output >= 1.
+
+    ``compiled``: the kernel is one of COMPILED_KERNELS (None: when tap programs
+    run compiled as the example is drawn, after the executor fixture set the path).
+    """
+    if compiled is None:
+        compiled = jit.enabled()
+    if compiled:
+        kind, kh, kw, kernel_seed = draw(st.sampled_from(COMPILED_KERNELS))
+    else:
+        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     stride = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     tall = draw(st.booleans())
@@ -456,13 +487,10 @@ def geometries(draw):
     ey, ex = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     assume(h + pads[0] + pads[1] >= ey and w + pads[2] + pads[3] >= ex)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["dense", "rank1", "sparse"]))
-    if kind == "rank1":
-        kernel = np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    if compiled:
+        kernel = random_kernel(kind, kh, kw, np.random.default_rng(kernel_seed))
     else:
-        kernel = rng.standard_normal((kh, kw))
-        if kind == "sparse":
-            kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
+        kernel = random_kernel(draw(st.sampled_from(["dense", "rank1", "sparse"])), kh, kw, rng)
     return {"shape": (h, w), "kernel": kernel, "padding": padding, "pads": pads,
             "stride": stride, "dilation": dilation, "mode": draw(st.sampled_from(MODES)),
             "small": draw(st.booleans()), "public_fft": draw(st.booleans()),
@@ -652,9 +680,22 @@ def test_int16_path_at_and_over_the_bound(strategy):
                                       expected.astype(np.float32))
 
 
+#: The kernels test_int16_path_property draws on the compiled path (see
+#: COMPILED_KERNELS): weights from -5 to 5, every height and width from 1 to 4, some
+#: with whole separable factors and some without (diagonal, the 4x4, the 2x2).
+INT16_COMPILED_KERNELS = [
+    INT_KERNELS["sobel_x"], INT_KERNELS["diagonal"], INT_KERNELS["laplacian"],
+    INT_KERNELS["kirsch_n"], np.array([[3.0]]), np.array([[1.0, -1], [2, 4]]),
+    np.array([[1.0], [-2], [0], [5]]),
+    np.array([[1.0, -2, 0, 3], [0, 5, -5, 1], [2, 0, 0, -1], [4, 1, -3, 0]]),
+]
+
+
 @given(
-    kernel=st.lists(st.lists(st.integers(-5, 5), min_size=1, max_size=4), min_size=1,
-                    max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+    kernel=per_executor(
+        st.lists(st.lists(st.integers(-5, 5), min_size=1, max_size=4), min_size=1,
+                 max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+        st.sampled_from([k.tolist() for k in INT16_COMPILED_KERNELS])),
     signed=st.booleans(),
     mode=st.sampled_from(MODES),
     strategy=st.sampled_from(["direct", "separable"]),
