@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,9 +13,11 @@ from reference import correlate_loop, distinct_kernel
 from scipy import ndimage as ndi
 
 import imgconv
+from imgconv.core import jit
 from imgconv.core.strategies import STRATEGIES
 
-# every test runs on both executors of the tap programs (conftest.executor)
+# every test runs on both executors of the tap programs (conftest.executor), but for
+# the ones marked `once` (no tap program) and compiled fft (by_strategy)
 pytestmark = pytest.mark.usefixtures("executor")
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
@@ -48,13 +52,106 @@ def assert_matches(actual, expected, dtype, kernel, image):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kshape", KERNEL_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("channels", [None, 3])
-@pytest.mark.parametrize("ishape", IMAGE_SHAPES, ids=str)
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_same_matches_scipy(mode, kshape, dtype, channels, ishape, strategy):
+#: The strategies that run tap programs, which is where the executors differ: fft
+#: runs none, so ``_correlate(strategy="fft")`` is the same computation on both.
+TAP_STRATEGIES = ("direct", "separable")
+
+#: (executor, strategy) for tests parametrized by strategy: every strategy on numpy,
+#: the tap strategies compiled too (compiled fft would repeat numpy fft exactly)
+EXECUTOR_STRATEGIES = [
+    pytest.param(executor, strategy, id=f"{executor}-{strategy}")
+    for executor in ("numpy", "compiled") for strategy in sorted(STRATEGIES)
+    if executor == "numpy" or strategy in TAP_STRATEGIES
+]
+by_strategy = pytest.mark.parametrize(("executor", "strategy"), EXECUTOR_STRATEGIES,
+                                      indirect=["executor"])
+#: for a test that runs no tap program: once, on the numpy executor
+once = pytest.mark.parametrize("executor", ["numpy"], indirect=True)
+
+SAME_PARAMS = ("executor", "strategy", "ishape", "channels", "dtype", "kshape", "mode")
+
+
+def _same_cases():
+    """The cases of test_same_matches_scipy: a covering design, not the full product.
+
+    The full product of its seven parameters is 7,020 cases. Here:
+
+    - the border handling's geometry in full: every (strategy, kernel shape, image
+      shape, mode) on the numpy executor (585 cases), and every (tap strategy,
+      kernel shape, image shape, mode) on the compiled one (390);
+    - dtype and channels chosen greedily so that every pair of values of any two
+      of the seven parameters occurs (compiled fft excepted, see TAP_STRATEGIES);
+    - on the compiled executor one dtype per kernel shape, which the other
+      parameters all meet: numba compiles a kernel per program shape and dtype,
+      and a kernel shape's programs are compiled in one dtype, not three.
+
+    test_same_cases_are_a_covering_design checks all of this.
+    """
+    values = {"executor": ("numpy", "compiled"), "strategy": tuple(sorted(STRATEGIES)),
+              "ishape": tuple(IMAGE_SHAPES), "channels": (None, 3), "dtype": DTYPES,
+              "kshape": tuple(KERNEL_SHAPES), "mode": MODES}
+    seen: set = set()
+
+    def pairs(case):
+        items = list(zip(SAME_PARAMS, case, strict=True))
+        return {(a, b) for i, a in enumerate(items) for b in items[i + 1:]}
+
+    cases = []
+    for executor in values["executor"]:
+        for strategy, kshape, ishape, mode in itertools.product(
+                values["strategy"], values["kshape"], values["ishape"], values["mode"]):
+            if executor == "compiled" and strategy not in TAP_STRATEGIES:
+                continue
+            dtypes = values["dtype"]
+            if executor == "compiled":
+                dtypes = (DTYPES[KERNEL_SHAPES.index(kshape) % len(DTYPES)],)
+            candidates = [(executor, strategy, ishape, channels, dtype, kshape, mode)
+                          for dtype in dtypes for channels in values["channels"]]
+            best = max(candidates, key=lambda case: len(pairs(case) - seen))
+            seen |= pairs(best)
+            cases.append(best)
+    return values, cases
+
+
+SAME_VALUES, SAME_CASES = _same_cases()
+
+
+def _same_id(case):
+    executor, strategy, ishape, channels, dtype, kshape, mode = case
+    return "-".join([executor, strategy, str(ishape), str(channels), np.dtype(dtype).name,
+                     str(kshape), mode])
+
+
+@once
+def test_same_cases_are_a_covering_design():
+    values, cases = SAME_VALUES, SAME_CASES
+    assert len(set(map(_same_id, cases))) == len(cases)
+    index = {name: i for i, name in enumerate(SAME_PARAMS)}
+
+    def column(*names):
+        return {tuple(case[index[n]] for n in names) for case in cases}
+
+    # every pair of values of every two parameters (compiled fft is not a case)
+    for a, b in itertools.combinations(SAME_PARAMS, 2):
+        expected = set(itertools.product(values[a], values[b]))
+        if {a, b} == {"executor", "strategy"}:
+            expected.discard(("compiled", "fft") if a == "executor" else ("fft", "compiled"))
+        assert column(a, b) == expected, (a, b)
+    # the geometry in full on each executor
+    geometry = ("strategy", "kshape", "ishape", "mode")
+    for executor, strategies in (("numpy", values["strategy"]), ("compiled", TAP_STRATEGIES)):
+        found = {case[1:] for case in column("executor", *geometry) if case[0] == executor}
+        assert found == set(itertools.product(strategies, *(values[n] for n in geometry[1:])))
+    # one dtype per kernel shape on the compiled executor, every dtype among them
+    compiled = column("executor", "kshape", "dtype")
+    dtype_of = {k: d for e, k, d in compiled if e == "compiled"}
+    assert len(dtype_of) == len([c for c in compiled if c[0] == "compiled"])
+    assert set(dtype_of.values()) == set(DTYPES)
+
+
+@pytest.mark.parametrize(SAME_PARAMS, SAME_CASES, ids=[_same_id(c) for c in SAME_CASES],
+                         indirect=["executor"])
+def test_same_matches_scipy(executor, strategy, ishape, channels, dtype, kshape, mode):
     shape = ishape if channels is None else (*ishape, channels)
     image = make_image(shape, dtype)
     kernel = distinct_kernel(*kshape)
@@ -108,10 +205,33 @@ def test_reflect_far_beyond_the_image_matches_scipy_1d():
     np.testing.assert_allclose(imgconv.correlate(line[None, :], kernel)[0], expected, rtol=1e-12)
 
 
+@st.composite
+def per_executor(draw, on_numpy, compiled):
+    """A value of ``compiled`` while tap programs run compiled, else of ``on_numpy``.
+
+    Read as each example is drawn, after the executor fixture has set the path.
+    numba compiles a kernel for each new program shape (a program's shape
+    follows its kernel's taps and their signs), so what the compiled path
+    draws comes from a fixed set: its compile count stays bounded however many
+    examples run, while the geometry around the kernel is drawn as freely.
+    """
+    return draw(compiled if jit.enabled() else on_numpy)
+
+
+def table_shapes(largest):
+    """Kernel shapes of KERNEL_SHAPES (compiled by test_same_matches_scipy) up to ``largest``.
+
+    Together they take every height and every width from 1 to ``largest``.
+    """
+    shapes = [k for k in KERNEL_SHAPES if max(k) <= largest]
+    assert {k[0] for k in shapes} == {k[1] for k in shapes} == set(range(1, largest + 1))
+    return st.sampled_from(shapes)
+
+
 @given(
     image=hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9),
                      elements=st.floats(-1e3, 1e3)),
-    kshape=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    kshape=per_executor(st.tuples(st.integers(1, 7), st.integers(1, 7)), table_shapes(7)),
     mode=st.sampled_from(MODES),
     cval=st.floats(-10, 10),
     flip=st.booleans(),
@@ -126,7 +246,7 @@ def test_hypothesis_same_matches_scipy(image, kshape, mode, cval, flip):
 
 @given(
     h=st.integers(1, 8), w=st.integers(1, 8),
-    kshape=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    kshape=per_executor(st.tuples(st.integers(1, 4), st.integers(1, 4)), table_shapes(4)),
     pads=st.tuples(*[st.integers(0, 5)] * 4),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),

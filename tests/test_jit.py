@@ -70,7 +70,9 @@ def assert_same_bits(actual, expected):
 
 
 @needs_numba
-@given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8, np.int8]),
+# (the kernels of test_strategies.COMPILED_KERNELS: each program shape compiles once)
+@given(case=geometries(compiled=True),
+       dtype=st.sampled_from([np.float32, np.float64, np.uint8, np.int8]),
        strategy=st.sampled_from(["direct", "separable"]), read_only=st.booleans())
 def test_compiled_path_gives_the_numpy_bits(case, dtype, strategy, read_only):
     # each path on its own tile grid (direct's are larger when compiled)

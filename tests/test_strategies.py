@@ -20,16 +20,25 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from reference import correlate_loop, distinct_kernel
 from scipy import ndimage as ndi
-from test_conv import assert_matches, make_image
+from test_conv import (
+    TAP_STRATEGIES,
+    assert_matches,
+    by_strategy,
+    make_image,
+    once,
+    per_executor,
+)
 
 import imgconv
-from imgconv.core import conv, strategies, threads, tiles
+from imgconv.core import conv, jit, strategies, threads, tiles
 from imgconv.core.geometry import Geometry, resolve_padding
 from imgconv.core.strategies import STRATEGIES, choose_strategy, costs
 from imgconv.core.taps import build_program, low_rank, program_2d
 from imgconv.kernels import resolve
 
-# every test runs on both executors of the tap programs (conftest.executor)
+# every test runs on both executors of the tap programs (conftest.executor), but for
+# the ones marked `once` (they run no tap program) and compiled fft (by_strategy:
+# fft runs none either)
 pytestmark = pytest.mark.usefixtures("executor")
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
@@ -77,7 +86,7 @@ def restore_threads():
     threads.set_threads(None)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 @pytest.mark.parametrize(
     ("padding", "stride", "dilation"),
     [("valid", 2, 1), ("full", (1, 3), 2), ((0, 3, 1, 2), (2, 1), (1, 2)), (4, 3, 3),
@@ -104,7 +113,7 @@ def test_geometry_matches_loop(monkeypatch, strategy, padding, stride, dilation,
     assert_matches(actual, expected, np.float64, kernel, image)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int16])
 def test_stride_and_dtypes_on_channels(strategy, dtype):
     image = make_image((9, 10, 3), dtype)
@@ -118,7 +127,7 @@ def test_stride_and_dtypes_on_channels(strategy, dtype):
     assert_matches(actual, expected, np.float32, kernel, image)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 def test_stride_is_subsampled_stride_one_exactly(strategy):
     image = make_image((40, 37), np.float32)
     kernel = dense_kernel(5, 4)
@@ -126,7 +135,7 @@ def test_stride_is_subsampled_stride_one_exactly(strategy):
     np.testing.assert_array_equal(worker(image, kernel, strategy, stride=(3, 2)), full[::3, ::2])
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 @pytest.mark.parametrize("height", [1, 2, 7, 23, 50])
 @pytest.mark.parametrize("mode", ["reflect", "constant", "wrap"])
 def test_tile_boundaries(small_tiles, strategy, height, mode):
@@ -139,7 +148,7 @@ def test_tile_boundaries(small_tiles, strategy, height, mode):
     assert_matches(strided, expected[::2], np.float64, kernel, image)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 def test_one_row_and_one_column_images(strategy):
     for shape in ((1, 300), (300, 1), (1, 1)):
         image = make_image(shape, np.float32)
@@ -149,7 +158,7 @@ def test_one_row_and_one_column_images(strategy):
                        np.float32, kernel, image)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 def test_threads_give_identical_results(small_tiles, restore_threads, strategy, monkeypatch):
     # 300 x 260 outputs a plane: above PARALLEL_MIN_PIXELS, so the pool runs
     image = make_image((300, 520, 2), np.uint8)
@@ -168,6 +177,7 @@ def test_threads_give_identical_results(small_tiles, restore_threads, strategy, 
     assert_matches(one, expected, np.float32, kernel, image)
 
 
+@once
 def test_thread_count_settings(monkeypatch, restore_threads):
     monkeypatch.setenv("IMGCONV_THREADS", "3")
     assert threads.get_threads() == 3
@@ -209,6 +219,7 @@ def test_cost_model_sends_big_dense_kernels_to_fft(size):
     assert choose_strategy(kernel, geometry((3000, 4000), kernel)) == "fft"
 
 
+@once
 def test_cost_model_small_dense_kernel_is_direct():
     kernel = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
     found = costs(kernel, geometry((3000, 4000), kernel))
@@ -231,6 +242,7 @@ def test_public_api_equals_the_chosen_strategy():
                                       worker(image, kernel, name))
 
 
+@once
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_low_rank_factors_are_exact(rank):
     rng = np.random.default_rng(rank)
@@ -241,6 +253,7 @@ def test_low_rank_factors_are_exact(rank):
                                atol=1e-13 * np.abs(kernel).max())
 
 
+@once
 def test_low_rank_of_full_rank_and_zero_kernels():
     kernel = dense_kernel(6, 4)
     pairs = low_rank(kernel)
@@ -252,6 +265,7 @@ def test_low_rank_of_full_rank_and_zero_kernels():
     assert low_rank(np.zeros((3, 3))) == []
 
 
+@once
 @pytest.mark.parametrize("name", ["sobel_x", "prewitt_y", "scharr_x", "box3"])
 def test_rank_one_kernels_keep_simple_factors(name):
     (u, v), = low_rank(NAMED[name])
@@ -260,13 +274,14 @@ def test_rank_one_kernels_keep_simple_factors(name):
     assert any(np.array_equal(f, np.round(f)) for f in (u, v))
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 def test_zero_kernel(strategy):
     image = make_image((5, 6), np.float64)
     out = worker(image, np.zeros((3, 2)), strategy, pad_mode="constant", cval=4.0)
     np.testing.assert_array_equal(out, np.zeros((5, 6)))
 
 
+@once
 def test_programs_skip_zeros_and_unit_multiplies():
     # 2*(c + e + g) - (a + b + d + f + h + i): two adds, one multiply, six subtracts
     assert program_2d(NAMED["diagonal"], (1, 1)).cost() == 9
@@ -349,6 +364,7 @@ def test_correlate_into_the_channels_themselves(monkeypatch, layout):
         assert_matches(out[:, :, c], expected[:, :, c], np.float64, kernel, rgbx[:, :, c])
 
 
+@once
 @pytest.mark.parametrize(("size", "expected"), [("512K", 512 << 10), ("2048K\n", 2 << 20),
                                               ("1M", 1 << 20), ("lots", None)])
 def test_l2_cache_size_is_read_from_sysfs(tmp_path, size, expected):
@@ -364,6 +380,7 @@ def test_l2_cache_size_is_read_from_sysfs(tmp_path, size, expected):
     assert strategies.l2_cache_bytes(tmp_path) == expected
 
 
+@once
 def test_importing_the_core_does_not_import_scipy():
     code = ("import sys, numpy as np, imgconv.core\n"
             "imgconv.core.correlate(np.ones((50, 50)), np.ones((3, 3)))\n"
@@ -390,7 +407,7 @@ def test_non_finite_pixels_stay_local(small_tiles, strategy, name):
     np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-9 * 255)
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@by_strategy
 @pytest.mark.parametrize(
     ("kernel", "stride"),
     [(NAMED["diagonal"], 4), (NAMED["diagonal"], 5), (np.array([[2.5]]), (2, 3))],
@@ -422,10 +439,40 @@ def working(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def random_kernel(kind, kh, kw, rng):
+    """A dense (full-rank), rank-1, or sparse whole-number kernel of shape (kh, kw)."""
+    if kind == "rank1":
+        return np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    kernel = rng.standard_normal((kh, kw))
+    if kind == "sparse":
+        kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
+    return kernel
+
+
+#: The kernels (kind, height, width, seed) the compiled path draws in geometries():
+#: every height and width from 1 to 5, each kind at least twice, the sparse ones
+#: with zeros and weights of 1, 2 and 3 in both signs. numba compiles a kernel for
+#: each new program shape, which follows the taps' pattern of zeros, signs and equal
+#: weights: random kernels make a new one nearly every example. The image, padding,
+#: stride, dilation, border mode and tiles are drawn as on the numpy path.
+COMPILED_KERNELS = [("dense", 1, 1, 0), ("dense", 2, 4, 0), ("dense", 5, 3, 0),
+                    ("rank1", 3, 5, 0), ("rank1", 4, 2, 0), ("sparse", 5, 5, 4),
+                    ("sparse", 1, 4, 3)]
+
+
 @st.composite
-def geometries(draw):
-    """A random image, kernel, padding, stride, dilation and border mode with output >= 1."""
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+def geometries(draw, compiled=None):
+    """A random image, kernel, padding, stride, dilation and border mode with output >= 1.
+
+    ``compiled``: the kernel is one of COMPILED_KERNELS (None: when tap programs
+    run compiled as the example is drawn, after the executor fixture set the path).
+    """
+    if compiled is None:
+        compiled = jit.enabled()
+    if compiled:
+        kind, kh, kw, kernel_seed = draw(st.sampled_from(COMPILED_KERNELS))
+    else:
+        kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     stride = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     tall = draw(st.booleans())
@@ -440,13 +487,10 @@ def geometries(draw):
     ey, ex = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     assume(h + pads[0] + pads[1] >= ey and w + pads[2] + pads[3] >= ex)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["dense", "rank1", "sparse"]))
-    if kind == "rank1":
-        kernel = np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    if compiled:
+        kernel = random_kernel(kind, kh, kw, np.random.default_rng(kernel_seed))
     else:
-        kernel = rng.standard_normal((kh, kw))
-        if kind == "sparse":
-            kernel = np.round(kernel) * (rng.random((kh, kw)) < 0.6)
+        kernel = random_kernel(draw(st.sampled_from(["dense", "rank1", "sparse"])), kh, kw, rng)
     return {"shape": (h, w), "kernel": kernel, "padding": padding, "pads": pads,
             "stride": stride, "dilation": dilation, "mode": draw(st.sampled_from(MODES)),
             "small": draw(st.booleans()), "public_fft": draw(st.booleans()),
@@ -480,7 +524,8 @@ def test_every_strategy_matches_loop_on_random_geometries(case, dtype):
         if case["public_fft"]:
             # the FFT strategy as it runs where scipy's pocketfft binding is not usable
             mp.setattr(strategies, "_pocketfft", lambda: None)
-        for strategy in sorted(STRATEGIES):
+        # (compiled fft would repeat numpy fft: it runs no tap program)
+        for strategy in TAP_STRATEGIES if jit.enabled() else sorted(STRATEGIES):
             actual = worker(image, kernel, strategy, padding=case["padding"],
                             stride=case["stride"], dilation=case["dilation"],
                             pad_mode=case["mode"], cval=3.25)
@@ -589,6 +634,7 @@ def test_int16_path_equals_scipy_exactly(small_tiles, name, strategy, mode, dtyp
     np.testing.assert_array_equal(actual, expected.astype(np.float32))
 
 
+@once
 def test_int16_is_used_exactly_when_it_cannot_overflow():
     from imgconv.core.strategies import exact_int16
 
@@ -634,9 +680,22 @@ def test_int16_path_at_and_over_the_bound(strategy):
                                       expected.astype(np.float32))
 
 
+#: The kernels test_int16_path_property draws on the compiled path (see
+#: COMPILED_KERNELS): weights from -5 to 5, every height and width from 1 to 4, some
+#: with whole separable factors and some without (diagonal, the 4x4, the 2x2).
+INT16_COMPILED_KERNELS = [
+    INT_KERNELS["sobel_x"], INT_KERNELS["diagonal"], INT_KERNELS["laplacian"],
+    INT_KERNELS["kirsch_n"], np.array([[3.0]]), np.array([[1.0, -1], [2, 4]]),
+    np.array([[1.0], [-2], [0], [5]]),
+    np.array([[1.0, -2, 0, 3], [0, 5, -5, 1], [2, 0, 0, -1], [4, 1, -3, 0]]),
+]
+
+
 @given(
-    kernel=st.lists(st.lists(st.integers(-5, 5), min_size=1, max_size=4), min_size=1,
-                    max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+    kernel=per_executor(
+        st.lists(st.lists(st.integers(-5, 5), min_size=1, max_size=4), min_size=1,
+                 max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1),
+        st.sampled_from([k.tolist() for k in INT16_COMPILED_KERNELS])),
     signed=st.booleans(),
     mode=st.sampled_from(MODES),
     strategy=st.sampled_from(["direct", "separable"]),
@@ -657,6 +716,7 @@ def test_int16_path_property(kernel, signed, mode, strategy, seed):
         assert_matches(actual, expected, np.float32, k, image)
 
 
+@once
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("binding", [True, False])
 def test_block_transform_is_scipy_rfft2_and_irfft2(monkeypatch, dtype, binding):
@@ -680,6 +740,7 @@ def test_block_transform_is_scipy_rfft2_and_irfft2(monkeypatch, dtype, binding):
                                   sfft.rfft2(block[:4, :7], s=(6, 10), workers=1))
 
 
+@once
 @pytest.mark.parametrize("broken", ["signature", "ignores out"])
 def test_a_pocketfft_binding_that_does_not_fill_out_is_not_used(monkeypatch, broken):
     # a signature that changed, or an out= taken but a new array returned (our
