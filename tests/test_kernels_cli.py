@@ -171,12 +171,19 @@ def test_show_bad_specs(spec, message):
     assert_clean_error(run("show", spec), message)
 
 
-@pytest.mark.parametrize(("text", "pattern"), BAD_FILES, ids=[m[:30] for _, m in BAD_FILES])
+#: every bad file's message is the library's (test_kernels_files.test_bad_files checks each);
+#: the command line is checked to print a sample of them as one clean error
+SOME_BAD_FILES = BAD_FILES[::6]
+
+
+@pytest.mark.parametrize(("text", "pattern"), SOME_BAD_FILES,
+                         ids=[m[:30] for _, m in SOME_BAD_FILES])
 def test_show_bad_files(tmp_path, text, pattern):
     (tmp_path / "bad.yaml").write_text(text)
     result = run("show", "bad.yaml")
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert isinstance(result.exception, SystemExit)  # an exit, not a crash
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
     assert re.search(pattern, " ".join(result.stderr.split()))
 
 
