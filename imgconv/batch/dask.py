@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -146,7 +147,9 @@ def _local_cluster(distributed: Any, n: int) -> Any:
     # core threads: the workers already fill the cores, one file each (as the local pool's)
     env = {"IMGCONV_THREADS": os.environ.get("IMGCONV_THREADS", "1")}
     return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None, env=env)
+                                    host="127.0.0.1", dashboard_address=None, env=env,
+                                    # its HTTP server (health, metrics), on a free port
+                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
 def _close(client: Any) -> None:
@@ -219,17 +222,13 @@ class DaskExecutor:
             partial(_attempt, fn), items, absent, pure=False, key=_keys(items))
         pending = {f.key: (f, i) for i, f in enumerate(futures)}
         completed = _import_distributed().as_completed(futures, loop=self.client.loop)
-        del futures  # each future is dropped once done: the scheduler forgets its result
+        del futures
         try:
             for future in completed:
                 _, i = pending.pop(future.key)
-                if future.status == "finished":
-                    yield future.result()
-                elif future.status == "error":
-                    yield self._failed(future, items[i], lost)
-                else:  # cancelled, and not by us: the scheduler went away
-                    self.scheduler_lost = True
-                    yield lost(items[i], SCHEDULER_LOST)
+                outcome = self._outcome(future, items[i], lost)
+                future.release()  # the scheduler forgets the task now, not when gc finds it
+                yield outcome
         finally:
             if pending:  # Ctrl-C, an error, or the caller stopped: nothing more is wanted
                 with contextlib.suppress(Exception):
@@ -239,14 +238,28 @@ class DaskExecutor:
                     # a worker gone since the start may have left a temporary file
                     self.worker_died = self.worker_died or bool(before - self._workers())
 
-    def _failed(self, future: Any, item: T, lost: Callable[[T, str], R]) -> R:
+    def _outcome(self, future: Any, item: T, lost: Callable[[T, str], R]) -> R:
+        """The result of a completed future, or ``lost(item, why)``.
+
+        A finished future's result may be gone meanwhile (its worker died):
+        ``result()`` then waits for dask to make it again.
+        """
         from distributed import KilledWorker
 
-        exc = future.exception()
-        if isinstance(exc, KilledWorker):
+        try:
+            result: R = future.result()
+        except KilledWorker as exc:
             self.worker_died = True
             return lost(item, WORKERS_DIED.format(n=exc.allowed_failures + 1))
-        return lost(item, f"failed on the cluster: {type(exc).__name__}: {_first_line(exc)}")
+        except CancelledError as exc:
+            if getattr(exc, "reason", None) != "scheduler-connection-lost":
+                return lost(item, f"cancelled on the cluster ({_first_line(exc)})")
+            self.scheduler_lost = True
+            return lost(item, SCHEDULER_LOST)
+        except Exception as exc:  # the job itself never raises: this is the cluster's
+            return lost(item, f"failed on the cluster: {type(exc).__name__}: "
+                              f"{_first_line(exc)}")
+        return result
 
     def _workers(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
