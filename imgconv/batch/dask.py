@@ -127,7 +127,7 @@ def connect(
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
     with contextlib.ExitStack() as stack:
         if local is not None:
-            cluster = stack.enter_context(_local_cluster(distributed, local))
+            cluster = stack.enter_context(_local_cluster(distributed, local, quiet_logs))
             address = cluster.scheduler_address
         try:
             client = distributed.Client(address, timeout=timeout, set_as_default=False)
@@ -143,11 +143,14 @@ def connect(
         yield DaskExecutor(client)
 
 
-def _local_cluster(distributed: Any, n: int) -> Any:
+def _local_cluster(distributed: Any, n: int, quiet_logs: bool) -> Any:
+    import logging
+
     # core threads: the workers already fill the cores, one file each (as the local pool's)
     env = {"IMGCONV_THREADS": os.environ.get("IMGCONV_THREADS", "1")}
     return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                     host="127.0.0.1", dashboard_address=None, env=env,
+                                    silence_logs=logging.CRITICAL if quiet_logs else False,
                                     # its HTTP server (health, metrics), on a free port
                                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
