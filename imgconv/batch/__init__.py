@@ -6,11 +6,13 @@ whose status is ``written``, ``skipped`` or ``failed`` (with the reason).
 - :mod:`~imgconv.batch.tasks`: the inputs (files, folders, patterns) and each one's output;
 - :mod:`~imgconv.batch.job`: one input filtered into its output, safely;
 - :mod:`~imgconv.batch.workers`: executors (this process or worker processes) and :func:`run`;
-- :mod:`~imgconv.batch.manifest`: the run's JSON record.
+- :mod:`~imgconv.batch.manifest`: the run's JSON record;
+- :mod:`~imgconv.batch.dask`: the executor for a Dask cluster (the ``scale`` extra).
 """
 
 from __future__ import annotations
 
+from imgconv.batch.dask import DaskExecutor
 from imgconv.batch.job import (
     TEMPORARY_NAME,
     Conflict,
@@ -47,6 +49,7 @@ __all__ = [
     "STDIO",
     "TEMPORARY_NAME",
     "Conflict",
+    "DaskExecutor",
     "Executor",
     "Options",
     "ProcessExecutor",

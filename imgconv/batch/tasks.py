@@ -104,6 +104,7 @@ class Result:
     sha256: str | None = None
     notes: list[str] = field(default_factory=list)
     max_error: float | None = None
+    worker: str | None = None  # the Dask worker that made it (None: this machine)
 
 
 def file_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:

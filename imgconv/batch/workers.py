@@ -288,10 +288,17 @@ def run(
             for t in runnable)
     else:
         outcomes = (executor or SerialExecutor()).map_unordered(_Job(options), runnable, _lost)
-    for result in outcomes:
-        results.append(result)
-        if on_result:
-            on_result(result)
+    try:
+        for result in outcomes:
+            results.append(result)
+            if on_result:
+                on_result(result)
+    finally:
+        # now, not when the traceback lets go of it: an executor's cleanup (a cluster's
+        # tasks cancelled) runs as ``on_result`` raises or Ctrl-C comes
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
     if getattr(executor, "worker_died", False):
         remove_temporary_files(runnable)
     return results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -49,7 +49,7 @@ from imgconv.errors import UsageError
 from imgconv.pipeline.options import LayerOptions
 
 if TYPE_CHECKING:
-    from imgconv.batch import Executor, Options, Result, Task
+    from imgconv.batch import DaskExecutor, Executor, Options, Result, Task
     from imgconv.pipeline.run import Pipeline
     from imgconv.prefetch import Prefetch
 
@@ -163,6 +163,38 @@ def apply_command(
             show_default=False,
         ),
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="Run the files on a Dask cluster: its scheduler's address (tcp://HOST:8786), "
+            "or local[:N] for N worker processes here (pip install 'imgconv\\[scale]'). "
+            "\\[default: IMGCONV_SCHEDULER, unless --jobs is given]",
+            rich_help_panel=PANEL_RUN,
+            show_default=False,
+        ),
+    ] = None,
+    scheduler_file: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler-file",
+            metavar="PATH",
+            help="The Dask cluster whose scheduler wrote this file (dask scheduler "
+            "--scheduler-file PATH).",
+            rich_help_panel=PANEL_RUN,
+            show_default=False,
+        ),
+    ] = None,
+    scheduler_timeout: Annotated[
+        float,
+        typer.Option(
+            "--scheduler-timeout",
+            metavar="SECONDS",
+            help="How long to wait for the Dask scheduler to answer at the start.",
+            rich_help_panel=PANEL_RUN,
+        ),
+    ] = 10.0,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -256,8 +288,12 @@ def apply_command(
     """Filter images: conv -> activation -> pool -> output mapping, one file or ten thousand."""
     from imgconv.prefetch import Prefetch
 
+    # a Dask cluster's workers run the files (the scale extra), even one
+    on_cluster = (scheduler is not None or scheduler_file is not None
+                  or (jobs is None and bool(os.environ.get("IMGCONV_SCHEDULER"))))
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
+    single = single and not on_cluster
     prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None
     with report_errors(debug), _signals_interrupt():
         from imgconv import batch
@@ -279,6 +315,9 @@ def apply_command(
                                  "or a pipe")
             if overwrite and skip_existing:
                 raise UsageError("--overwrite and --skip-existing contradict each other")
+            if jobs is not None and (scheduler is not None or scheduler_file is not None):
+                raise UsageError("--jobs is for this machine's processes, --scheduler and "
+                                 "--scheduler-file for a Dask cluster's: give one")
             check_alpha_mode(alpha, pipeline)
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
@@ -329,14 +368,27 @@ def apply_command(
         cpus = batch.available_cpus()
         if jobs is not None and jobs > cpus and not quiet:
             stderr.line(f"note: --jobs {jobs} capped at {cpus} (the number of CPUs)")
+        cluster = _cluster(scheduler, scheduler_file, scheduler_timeout, debug) \
+            if on_cluster else None
         if dry_run:
             _print_plan(tasks, pipeline, stdin, options)
+            if cluster is not None:
+                _print_cluster(scheduler, scheduler_file, cluster)
             return
-        executor = batch.make_executor(jobs or cpus, len(tasks))
+        stack = ExitStack()  # the cluster's client (and a local cluster) while the run lasts
         try:
-            results = _run_with_progress(tasks, options, executor, stdin, quiet,
-                                         prefetch)
+            with stack:
+                if cluster is None:
+                    executor: Executor = batch.make_executor(jobs or cpus, len(tasks))
+                else:
+                    executor = on = stack.enter_context(cluster)
+                    if not quiet:
+                        stderr.line(f"note: on the Dask {on.describe()[0]}")
+                results = _run_with_progress(tasks, options, executor, stdin, quiet,
+                                             prefetch)
         except KeyboardInterrupt as exc:
+            if cluster is not None:  # a local cluster's workers end with it, maybe mid-write
+                batch.remove_temporary_files(tasks)
             stderr.line("interrupted: finished outputs are complete; none is partial")
             raise typer.Exit(_interrupted_code(exc)) from None
         except BrokenPipeError:  # -o - and the reader left (| head): nothing to say there
@@ -361,6 +413,35 @@ def apply_command(
             )
         if failed:
             raise typer.Exit(1)
+
+
+def _cluster(scheduler: str | None, scheduler_file: str | None, timeout: float,
+             debug: bool) -> AbstractContextManager[DaskExecutor]:
+    """The Dask cluster asked for, to connect to (checked now: a bad spec ends the run here)."""
+    from imgconv.batch import dask
+
+    if scheduler is not None:
+        dask.parse_scheduler(scheduler)
+    elif scheduler_file is not None:
+        dask.read_scheduler_file(scheduler_file)
+    return dask.connect(scheduler, scheduler_file=scheduler_file, timeout=timeout,
+                        quiet_logs=not debug)
+
+
+def _print_cluster(scheduler: str | None, scheduler_file: str | None,
+                   cluster: AbstractContextManager[DaskExecutor]) -> None:
+    """--dry-run's lines on the cluster: the scheduler's address and its workers."""
+    from imgconv.batch import dask
+
+    _, local = dask.parse_scheduler(scheduler or os.environ.get(dask.SCHEDULER_ENV, "")) \
+        if scheduler_file is None else ("", None)
+    if local is not None:
+        stdout.line(f"scheduler: a local cluster of {local} worker process(es) on 127.0.0.1, "
+                    "started for the run")
+        return
+    with cluster as executor:
+        for line in executor.describe():
+            stdout.line(line)
 
 
 def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float | None,

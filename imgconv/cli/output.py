@@ -161,8 +161,8 @@ FLAGS = {
             "activation", "alpha", "cval", "debug", "depth", "dilation", "dry_run", "gray",
             "jit", "jobs", "manifest", "max_pixels", "mode", "name", "out_dir", "output_map",
             "overwrite", "pad_mode", "padding", "pipeline", "pool", "pool_size", "pool_stride",
-            "quality", "quiet", "recursive", "skip_existing", "stride", "threads", "tol",
-            "verify")}}
+            "quality", "quiet", "recursive", "scheduler", "scheduler_file", "scheduler_timeout",
+            "skip_existing", "stride", "threads", "tol", "verify")}}
 _PARAMETER = re.compile("`(" + "|".join(sorted(FLAGS)) + ")(?:=([^`]*))?`")
 
 
