@@ -297,7 +297,7 @@ def _worker_name() -> str | None:
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    # LocalCluster numbers its workers; dask-jobqueue and a dask worker started with a name names them
+    # LocalCluster numbers its workers; dask-jobqueue and named dask workers name them
     return worker.name if isinstance(worker.name, str) else str(worker.address)
 
 
