@@ -26,7 +26,11 @@ from imgconv.cli.options import (
     PaddingOpt,
     PadMode,
     PipelineFile,
+    PoolCeil,
+    PoolCountPad,
+    PoolDilation,
     PoolOp,
+    PoolPadding,
     PoolSize,
     PoolStride,
     Stride,
@@ -100,6 +104,10 @@ def apply_command(
     pool: PoolOp = LAYER.pool,
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
+    pool_padding: PoolPadding = str(LAYER.pool_padding),
+    pool_dilation: PoolDilation = str(LAYER.pool_dilation),
+    pool_ceil: PoolCeil = LAYER.pool_ceil,
+    pool_count_pad: PoolCountPad = LAYER.pool_count_pad,
     gray: Gray = False,
     alpha: Annotated[
         str,
@@ -270,7 +278,8 @@ def apply_command(
                 pipeline_file,
                 output_map,
                 LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
-                             pool_size, pool_stride),
+                             pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
+                             pool_count_pad),
             )
             check_size(pipeline, max_pixels)
             check_tol(tol)
@@ -580,14 +589,8 @@ def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0)
         elif isinstance(stage, ActivationStage):
             lines.append(f"stage {n}: activation {stage.kind}")
         else:
-            (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
-            oh, ow = stage.out_shape(shape)
-            lines += [
-                f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding",
-                f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}",
-                f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}",
-            ]
-            shape = (oh, ow)
+            lines += _pool_lines(n, stage, shape)
+            shape = stage.out_shape(shape)
         lines.append(f"    values {_span(lo, hi)}")
     how = pipeline.output_mapping()
     out = {
@@ -601,6 +604,38 @@ def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0)
                  + (f"fits 0 .. {full:g}" if fits else f"will clip to 0 .. {full:g}"))
     return lines
 
+
+
+def _pool_lines(n: int, stage: Any, shape: tuple[int, int]) -> list[str]:
+    """A pooling stage in the --dry-run report: its settings and PyTorch's size formula,
+    ``floor((n + 2p - d(k-1) - 1) / s) + 1`` (ceil with --pool-ceil)."""
+    (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
+    (py, px), (dy, dx) = stage.padding, stage.dilation
+    oh, ow = stage.out_shape(shape)
+    fill = "-inf" if stage.op == "max" else "0" + ("" if stage.count_include_pad
+                                                   else ", not counted")
+    padding = f"padding {py}x{px} ({fill})" if py or px else "no padding"
+    settings = [f"stride {sy}x{sx}", padding]
+    if (dy, dx) != (1, 1):
+        settings.append(f"dilation {dy}x{dx}")
+    if stage.ceil_mode:
+        settings.append("ceil_mode")
+    rounding = "ceil" if stage.ceil_mode else "floor"
+
+    def formula(size: int, k: int, s: int, p: int, d: int, out: int) -> str:
+        pad = f"+2*{p}" if p else ""
+        span = f"({d}*({k}-1)+1)" if d != 1 else f"{k}"
+        text = f"{rounding}(({size}{pad}-{span})/{s})+1"
+        counted = -(-(size + 2 * p - d * (k - 1) - 1) // s) + 1
+        if stage.ceil_mode and out and counted != out:
+            return f"{text}-1 = {out} (the last window would start in the padding)"
+        return f"{text} = {out}"
+
+    return [
+        f"stage {n}: {stage.op} pool {kh}x{kw}, {', '.join(settings)}",
+        f"    rows    {formula(shape[0], kh, sy, py, dy, oh)}",
+        f"    columns {formula(shape[1], kw, sx, px, dx, ow)}",
+    ]
 
 
 def _span(lo: float, hi: float) -> str:

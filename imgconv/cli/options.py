@@ -135,6 +135,43 @@ PoolStride = Annotated[
         show_default=False,
     ),
 ]
+PoolPadding = Annotated[
+    str,
+    typer.Option(
+        "--pool-padding",
+        metavar="N[,M]",
+        help="Pooling padding on both sides, at most half the window (max pads with -inf, "
+        "avg with 0).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolDilation = Annotated[
+    str,
+    typer.Option(
+        "--pool-dilation",
+        metavar="N[,M]",
+        help="Spacing of a max pooling window's taps.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolCeil = Annotated[
+    bool,
+    typer.Option(
+        "--pool-ceil",
+        metavar="",
+        help="Round the number of pooling windows up (PyTorch's ceil_mode).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolCountPad = Annotated[
+    bool,
+    typer.Option(
+        "--pool-count-pad/--no-pool-count-pad",
+        help="Avg pooling divides by the window's padded places too (PyTorch's "
+        "count_include_pad).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
 Gray = Annotated[
     bool,
     typer.Option(

@@ -77,7 +77,9 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
             a = correlate(a, delta, padding=stage.pads(kernel), pad_mode="nearest",
                           stride=stage.stride, dilation=stage.dilation)
         elif isinstance(stage, PoolStage):
-            a = pool(a, stage.size, stride=stage.stride, op=stage.op)
+            a = pool(a, stage.size, stride=stage.stride, op=stage.op, padding=stage.padding,
+                     dilation=stage.dilation, ceil_mode=stage.ceil_mode,
+                     count_include_pad=stage.count_include_pad)
     return a
 
 

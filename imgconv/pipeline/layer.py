@@ -105,10 +105,16 @@ def build_stages(kernels: Sequence[str], layer: LayerOptions) -> tuple[Stage, ..
     if layer.activation != "none":
         stages.append(ActivationStage(layer.activation))
     if layer.pool is None:
-        if layer.pool_size is not None or layer.pool_stride is not None:
-            raise UsageError("`pool_size` and `pool_stride` need `pool` max|avg")
+        given = [f"`{name}`" for name in ("pool_size", *LayerOptions.POOL)
+                 if str(getattr(layer, name)) != str(getattr(LayerOptions, name))]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise UsageError(f"{' and '.join(given)} {verb} `pool` max|avg")
     else:
-        stages.append(pool_stage(layer.pool, layer.pool_size, layer.pool_stride))
+        stages.append(pool_stage(layer.pool, layer.pool_size, layer.pool_stride,
+                                 padding=layer.pool_padding, dilation=layer.pool_dilation,
+                                 ceil_mode=layer.pool_ceil,
+                                 count_include_pad=layer.pool_count_pad))
     return tuple(stages)
 
 
@@ -141,12 +147,45 @@ def conv_stage(
                      parse_pair(dilation, "dilation"), kernel)
 
 
-def pool_stage(op: object, size: object, stride: object) -> PoolStage:
-    """A pooling stage, checked (its settings named `pool`, `pool_size`, `pool_stride`)."""
+def pool_stage(op: object, size: object, stride: object = None, *, padding: object = 0,
+               dilation: object = 1, ceil_mode: object = False,
+               count_include_pad: object = True) -> PoolStage:
+    """A pooling stage, checked (its settings named `pool`, `pool_size`, `pool_stride`,
+    `pool_padding`, `pool_dilation`, `pool_ceil` and `pool_count_pad`).
+
+    As in PyTorch, the padding is at most half the window and avg takes no dilation.
+
+    >>> pool_stage("max", 3, 2, padding=1, ceil_mode=True).out_shape((8, 8))
+    (5, 5)
+    """
     choice(op, POOL_OPS, "pool")
     if size is None:
         raise UsageError("`pool` needs `pool_size` N or N,M")
+    kh, kw = parse_pair(size, "pool_size")
+    pads = _pair_from_zero(padding, "pool_padding")
+    if pads[0] > kh // 2 or pads[1] > kw // 2:
+        raise UsageError(f"`pool_padding` must be at most half of `pool_size` ({kh // 2},"
+                         f"{kw // 2} for {kh}x{kw}), got {pads[0]},{pads[1]}")
+    dilations = parse_pair(dilation, "pool_dilation")
+    if op == "avg" and dilations != (1, 1):
+        raise UsageError("`pool_dilation` applies to `pool` max only (avg pooling has none, "
+                         "as in PyTorch)")
+    for value, name in ((ceil_mode, "pool_ceil"), (count_include_pad, "pool_count_pad")):
+        if not isinstance(value, bool):
+            raise UsageError(f"`{name}` must be true or false, got {short(value)}")
     return PoolStage(
-        str(op), parse_pair(size, "pool_size"),
-        None if stride is None else parse_pair(stride, "pool_stride"),
+        str(op), (kh, kw), None if stride is None else parse_pair(stride, "pool_stride"),
+        pads, dilations, bool(ceil_mode), bool(count_include_pad),
     )
+
+
+def _pair_from_zero(value: object, name: str) -> tuple[int, int]:
+    """``0``, ``"1"``, ``"1,2"`` or ``[1, 2]`` as a pair of ints ``>= 0``."""
+    if isinstance(value, str):
+        parts = _ints(value, name)
+        value = parts[0] if len(parts) == 1 else parts
+    try:
+        return normalize_pair(list(value) if isinstance(value, tuple) else value, f"`{name}`",
+                              minimum=0)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None

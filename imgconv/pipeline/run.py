@@ -94,6 +94,8 @@ class Pipeline:
         if not (isinstance(conv, ConvStage) and rest and isinstance(rest[0], PoolStage)):
             return None
         pool, after = rest[0], rest[1:]
+        if not pool.plain:  # padded or ceil_mode windows reach past a band's own rows
+            return None
         height = x.shape[0]
         try:  # whatever would fail fails stage by stage, naming the whole image
             strategies = [conv.strategy_for(x, kernel) for kernel in conv.members()]
@@ -300,8 +302,12 @@ class Pipeline:
             elif isinstance(s, ActivationStage):
                 stages.append({"activation": s.kind})
             else:
-                stages.append({"pool": {"op": s.op, "size": list(s.size),
-                                        "stride": list(s.stride or s.size)}})
+                pool: dict[str, Any] = {"op": s.op, "size": list(s.size),
+                                        "stride": list(s.stride or s.size)}
+                if not s.plain or not s.count_include_pad:
+                    pool.update(padding=list(s.padding), dilation=list(s.dilation),
+                                ceil_mode=s.ceil_mode, count_include_pad=s.count_include_pad)
+                stages.append({"pool": pool})
         return {"stages": stages, "output": self.output}
 
     @classmethod

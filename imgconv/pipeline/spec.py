@@ -20,8 +20,12 @@ from imgconv.pipeline.stages import ActivationStage, ConvStage, Stage
 
 #: a convolution stage's keys: the layer's settings (``pad-mode`` too, as the flag spells it)
 CONV_KEYS = (*LayerOptions.CONV, "pad-mode")
+#: a pooling stage's keys (PyTorch's names)
+POOL_KEYS = ("op", "size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad")
 #: how messages name a setting in a file, where it is not the key itself
 KEY_WORDS = {"pool": "pool op", "pool_size": "pool size", "pool_stride": "pool stride",
+             "pool_padding": "pool padding", "pool_dilation": "pool dilation",
+             "pool_ceil": "pool ceil_mode", "pool_count_pad": "pool count_include_pad",
              "output_map": "output", "kernel": "kernel", "pipeline": "pipeline file"}
 _PARAMETER = re.compile(r"`([a-z_]+)(?:=([^`]*))?`")
 
@@ -104,9 +108,13 @@ def _parse(doc: object) -> tuple[tuple[Stage, ...], str]:
                 _check_keys(item, ("pool",), where)
                 spec = item["pool"]
                 if not isinstance(spec, dict):
-                    raise UsageError("pool must be a mapping {op, size, stride}")
-                _check_keys(spec, ("op", "size", "stride"), "pool")
-                stages.append(pool_stage(spec.get("op"), spec.get("size"), spec.get("stride")))
+                    raise UsageError("pool must be a mapping {op, size, stride, ...}")
+                _check_keys(spec, POOL_KEYS, "pool")
+                stages.append(pool_stage(
+                    spec.get("op"), spec.get("size"), spec.get("stride"),
+                    padding=spec.get("padding", 0), dilation=spec.get("dilation", 1),
+                    ceil_mode=spec.get("ceil_mode", False),
+                    count_include_pad=spec.get("count_include_pad", True)))
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None
     output = doc.get("output", "auto")

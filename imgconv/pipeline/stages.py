@@ -189,23 +189,39 @@ class ActivationStage:
 
 @dataclass(frozen=True)
 class PoolStage:
-    """Max or average pooling (stride defaults to the size)."""
+    """Max or average pooling (stride defaults to the size), as PyTorch's max_pool2d and
+    avg_pool2d: padding, dilation (max), ceil_mode and count_include_pad (avg)."""
 
     op: str
     size: tuple[int, int]
     stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+    @property
+    def plain(self) -> bool:
+        """No padding, dilation or ceil_mode: windows lie inside the image, from its corner."""
+        return self.padding == (0, 0) and self.dilation == (1, 1) and not self.ceil_mode
 
     def run(self, x: NDArray[Any]) -> NDArray[Any]:
         from imgconv.core.pooling import pool
 
         try:
-            return pool(x, self.size, stride=self.stride, op=self.op)
+            return pool(x, self.size, stride=self.stride, op=self.op, padding=self.padding,
+                        dilation=self.dilation, ceil_mode=self.ceil_mode,
+                        count_include_pad=self.count_include_pad)
         except ValueError as exc:
             raise ImageError(f"pooling: {exc}") from None
 
     def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        from imgconv.core.pooling import pool_size_out
+
         (kh, kw), (sy, sx) = self.size, self.stride or self.size
-        return (shape[0] - kh) // sy + 1, (shape[1] - kw) // sx + 1
+        (py, px), (dy, dx) = self.padding, self.dilation
+        return (pool_size_out(shape[0], kh, sy, py, dy, self.ceil_mode),
+                pool_size_out(shape[1], kw, sx, px, dx, self.ceil_mode))
 
     def value_range(self, lo: float, hi: float) -> tuple[float, float]:
         return lo, hi
