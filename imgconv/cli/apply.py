@@ -15,6 +15,7 @@ from imgconv.cli.options import (
     PANEL_OUT,
     PANEL_RUN,
     Activation,
+    Bias,
     Cval,
     Debug,
     Dilation,
@@ -108,6 +109,7 @@ def apply_command(
     pool_dilation: PoolDilation = str(LAYER.pool_dilation),
     pool_ceil: PoolCeil = LAYER.pool_ceil,
     pool_count_pad: PoolCountPad = LAYER.pool_count_pad,
+    bias: Bias = None,
     gray: Gray = False,
     alpha: Annotated[
         str,
@@ -279,7 +281,7 @@ def apply_command(
                 output_map,
                 LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
                              pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
-                             pool_count_pad),
+                             pool_count_pad, bias),
             )
             check_size(pipeline, max_pixels)
             check_tol(tol)

@@ -9,6 +9,7 @@ import typer
 from imgconv.cli.options import (
     LAYER,
     Activation,
+    Bias,
     Cval,
     Debug,
     Dilation,
@@ -63,6 +64,7 @@ def check_command(
     pool_dilation: PoolDilation = str(LAYER.pool_dilation),
     pool_ceil: PoolCeil = LAYER.pool_ceil,
     pool_count_pad: PoolCountPad = LAYER.pool_count_pad,
+    bias: Bias = None,
     gray: Gray = False,
     tol: Tol = None,
     recursive: Annotated[
@@ -88,7 +90,7 @@ def check_command(
             "auto",
             LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
                          pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
-                         pool_count_pad),
+                         pool_count_pad, bias),
         )
         check_size(pipeline, max_pixels)
         check_tol(tol)

@@ -39,7 +39,8 @@ Kernels = Annotated[
         "--kernel",
         metavar="KERNEL",
         help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
-        "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.",
+        "('0 1 0; 1 -4 1; 0 1 0'), YAML file or .npy weights ((kH,kW), (kH,kW,C_in) or "
+        "PyTorch's (C_out,C_in,kH,kW)). Repeat to chain.",
         rich_help_panel=PANEL_CONV,
         show_default=False,
     ),
@@ -131,6 +132,17 @@ PoolStride = Annotated[
         "--pool-stride",
         metavar="N[,M]",
         help="Pooling step, N or N,M (default: the size).",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+Bias = Annotated[
+    str | None,
+    typer.Option(
+        "--bias",
+        metavar="B",
+        help="Added to the kernel's maps: a number, one per map (0.1,-0.2) or a .npy file "
+        "(a layer's biases).",
         rich_help_panel=PANEL_CONV,
         show_default=False,
     ),

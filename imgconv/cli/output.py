@@ -159,7 +159,7 @@ FLAGS = {
     "output": "-o", "kernel": "-k", "format": "--format",
     "pool_count_pad": "--no-pool-count-pad", **{
         name: "--" + name.replace("_", "-") for name in (
-            "activation", "alpha", "cval", "debug", "depth", "dilation", "dry_run", "gray",
+            "activation", "alpha", "bias", "cval", "debug", "depth", "dilation", "dry_run", "gray",
             "jit", "jobs", "manifest", "max_pixels", "mode", "name", "out_dir", "output_map",
             "overwrite", "pad_mode", "padding", "pipeline", "pool", "pool_ceil",
             "pool_dilation", "pool_padding", "pool_size", "pool_stride",

@@ -84,5 +84,6 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
 
 
 def has_multichannel_filter(pipeline: Pipeline) -> bool:
-    """Whether a stage sums channels (a (kh, kw, C) filter): one output channel, no alpha each."""
-    return any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
+    """Whether a stage sums channels (a (kh, kw, C) filter) or stacks maps: the result's
+    channels are not the input's, so no alpha goes with each."""
+    return pipeline.mixes_channels

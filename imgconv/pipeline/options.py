@@ -41,6 +41,8 @@ class LayerOptions:
     pool_dilation: int | str | Sequence[int] = 1
     pool_ceil: bool = False
     pool_count_pad: bool = True
+    #: added to the first kernel's maps: a number, ``"0.1,0.2"`` or a .npy file
+    bias: str | float | Sequence[float] | None = None
 
     #: the settings of each convolution stage (a pipeline file's stage keys)
     CONV = ("mode", "padding", "pad_mode", "cval", "stride", "dilation")

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from imgconv.errors import ImageError
 from imgconv.pipeline import spec
-from imgconv.pipeline.layer import OUTPUT_MAPPINGS, build_stages, choice
+from imgconv.pipeline.layer import OUTPUT_MAPPINGS, build_stages, channel_problem, choice
 from imgconv.pipeline.mapping import (
     _out_dtype,
     int16_mappable,
@@ -62,6 +62,7 @@ class Pipeline:
         (:meth:`_pooled_in_bands`), so that its full-size response is never
         held whole.
         """
+        self.check_channels(x)
         stages = self.stages
         banded = self._pooled_in_bands(x)
         if banded is not None:
@@ -143,6 +144,7 @@ class Pipeline:
         the input, the output and a few tiles. Anything else runs stage by stage
         in floating point and is mapped at the end; both give the same values.
         """
+        self.check_channels(x)
         conv, *rest = self.stages
         fusable = (
             isinstance(conv, ConvStage)
@@ -200,8 +202,7 @@ class Pipeline:
         memory for RGB). ``normalize`` needs every channel's range first, so it
         maps the whole result at once.
         """
-        multichannel = any(k.matrix.ndim == 3 for s in self.conv_stages for k in s.members())
-        if x.ndim == 2 or multichannel or how == "normalize":
+        if x.ndim == 2 or self.mixes_channels or how == "normalize":
             return map_output(self.run(x), how, scale=scale, out_max=out_max)
         out: NDArray[Any] | None = None
         clipped = 0
@@ -215,6 +216,35 @@ class Pipeline:
             out[:, :, c] = values
         assert out is not None
         return out, clipped / max(out.size, 1)
+
+    @property
+    def mixes_channels(self) -> bool:
+        """Whether a stage reads several channels into one map (a (kh, kw, C_in) filter) or
+        makes several maps of one (a stack): then channels are not filtered each alone."""
+        return any(s.stacks or s.in_channels is not None for s in self.conv_stages)
+
+    def check_channels(self, x: NDArray[Any]) -> None:
+        """Raise ImageError when the first filter's C_in is not the image's channel count."""
+        if self.mixes_channels:
+            problem = channel_problem(self.stages, x.shape[2] if x.ndim == 3 else 1)
+            if problem is not None:
+                raise ImageError(problem)
+
+    def out_channels(self, channels: int) -> int:
+        """The channels of the result for an input of ``channels`` (1 for a 2-D image)."""
+        for stage in self.conv_stages:
+            channels = stage.out_channels(channels)
+        return channels
+
+    def map_names(self) -> tuple[str, ...]:
+        """The names of the result's maps, when the last channel-changing stage is a stack
+        (its members' names; a layer's are ``0 .. C_out-1``); else empty."""
+        for stage in reversed(self.conv_stages):
+            if stage.stacks:
+                return stage.map_names()
+            if stage.in_channels is not None:
+                return ()
+        return ()
 
     def output_mapping(self) -> str:
         """The mapping to use: ``output``, or for ``auto`` the last kernel's preference."""

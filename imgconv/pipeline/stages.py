@@ -37,6 +37,28 @@ class ConvStage:
         """The bank this stage applies, or None for one kernel."""
         return self.kernel if isinstance(self.kernel, KernelBank) else None
 
+    @property
+    def stacks(self) -> bool:
+        """Whether the stage gives one map per member (a ``stack`` bank, a layer)."""
+        return self.bank is not None and self.bank.combine == "stack"
+
+    @property
+    def in_channels(self) -> int | None:
+        """The channels a (kh, kw, C_in) filter needs (C_in), or None: a 2-D kernel takes
+        any number, each channel on its own."""
+        return self.members()[0].channels
+
+    def out_channels(self, channels: int) -> int:
+        """The channels of the result for an input of ``channels`` (1 for a 2-D image):
+        C_out of a stack, 1 for a multi-channel filter, else the input's."""
+        if self.stacks:
+            return len(self.members())
+        return 1 if self.in_channels is not None else channels
+
+    def map_names(self) -> tuple[str, ...]:
+        """The names of a stack's maps: its members' (a layer's are ``0 .. C_out-1``)."""
+        return tuple(k.name for k in self.members()) if self.stacks else ()
+
     def members(self) -> tuple[Kernel, ...]:
         """The plain kernels this stage applies (one, or a bank's members)."""
         return self.kernel.kernels if isinstance(self.kernel, KernelBank) else (self.kernel,)
@@ -72,6 +94,8 @@ class ConvStage:
         """
         from imgconv.core.conv import correlate_with
 
+        if kernel.channels == 1 and x.ndim == 2:  # a 1-deep filter (C_in 1) on a gray image
+            x = x[:, :, None]
         padding = self.padding_for(kernel)
         if rows is not None:
             (a, b), padding = self.band_of(kernel, x.shape[0], *rows)
@@ -125,6 +149,12 @@ class ConvStage:
         chosen = list(strategies) if strategies is not None else [None] * len(members)
         if self.bank is None:
             return self.apply_kernel(x, members[0], rows, chosen[0])
+        if self.stacks and self.in_channels is None and x.ndim == 3:
+            if x.shape[2] != 1:  # each map would be C maps: stacking them means nothing
+                raise ImageError(
+                    f"{self.spec}: a stack of 2-D kernels makes one map each from a one-channel "
+                    f"image, got {x.shape[2]} channels; use `gray=True`")
+            x = x[:, :, 0]
         fold = Fold(self.bank.combine, len(members))
         for kernel, strategy in zip(members, chosen, strict=True):
             fold.add(self.apply_kernel(x, kernel, rows, strategy))
@@ -156,6 +186,8 @@ class ConvStage:
             return min(los), min(his)
         if how == "sum":
             return sum(los), sum(his)
+        if how == "stack":
+            return min(los), max(his)
         return sum(los) / len(los), sum(his) / len(his)
 
     def parameter_count(self) -> int:
