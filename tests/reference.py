@@ -88,7 +88,7 @@ def pool_loop(image, size, stride, op, padding=(0, 0), dilation=(1, 1), ceil_mod
             taps = [(y0 + i * dy, x0 + j * dx) for i in range(kh) for j in range(kw)]
             inside = [image[y, x] for y, x in taps if 0 <= y < h and 0 <= x < w]
             if op == "max":
-                out[oy, ox] = max(inside)
+                out[oy, ox] = max(inside, default=-np.inf)  # all taps in the padding
                 continue
             if count_include_pad:
                 rows = min(y0 + kh, h + py) - y0

@@ -356,3 +356,79 @@ def test_pipeline_file_channel_mismatch_is_one_line(tmp_path, rgb):
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'p.yaml'}: stage 3 (b.npy) takes 6 channels (C_in), "
         "but stage 1 (a.npy) gives 8 maps (C_out)")
+
+
+# --- outputs for many maps: .npy, float TIFF, {map}, --montage, the 8-bit limit ------------
+
+@pytest.fixture
+def layer5(tmp_path: Path) -> Path:
+    path = tmp_path / "w5.npy"
+    np.save(path, np.random.default_rng(7).standard_normal((5, 3, 3, 3)).astype(np.float32))
+    return path
+
+
+def test_float_tiff_holds_every_map(tmp_path, rgb, layer5):
+    import tifffile
+
+    assert invoke("apply", rgb, "-k", layer5, "-o", tmp_path / "o.npy").exit_code == 0
+    result = invoke("apply", rgb, "-k", layer5, "--depth", "float", "-o", tmp_path / "o.tiff")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o.tiff"),
+                                  np.load(tmp_path / "o.npy"))
+
+
+def test_more_than_four_maps_in_an_8_bit_image_is_a_usage_error(tmp_path, rgb, layer5):
+    result = invoke("apply", rgb, "-k", layer5, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "the result has 5 maps, more than an 8-bit png image holds (4)" in result.stderr
+    assert "{map} in --name" in result.stderr and "--montage FILE.png" in result.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_map_field_writes_one_image_per_map(tmp_path, rgb, layer5):
+    result = invoke("apply", rgb, "-k", layer5, "--out-dir", tmp_path / "out",
+                    "--name", "{stem}-{map}{ext}", "--output-map", "normalize")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"rgb-{i}.png" for i in range(5)]
+    invoke("apply", rgb, "-k", layer5, "-o", tmp_path / "all.npy")
+    maps = np.load(tmp_path / "all.npy")
+    third = np.asarray(Image.open(tmp_path / "out" / "rgb-2.png"), dtype=np.float64)
+    m = maps[:, :, 2]
+    np.testing.assert_allclose(third, np.round((m - m.min()) / (m.max() - m.min()) * 255),
+                               atol=1)
+
+
+def test_map_field_names_stack_members(tmp_path, rgb):
+    (tmp_path / "k.yaml").write_text(KIRSCH_STACK)
+    result = invoke("apply", rgb, "-k", tmp_path / "k.yaml", "--gray", "--out-dir",
+                    tmp_path / "out", "--name", "{map}.png", "--dry-run")
+    assert result.exit_code == 0, result.output
+    for name in ("n.png", "n-90.png", "n-180.png", "n-270.png"):
+        assert str(tmp_path / "out" / name) in result.stdout
+    result = invoke("apply", rgb, "-k", "sobel", "--out-dir", tmp_path / "o2",
+                    "--name", "{stem}-{map}.png")
+    assert result.exit_code == 2
+    assert "{map} needs maps: a stack bank or a layer's weights" in result.stderr
+
+
+def test_montage(tmp_path, rgb, layer5):
+    out = tmp_path / "m.png"
+    result = invoke("apply", rgb, "-k", layer5, "--pool", "max", "--pool-size", "2",
+                    "--montage", out)
+    assert result.exit_code == 0, result.output
+    picture = np.asarray(Image.open(out))
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0]  # the input beside
+    assert invoke("apply", rgb, "-k", layer5, "--montage", out).exit_code == 2  # exists
+    other = tmp_path / "other.png"
+    Image.open(rgb).save(other)
+    result = invoke("apply", rgb, other, "-k", layer5, "--montage", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert "--montage takes one input file, got 2" in result.stderr
+
+
+def test_normalise_each_map_on_its_own():
+    from imgconv.montage import normalise
+
+    assert normalise(np.array([[5.0, 5.0]])).tolist() == [[128, 128]]
+    assert normalise(np.array([[0.0, 1e-3]])).tolist() == [[0, 255]]

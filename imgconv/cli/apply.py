@@ -89,8 +89,20 @@ def apply_command(
         typer.Option(
             "--name",
             metavar="TEMPLATE",
-            help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
+            help="Output name under --out-dir: fields {stem} {ext} {kernel} {name} {map} "
+            "(one file per map of a stack bank or layer). "
             "\\[default: {stem}{ext}]",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    montage: Annotated[
+        str | None,
+        typer.Option(
+            "--montage",
+            metavar="FILE.png",
+            help="Write a picture of the result's maps on a grid, each normalised on its own "
+            "and labelled, the input beside them (one input; -o is then optional).",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -299,10 +311,18 @@ def apply_command(
             unreadable: list[str] = []
             sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir,
                                           warnings=unreadable)
+            if montage is not None:
+                _check_montage(montage, sources, overwrite)
+                if output is None and out_dir is None:
+                    if not dry_run:
+                        _write_montage(montage, sources[0].path, pipeline, gray, max_pixels,
+                                       overwrite, quiet)
+                    return
             tasks = batch.plan(
                 sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt
             )
             batch.check_depth(tasks, depth)
+            batch.check_maps(tasks, pipeline, depth)
             if manifest is not None and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if not quiet:
@@ -338,6 +358,9 @@ def apply_command(
             protected=batch.input_ids(sources),
         )
         cpus = batch.available_cpus()
+        if montage is not None and not dry_run:
+            _write_montage(montage, sources[0].path, pipeline, gray, max_pixels, overwrite,
+                           quiet)
         if jobs is not None and jobs > cpus and not quiet:
             stderr.line(f"note: --jobs {jobs} capped at {cpus} (the number of CPUs)")
         if dry_run:
@@ -372,6 +395,27 @@ def apply_command(
             )
         if failed:
             raise typer.Exit(1)
+
+
+def _check_montage(path: str, sources: list[Any], overwrite: bool) -> None:
+    if len(sources) != 1 or sources[0].path == "-":
+        raise UsageError(f"--montage takes one input file, got {len(sources)}")
+    if Path(path).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UsageError(f"--montage {path}: give a .png (or .jpg) file")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"--montage {path}: already exists (use --overwrite to replace it)")
+
+
+def _write_montage(path: str, source: str, pipeline: Pipeline, gray: bool, max_pixels: int,
+                   overwrite: bool, quiet: bool) -> None:
+    from imgconv.imageio import load
+    from imgconv.montage import write_montage
+
+    picture = load(source, gray=gray, max_pixels=max_pixels)
+    shape = write_montage(path, picture, pipeline, overwrite=overwrite)
+    if not quiet:
+        stderr.line(f"{source} {_dims(list(picture.shape))} -> {path} (montage of "
+                    f"{_dims(list(shape))})")
 
 
 def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float | None,

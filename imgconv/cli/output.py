@@ -159,10 +159,10 @@ FLAGS = {
     "output": "-o", "kernel": "-k", "format": "--format",
     "pool_count_pad": "--no-pool-count-pad", **{
         name: "--" + name.replace("_", "-") for name in (
-            "activation", "alpha", "bias", "cval", "debug", "depth", "dilation", "dry_run", "gray",
-            "jit", "jobs", "manifest", "max_pixels", "mode", "name", "out_dir", "output_map",
-            "overwrite", "pad_mode", "padding", "pipeline", "pool", "pool_ceil",
-            "pool_dilation", "pool_padding", "pool_size", "pool_stride",
+            "activation", "alpha", "bias", "cval", "debug", "depth", "dilation", "dry_run",
+            "gray", "jit", "jobs", "manifest", "max_pixels", "mode", "montage", "name",
+            "out_dir", "output_map", "overwrite", "pad_mode", "padding", "pipeline", "pool",
+            "pool_ceil", "pool_dilation", "pool_padding", "pool_size", "pool_stride",
             "quality", "quiet", "recursive", "skip_existing", "stride", "threads", "tol",
             "verify")}}
 _PARAMETER = re.compile("`(" + "|".join(sorted(FLAGS)) + ")(?:=([^`]*))?`")

@@ -43,6 +43,8 @@ class Pipeline:
 
     stages: tuple[Stage, ...]
     output: str = "auto"
+    #: keep only this map (channel) of the result: one output file per map
+    pick: int | None = None
 
     @property
     def conv_stages(self) -> tuple[ConvStage, ...]:
@@ -72,6 +74,11 @@ class Pipeline:
                 x = stage.run(x, in_place=True)
             else:
                 x = stage.run(x)
+        if self.pick is not None:
+            if x.ndim != 3 or self.pick >= x.shape[2]:
+                count = x.shape[2] if x.ndim == 3 else 1
+                raise ImageError(f"the result has {count} map(s), no map {self.pick}")
+            x = np.ascontiguousarray(x[:, :, self.pick])
         return x
 
     def _pooled_in_bands(self, x: NDArray[Any]) -> tuple[NDArray[Any], tuple[Stage, ...]] | None:
@@ -147,7 +154,8 @@ class Pipeline:
         self.check_channels(x)
         conv, *rest = self.stages
         fusable = (
-            isinstance(conv, ConvStage)
+            self.pick is None
+            and isinstance(conv, ConvStage)
             and conv.bank is None
             and all(isinstance(s, ActivationStage) for s in rest)
             and how in ("clip", "abs", "offset")
@@ -202,7 +210,7 @@ class Pipeline:
         memory for RGB). ``normalize`` needs every channel's range first, so it
         maps the whole result at once.
         """
-        if x.ndim == 2 or self.mixes_channels or how == "normalize":
+        if x.ndim == 2 or self.mixes_channels or how == "normalize" or self.pick is not None:
             return map_output(self.run(x), how, scale=scale, out_max=out_max)
         out: NDArray[Any] | None = None
         clipped = 0
@@ -232,9 +240,16 @@ class Pipeline:
 
     def out_channels(self, channels: int) -> int:
         """The channels of the result for an input of ``channels`` (1 for a 2-D image)."""
+        if self.pick is not None:
+            return 1
         for stage in self.conv_stages:
             channels = stage.out_channels(channels)
         return channels
+
+    def maps(self) -> int | None:
+        """How many maps the result has whatever the image, or None: it keeps the image's
+        channels (no stage mixes them)."""
+        return self.out_channels(1) if self.mixes_channels else None
 
     def map_names(self) -> tuple[str, ...]:
         """The names of the result's maps, when the last channel-changing stage is a stack
