@@ -127,7 +127,9 @@ def write_montage(path: str | Path, picture: Picture, pipeline: Any, *,
     names = pipeline.map_names()
     title = f"{pipeline.name}: {maps.shape[2] if maps.ndim == 3 else 1} maps " \
             f"{maps.shape[0]}x{maps.shape[1]}, each normalised on its own"
-    image = Image.fromarray(montage(picture, maps, names, title))
+    rgb = montage(picture, maps, names, title)
+    gray = bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all())
+    image = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]) if gray else rgb)  # a third
     fmt = "PNG" if Path(path).suffix.lower() not in (".jpg", ".jpeg") else "JPEG"
     write_atomic(Path(path), lambda stream: image.save(stream, format=fmt), overwrite=overwrite)
     return tuple(maps.shape)
