@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "activate", "convolve", "correlate", "pool"]
+__all__ = ["__version__", "activate", "conv2d", "convolve", "correlate", "pool"]
 _CORE_NAMES = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:
-    from imgconv.core import activate, convolve, correlate, pool
+    from imgconv.core import activate, conv2d, convolve, correlate, pool
 
 
 def __getattr__(name: str) -> Any:

@@ -68,11 +68,32 @@ def _reference_kernel(x: NDArray[Any], stage: ConvStage, kernel: Any) -> NDArray
 
 
 def _reference_pool(x: NDArray[Any], stage: PoolStage) -> NDArray[Any]:
+    """Pooling as PyTorch defines it: the padding and what ``ceil_mode`` windows reach past
+    it are NaN, which nanmax and nansum skip; avg's counted padding is 0 instead."""
     (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
-    oh, ow = (x.shape[0] - kh) // sy + 1, (x.shape[1] - kw) // sx + 1
-    windows = np.stack([x[i : i + sy * (oh - 1) + 1 : sy, j : j + sx * (ow - 1) + 1 : sx]
+    (py, px), (dy, dx) = stage.padding, stage.dilation
+
+    def count(n: int, k: int, s: int, p: int, d: int) -> int:
+        span = n + 2 * p - d * (k - 1) - 1
+        out = (-(-span // s) if stage.ceil_mode else span // s) + 1
+        return out - 1 if stage.ceil_mode and (out - 1) * s >= n + p else out
+
+    oh, ow = count(x.shape[0], kh, sy, py, dy), count(x.shape[1], kw, sx, px, dx)
+    rest = [(0, 0)] * (x.ndim - 2)
+    counted = stage.op == "avg" and stage.count_include_pad
+    x = np.pad(x.astype(np.float64), [(py, py), (px, px), *rest],
+               constant_values=0.0 if counted else np.nan)
+    extra_h = max(0, (oh - 1) * sy + dy * (kh - 1) + 1 - x.shape[0])
+    extra_w = max(0, (ow - 1) * sx + dx * (kw - 1) + 1 - x.shape[1])
+    x = np.pad(x, [(0, extra_h), (0, extra_w), *rest], constant_values=np.nan)
+    windows = np.stack([x[i * dy : i * dy + sy * (oh - 1) + 1 : sy,
+                          j * dx : j * dx + sx * (ow - 1) + 1 : sx]
                         for i in range(kh) for j in range(kw)])
-    out: NDArray[Any] = windows.max(axis=0) if stage.op == "max" else windows.mean(axis=0)
+    seen = ~np.isnan(windows)
+    if stage.op == "max":
+        out: NDArray[Any] = np.where(seen, windows, -np.inf).max(axis=0)
+    else:
+        out = np.where(seen, windows, 0.0).sum(axis=0) / seen.sum(axis=0)
     return out
 
 

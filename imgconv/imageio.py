@@ -506,6 +506,14 @@ def encode(
     if fmt == "npy":
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
         return
+    if depth == "float" and array.ndim == 3 and fmt == "tiff":
+        import tifffile
+
+        buffer = io.BytesIO()  # (H, W, C) float32 samples: a layer's maps, C_out of them
+        tifffile.imwrite(buffer, np.ascontiguousarray(array, dtype=np.float32),
+                         photometric="minisblack", planarconfig="contig")
+        stream.write(buffer.getbuffer())
+        return
     if depth == "16" and array.ndim == 3 and array.shape[2] == 3 and fmt in SIXTEEN_BIT:
         data = np.asarray(array, np.uint16)
         if alpha is not None:

@@ -61,17 +61,42 @@ def correlate_loop(image, kernel, pads, stride=(1, 1), dilation=(1, 1), mode="co
     return out
 
 
-def pool_loop(image, size, stride, op):
-    """Max or average pooling of a 2-D image, one window at a time."""
+def pool_loop(image, size, stride, op, padding=(0, 0), dilation=(1, 1), ceil_mode=False,
+              count_include_pad=True):
+    """Max or average pooling of a 2-D image, one window at a time, as PyTorch defines it.
+
+    Window ``o`` starts at ``o * s - p``; max reads the taps inside the image
+    (padding is -inf), avg sums them and divides by the window's places inside
+    the padded image (``count_include_pad``) or inside the image.
+    """
     image = np.asarray(image, dtype=np.float64)
-    (kh, kw), (sy, sx) = size, stride
+    (kh, kw), (sy, sx), (py, px), (dy, dx) = size, stride, padding, dilation
     h, w = image.shape
-    oh, ow = (h - kh) // sy + 1, (w - kw) // sx + 1
+
+    def count(n, k, s, p, d):
+        span = n + 2 * p - (d * (k - 1) + 1)
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= n + p:
+            out -= 1
+        return out
+
+    oh, ow = count(h, kh, sy, py, dy), count(w, kw, sx, px, dx)
     out = np.zeros((oh, ow))
     for oy in range(oh):
         for ox in range(ow):
-            window = [image[oy * sy + i, ox * sx + j] for i in range(kh) for j in range(kw)]
-            out[oy, ox] = max(window) if op == "max" else sum(window) / len(window)
+            y0, x0 = oy * sy - py, ox * sx - px
+            taps = [(y0 + i * dy, x0 + j * dx) for i in range(kh) for j in range(kw)]
+            inside = [image[y, x] for y, x in taps if 0 <= y < h and 0 <= x < w]
+            if op == "max":
+                out[oy, ox] = max(inside, default=-np.inf)  # all taps in the padding
+                continue
+            if count_include_pad:
+                rows = min(y0 + kh, h + py) - y0
+                cols = min(x0 + kw, w + px) - x0
+            else:
+                rows = min(y0 + kh, h) - max(y0, 0)
+                cols = min(x0 + kw, w) - max(x0, 0)
+            out[oy, ox] = sum(inside) / (rows * cols)
     return out
 
 

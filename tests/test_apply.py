@@ -452,7 +452,7 @@ def test_max_pixels(tmp_path, gray_png):
     (["-k", "box-blur", "--padding", "wide"], "--padding must be one of same, valid, full"),
     (["-k", "box-blur", "--pad-mode", "bogus"], "--pad-mode must be one of"),
     (["-k", "box-blur", "--mode", "flip"], "--mode must be one of correlate, convolve"),
-    (["-k", "box-blur", "--pool-size", "2"], "--pool-size and --pool-stride need --pool"),
+    (["-k", "box-blur", "--pool-size", "2"], "--pool-size needs --pool"),
     (["-k", "box-blur", "--pool", "median", "--pool-size", "2"], "--pool must be one of max"),
     (["-k", "box-blur", "--activation", "tanh"], "--activation must be one of none, relu, abs"),
     (["-k", "box-blur", "--output-map", "clamp"], "--output-map must be one of"),

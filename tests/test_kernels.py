@@ -384,7 +384,7 @@ def test_bank_members_must_share_a_shape():
 
 def test_contract_constants():
     assert OUTPUT_MAPS == ("clip", "abs", "offset", "normalize")
-    assert COMBINES == ("magnitude", "max", "min", "sum", "mean")
+    assert COMBINES == ("magnitude", "max", "min", "sum", "mean", "stack")
 
 
 # --- combine ----------------------------------------------------------------------------------
@@ -401,6 +401,7 @@ def test_combine_matches_numpy(responses, how):
     expected = {
         "magnitude": np.sqrt((stack**2).sum(0)),
         "max": stack.max(0), "min": stack.min(0), "sum": stack.sum(0), "mean": stack.mean(0),
+        "stack": np.moveaxis(stack, 0, -1),
     }[how]
     np.testing.assert_allclose(combine(responses, how), expected, rtol=1e-12, atol=1e-9)
     assert all(r is not combine(responses, how) for r in responses)

@@ -6,6 +6,7 @@ Also the temporary files that a killed writer leaves, and their removal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -109,8 +110,10 @@ def process(task: Task, options: Options, data: bytes | None = None,
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
         check_size(options.pipeline, picture, options.max_pixels, name)
+        pipeline = options.pipeline if task.pick is None else \
+            dataclasses.replace(options.pipeline, pick=task.pick)
         with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
-            array, alpha, notes = render(picture, options.pipeline, task.fmt, name,
+            array, alpha, notes = render(picture, pipeline, task.fmt, name,
                                          alpha=options.alpha, depth=options.depth,
                                          reuse=not options.verify)
         result.notes.extend(notes)

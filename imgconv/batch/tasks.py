@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     pass
 
-NAME_FIELDS = ("stem", "ext", "kernel", "name")
+NAME_FIELDS = ("stem", "ext", "kernel", "name", "map")
 STDIO = "-"
 GLOB_CHARS = "*?["
 
@@ -59,6 +59,7 @@ class Task:
     source: Source
     target: str  # a path, or "-" for standard output
     fmt: str
+    pick: int | None = None  # with {map} in the name: the one map this output holds
 
 
 @dataclass(frozen=True)
@@ -265,13 +266,15 @@ def skipped_subfolders(args: Sequence[str]) -> int:
     return count
 
 
-def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline) -> Path:
+def _output_name(template: str, source: Source, fmt: str, pipeline: Pipeline,
+                 map_name: str = "") -> Path:
     relative = source.relative
     fields = {
         "stem": relative.stem,
         "ext": FORMATS[fmt][1] if fmt else relative.suffix,
         "kernel": _file_safe(pipeline.name),
         "name": relative.name,
+        "map": map_name,
     }
     return relative.parent / template.format(**fields)
 
@@ -316,6 +319,40 @@ def check_name_template(template: str) -> None:
         raise UsageError("`name` must not be empty")
     if ".." in Path(template).parts or template.startswith(("/", "\\")):
         raise UsageError(f"`name` {template!r}: must stay inside `out_dir` (no '..' or '/')")
+
+
+def map_fields(pipeline: Pipeline) -> list[str]:
+    """``{map}`` of each map: a stack member's name (file-safe, ``@`` as ``-``), else the
+    map's index.
+
+    >>> from imgconv.kernels import from_array
+    >>> import numpy as np
+    >>> map_fields(Pipeline.from_options(["identity"]))
+    Traceback (most recent call last):
+    ...
+    imgconv.errors.UsageError: `name` {map} needs maps: a stack bank or a layer's weights
+    """
+    count = pipeline.maps()
+    if count is None:
+        raise UsageError("`name` {map} needs maps: a stack bank or a layer's weights")
+    # a rotated member's "@": kirsch-n@45 is written kirsch-n-45
+    fields = [_file_safe(n.replace("@", "-")) for n in pipeline.map_names()]
+    if len(fields) != count or len(set(fields)) != count:
+        return [str(i) for i in range(count)]
+    return fields
+
+
+def check_maps(tasks: Sequence[Task], pipeline: Pipeline, depth: str | None) -> None:
+    """Refuse an 8-bit image output of more maps than it holds, before any file is touched."""
+    from imgconv.pipeline.render import MAX_IMAGE_MAPS, maps_problem
+
+    maps = pipeline.maps()
+    if maps is None or maps <= MAX_IMAGE_MAPS:
+        return
+    for task in tasks:
+        if task.pick is None and task.fmt != "npy" and not (task.fmt == "tiff"
+                                                            and depth == "float"):
+            raise UsageError(f"{maps_problem(maps, task.fmt)} ({task.target})")
 
 
 def check_depth(tasks: Sequence[Task], depth: str | None) -> None:
@@ -373,10 +410,13 @@ def plan(
     template = name or "{stem}{ext}"
     check_name_template(template)
     explicit = format_for("", fmt) if fmt is not None else None
+    maps: list[tuple[int | None, str]] = [(None, "")]
+    if "{map}" in template:
+        maps = list(enumerate(map_fields(pipeline)))
     tasks = []
-    for source in sources:
+    for source, (pick, map_name) in ((s, m) for s in sources for m in maps):
         fmt_for_ext = explicit or EXTENSIONS.get(source.relative.suffix.lower(), "png")
-        relative = _output_name(template, source, fmt_for_ext, pipeline)
+        relative = _output_name(template, source, fmt_for_ext, pipeline, map_name)
         # the name's extension says the format, as -o's does
         named = EXTENSIONS.get(relative.suffix.lower())
         if named is None and explicit is None:
@@ -391,5 +431,5 @@ def plan(
                 f"`format` says {explicit}; make them agree"
             )
         target_fmt = named or fmt_for_ext
-        tasks.append(Task(source, str(Path(out_dir) / relative), target_fmt))
+        tasks.append(Task(source, str(Path(out_dir) / relative), target_fmt, pick))
     return tasks

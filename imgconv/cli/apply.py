@@ -15,6 +15,7 @@ from imgconv.cli.options import (
     PANEL_OUT,
     PANEL_RUN,
     Activation,
+    Bias,
     Cval,
     Debug,
     Dilation,
@@ -26,7 +27,11 @@ from imgconv.cli.options import (
     PaddingOpt,
     PadMode,
     PipelineFile,
+    PoolCeil,
+    PoolCountPad,
+    PoolDilation,
     PoolOp,
+    PoolPadding,
     PoolSize,
     PoolStride,
     Stride,
@@ -84,8 +89,20 @@ def apply_command(
         typer.Option(
             "--name",
             metavar="TEMPLATE",
-            help="Output name under --out-dir: fields {stem} {ext} {kernel} {name}. "
+            help="Output name under --out-dir: fields {stem} {ext} {kernel} {name} {map} "
+            "(one file per map of a stack bank or layer). "
             "\\[default: {stem}{ext}]",
+            rich_help_panel=PANEL_OUT,
+            show_default=False,
+        ),
+    ] = None,
+    montage: Annotated[
+        str | None,
+        typer.Option(
+            "--montage",
+            metavar="FILE.png",
+            help="Write a picture of the result's maps on a grid, each normalised on its own "
+            "and labelled, the input beside them (one input; -o is then optional).",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -100,6 +117,11 @@ def apply_command(
     pool: PoolOp = LAYER.pool,
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
+    pool_padding: PoolPadding = str(LAYER.pool_padding),
+    pool_dilation: PoolDilation = str(LAYER.pool_dilation),
+    pool_ceil: PoolCeil = LAYER.pool_ceil,
+    pool_count_pad: PoolCountPad = LAYER.pool_count_pad,
+    bias: Bias = None,
     gray: Gray = False,
     alpha: Annotated[
         str,
@@ -306,7 +328,8 @@ def apply_command(
                 pipeline_file,
                 output_map,
                 LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
-                             pool_size, pool_stride),
+                             pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
+                             pool_count_pad, bias),
             )
             check_size(pipeline, max_pixels)
             check_tol(tol)
@@ -327,10 +350,18 @@ def apply_command(
             unreadable: list[str] = []
             sources = batch.expand_inputs(inputs, recursive=recursive, exclude=out_dir,
                                           warnings=unreadable)
+            if montage is not None:
+                _check_montage(montage, sources, overwrite)
+                if output is None and out_dir is None:
+                    if not dry_run:
+                        _write_montage(montage, sources[0].path, pipeline, gray, max_pixels,
+                                       overwrite, quiet)
+                    return
             tasks = batch.plan(
                 sources, pipeline, output=output, out_dir=out_dir, name=name, fmt=fmt
             )
             batch.check_depth(tasks, depth)
+            batch.check_maps(tasks, pipeline, depth)
             if manifest is not None and not dry_run:
                 batch.check_manifest_path(manifest, tasks, overwrite=overwrite)
             if not quiet:
@@ -366,6 +397,9 @@ def apply_command(
             protected=batch.input_ids(sources),
         )
         cpus = batch.available_cpus()
+        if montage is not None and not dry_run:
+            _write_montage(montage, sources[0].path, pipeline, gray, max_pixels, overwrite,
+                           quiet)
         if jobs is not None and jobs > cpus and not quiet:
             stderr.line(f"note: --jobs {jobs} capped at {cpus} (the number of CPUs)")
         cluster = _cluster(scheduler, scheduler_file, scheduler_timeout, debug) \
@@ -442,6 +476,27 @@ def _print_cluster(scheduler: str | None, scheduler_file: str | None,
     with cluster as executor:
         for line in executor.describe():
             stdout.line(line)
+
+
+def _check_montage(path: str, sources: list[Any], overwrite: bool) -> None:
+    if len(sources) != 1 or sources[0].path == "-":
+        raise UsageError(f"--montage takes one input file, got {len(sources)}")
+    if Path(path).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UsageError(f"--montage {path}: give a .png (or .jpg) file")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"--montage {path}: already exists (use --overwrite to replace it)")
+
+
+def _write_montage(path: str, source: str, pipeline: Pipeline, gray: bool, max_pixels: int,
+                   overwrite: bool, quiet: bool) -> None:
+    from imgconv.imageio import load
+    from imgconv.montage import write_montage
+
+    picture = load(source, gray=gray, max_pixels=max_pixels)
+    shape = write_montage(path, picture, pipeline, overwrite=overwrite)
+    if not quiet:
+        stderr.line(f"{source} {_dims(list(picture.shape))} -> {path} (montage of "
+                    f"{_dims(list(shape))})")
 
 
 def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float | None,
@@ -661,14 +716,8 @@ def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0)
         elif isinstance(stage, ActivationStage):
             lines.append(f"stage {n}: activation {stage.kind}")
         else:
-            (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
-            oh, ow = stage.out_shape(shape)
-            lines += [
-                f"stage {n}: {stage.op} pool {kh}x{kw}, stride {sy}x{sx}, no padding",
-                f"    rows    floor(({shape[0]}-{kh})/{sy})+1 = {oh}",
-                f"    columns floor(({shape[1]}-{kw})/{sx})+1 = {ow}",
-            ]
-            shape = (oh, ow)
+            lines += _pool_lines(n, stage, shape)
+            shape = stage.out_shape(shape)
         lines.append(f"    values {_span(lo, hi)}")
     how = pipeline.output_mapping()
     out = {
@@ -682,6 +731,38 @@ def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0)
                  + (f"fits 0 .. {full:g}" if fits else f"will clip to 0 .. {full:g}"))
     return lines
 
+
+
+def _pool_lines(n: int, stage: Any, shape: tuple[int, int]) -> list[str]:
+    """A pooling stage in the --dry-run report: its settings and PyTorch's size formula,
+    ``floor((n + 2p - d(k-1) - 1) / s) + 1`` (ceil with --pool-ceil)."""
+    (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
+    (py, px), (dy, dx) = stage.padding, stage.dilation
+    oh, ow = stage.out_shape(shape)
+    fill = "-inf" if stage.op == "max" else "0" + ("" if stage.count_include_pad
+                                                   else ", not counted")
+    padding = f"padding {py}x{px} ({fill})" if py or px else "no padding"
+    settings = [f"stride {sy}x{sx}", padding]
+    if (dy, dx) != (1, 1):
+        settings.append(f"dilation {dy}x{dx}")
+    if stage.ceil_mode:
+        settings.append("ceil_mode")
+    rounding = "ceil" if stage.ceil_mode else "floor"
+
+    def formula(size: int, k: int, s: int, p: int, d: int, out: int) -> str:
+        pad = f"+2*{p}" if p else ""
+        span = f"({d}*({k}-1)+1)" if d != 1 else f"{k}"
+        text = f"{rounding}(({size}{pad}-{span})/{s})+1"
+        counted = -(-(size + 2 * p - d * (k - 1) - 1) // s) + 1
+        if stage.ceil_mode and out and counted != out:
+            return f"{text}-1 = {out} (the last window would start in the padding)"
+        return f"{text} = {out}"
+
+    return [
+        f"stage {n}: {stage.op} pool {kh}x{kw}, {', '.join(settings)}",
+        f"    rows    {formula(shape[0], kh, sy, py, dy, oh)}",
+        f"    columns {formula(shape[1], kw, sx, px, dx, ow)}",
+    ]
 
 
 def _span(lo: float, hi: float) -> str:

@@ -9,6 +9,7 @@ import typer
 from imgconv.cli.options import (
     LAYER,
     Activation,
+    Bias,
     Cval,
     Debug,
     Dilation,
@@ -20,7 +21,11 @@ from imgconv.cli.options import (
     PaddingOpt,
     PadMode,
     PipelineFile,
+    PoolCeil,
+    PoolCountPad,
+    PoolDilation,
     PoolOp,
+    PoolPadding,
     PoolSize,
     PoolStride,
     Stride,
@@ -55,6 +60,11 @@ def check_command(
     pool: PoolOp = LAYER.pool,
     pool_size: PoolSize = None,
     pool_stride: PoolStride = None,
+    pool_padding: PoolPadding = str(LAYER.pool_padding),
+    pool_dilation: PoolDilation = str(LAYER.pool_dilation),
+    pool_ceil: PoolCeil = LAYER.pool_ceil,
+    pool_count_pad: PoolCountPad = LAYER.pool_count_pad,
+    bias: Bias = None,
     gray: Gray = False,
     tol: Tol = None,
     recursive: Annotated[
@@ -79,7 +89,8 @@ def check_command(
             pipeline_file,
             "auto",
             LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
-                         pool_size, pool_stride),
+                         pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
+                         pool_count_pad, bias),
         )
         check_size(pipeline, max_pixels)
         check_tol(tol)

@@ -39,7 +39,8 @@ Kernels = Annotated[
         "--kernel",
         metavar="KERNEL",
         help="Kernel: a name, family (gaussian:sigma=2), inline matrix "
-        "('0 1 0; 1 -4 1; 0 1 0') or YAML file. Repeat to chain.",
+        "('0 1 0; 1 -4 1; 0 1 0'), YAML file or .npy weights ((kH,kW), (kH,kW,C_in) or "
+        "PyTorch's (C_out,C_in,kH,kW)). Repeat to chain.",
         rich_help_panel=PANEL_CONV,
         show_default=False,
     ),
@@ -133,6 +134,54 @@ PoolStride = Annotated[
         help="Pooling step, N or N,M (default: the size).",
         rich_help_panel=PANEL_CONV,
         show_default=False,
+    ),
+]
+Bias = Annotated[
+    str | None,
+    typer.Option(
+        "--bias",
+        metavar="B",
+        help="Added to the kernel's maps: a number, one per map (0.1,-0.2) or a .npy file "
+        "(a layer's biases).",
+        rich_help_panel=PANEL_CONV,
+        show_default=False,
+    ),
+]
+PoolPadding = Annotated[
+    str,
+    typer.Option(
+        "--pool-padding",
+        metavar="N[,M]",
+        help="Pooling padding on both sides, at most half the window (max pads with -inf, "
+        "avg with 0).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolDilation = Annotated[
+    str,
+    typer.Option(
+        "--pool-dilation",
+        metavar="N[,M]",
+        help="Spacing of a max pooling window's taps.",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolCeil = Annotated[
+    bool,
+    typer.Option(
+        "--pool-ceil",
+        metavar="",
+        help="Round the number of pooling windows up (PyTorch's ceil_mode).",
+        rich_help_panel=PANEL_CONV,
+    ),
+]
+PoolCountPad = Annotated[
+    bool,
+    typer.Option(
+        "--pool-count-pad/--no-pool-count-pad",
+        help="Avg pooling divides by the window's padded places too (PyTorch's "
+        "count_include_pad).",
+        rich_help_panel=PANEL_CONV,
     ),
 ]
 Gray = Annotated[

@@ -156,11 +156,13 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u
 #: names a parameter as `name` or `name=value` in its messages (it never knows
 #: of flags), and every line printed here says ``--flag`` or ``--flag value``.
 FLAGS = {
-    "output": "-o", "kernel": "-k", "format": "--format", **{
+    "output": "-o", "kernel": "-k", "format": "--format",
+    "pool_count_pad": "--no-pool-count-pad", **{
         name: "--" + name.replace("_", "-") for name in (
-            "activation", "alpha", "cval", "debug", "depth", "dilation", "dry_run", "gray",
-            "jit", "jobs", "manifest", "max_pixels", "mode", "name", "out_dir", "output_map",
-            "overwrite", "pad_mode", "padding", "pipeline", "pool", "pool_size", "pool_stride",
+            "activation", "alpha", "bias", "cval", "debug", "depth", "dilation", "dry_run",
+            "gray", "jit", "jobs", "manifest", "max_pixels", "mode", "montage", "name",
+            "out_dir", "output_map", "overwrite", "pad_mode", "padding", "pipeline", "pool",
+            "pool_ceil", "pool_dilation", "pool_padding", "pool_size", "pool_stride",
             "quality", "quiet", "recursive", "scheduler", "scheduler_file", "scheduler_timeout",
             "skip_existing", "stride", "threads", "tol", "verify")}}
 _PARAMETER = re.compile("`(" + "|".join(sorted(FLAGS)) + ")(?:=([^`]*))?`")

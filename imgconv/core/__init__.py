@@ -7,6 +7,7 @@ scipy.ndimage is never called here; it is the reference the tests and
 from imgconv.core.conv import convolve, correlate, correlate_into, output_shape
 from imgconv.core.geometry import Geometry, output_size, resolve_padding
 from imgconv.core.jit import JitUnavailable, set_jit
+from imgconv.core.layers import conv2d
 from imgconv.core.padding import PAD_MODE_ALIASES, PAD_MODES
 from imgconv.core.pooling import ACTIVATIONS, POOL_OPS, activate, pool
 from imgconv.core.threads import get_threads, set_threads
@@ -19,6 +20,7 @@ __all__ = [
     "Geometry",
     "JitUnavailable",
     "activate",
+    "conv2d",
     "convolve",
     "correlate",
     "correlate_into",

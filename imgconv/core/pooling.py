@@ -1,4 +1,5 @@
-"""The detector and pooling stages of a CNN layer: activation, then max or average pooling."""
+"""The detector and pooling stages of a CNN layer: activation, then max or average pooling
+(padding, dilation and ceil_mode as PyTorch's ``max_pool2d`` and ``avg_pool2d``)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,59 @@ POOL_OPS = ("max", "avg")
 ACTIVATIONS = ("none", "relu", "abs")
 
 
-def pool(
-    image: ArrayLike, size: IntPair, *, stride: IntPair | None = None, op: str = "max"
-) -> NDArray[Any]:
-    """Max or average pooling over windows, per channel, without padding.
+def pool_size_out(n: int, k: int, stride: int, padding: int = 0, dilation: int = 1,
+                  ceil_mode: bool = False) -> int:
+    """The number of pooling windows along an axis of ``n``, as PyTorch counts them.
 
-    Windows start at 0 and step by ``stride`` (default: ``size``, so they tile
-    the image); the output has ``floor((n - k) / s) + 1`` places per axis.
-    The dtype is float64 for float64 input, float32 otherwise.
+    With ``e = dilation*(k-1) + 1``: ``floor((n + 2*padding - e) / stride) + 1``
+    (``ceil`` with ``ceil_mode``, where a last window that would start in the
+    right padding is dropped). Zero or less means no window fits.
+
+    >>> pool_size_out(5, 2, 2), pool_size_out(5, 2, 2, ceil_mode=True)
+    (2, 3)
+    >>> pool_size_out(6, 3, 2, padding=1, dilation=2)
+    2
+    """
+    span = n + 2 * padding - (dilation * (k - 1) + 1)
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= n + padding:
+        out -= 1
+    return max(out, 0)
+
+
+def pool(
+    image: ArrayLike, size: IntPair, *, stride: IntPair | None = None, op: str = "max",
+    padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> NDArray[Any]:
+    """Max or average pooling over windows, per channel, as PyTorch's ``max_pool2d`` and
+    ``avg_pool2d`` do it.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array
+    size : int or (rows, columns)
+        The window.
+    stride : int or (rows, columns), optional
+        The step between windows (default: ``size``, so they tile the image).
+    op : {"max", "avg"}
+    padding : int or (rows, columns)
+        Implicit padding on both sides, at most half the window: ``-inf`` for max
+        (it never wins), zeros for avg.
+    dilation : int or (rows, columns)
+        The spacing of a max window's taps (avg takes 1 only, as in PyTorch).
+    ceil_mode : bool
+        Round the window count up, so that the last, partial window is kept
+        (unless it would start in the right padding).
+    count_include_pad : bool
+        For avg, whether padded places count in the divisor (PyTorch's default).
+        Places past the padding, reached by ``ceil_mode`` windows, never count.
+
+    Returns
+    -------
+    ndarray
+        ``(H', W')`` or ``(H', W', C)``, float64 for float64 input, float32 otherwise;
+        per axis ``floor((n + 2p - (d(k-1) + 1)) / s) + 1`` places (:func:`pool_size_out`).
 
     Examples
     --------
@@ -32,17 +78,43 @@ def pool(
            [13., 15.]])
     >>> pool(x, 2, stride=1, op="avg").shape
     (3, 3)
+    >>> pool(x, 3, stride=2, ceil_mode=True)
+    array([[10., 11.],
+           [14., 15.]])
+    >>> pool(np.ones((2, 2)), 2, padding=1, op="avg", count_include_pad=False).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
     """
     if op not in POOL_OPS:
         raise ValueError(f"op must be one of {', '.join(POOL_OPS)}, got {op!r}")
     img = as_image(image)
     kh, kw = normalize_pair(size, "pool size")
     sy, sx = normalize_pair(size if stride is None else stride, "pool stride")
+    py, px = normalize_pair(padding, "pool padding", minimum=0)
+    dy, dx = normalize_pair(dilation, "pool dilation")
+    if op == "avg" and (dy, dx) != (1, 1):
+        raise ValueError(f"pool dilation applies to max pooling only, got {(dy, dx)} for avg")
+    if py > kh // 2 or px > kw // 2:
+        raise ValueError(
+            f"pool padding must be at most half the pool size ({kh // 2}, {kw // 2}), "
+            f"got ({py}, {px})")
     h, w = img.shape[:2]
-    if kh > h or kw > w:
-        raise ValueError(f"pool size ({kh}, {kw}) is larger than the image ({h}, {w})")
-    oh, ow = (h - kh) // sy + 1, (w - kw) // sx + 1
-    x = np.asarray(img, dtype=working_dtype(img.dtype))
+    oh = pool_size_out(h, kh, sy, py, dy, ceil_mode)
+    ow = pool_size_out(w, kw, sx, px, dx, ceil_mode)
+    if oh < 1 or ow < 1:
+        extra = "".join(f" {word} {pair}" for word, pair, plain in (
+            ("with dilation", (dy, dx), (1, 1)), ("and padding", (py, px), (0, 0)))
+            if pair != plain)
+        raise ValueError(
+            f"pool size ({kh}, {kw}){extra} is larger than the image ({h}, {w})")
+    dtype = working_dtype(img.dtype)
+    x = np.asarray(img, dtype=dtype)
+    # every window's taps inside the array: the padding, and past it what ceil_mode reaches
+    need_h, need_w = (oh - 1) * sy + dy * (kh - 1) + 1, (ow - 1) * sx + dx * (kw - 1) + 1
+    after_h, after_w = max(0, need_h - h - py), max(0, need_w - w - px)
+    if py or px or after_h or after_w:
+        fill = -np.inf if op == "max" else 0.0
+        widths = [(py, after_h), (px, after_w)] + [(0, 0)] * (x.ndim - 2)
+        x = np.pad(x, widths, mode="constant", constant_values=fill)
 
     def window(i: int, j: int) -> NDArray[Any]:
         return x[i : i + sy * (oh - 1) + 1 : sy, j : j + sx * (ow - 1) + 1 : sx]
@@ -52,12 +124,24 @@ def pool(
         for j in range(kw):
             if i or j:
                 if op == "max":
-                    np.maximum(out, window(i, j), out=out)
+                    np.maximum(out, window(i * dy, j * dx), out=out)
                 else:
                     out += window(i, j)
     if op == "avg":
-        out /= kh * kw
+        rows = _counts(h, kh, sy, py, oh, count_include_pad)
+        cols = _counts(w, kw, sx, px, ow, count_include_pad)
+        divisor = np.multiply.outer(rows, cols).astype(dtype)
+        out /= divisor if out.ndim == 2 else divisor[:, :, None]
     return out
+
+
+def _counts(n: int, k: int, s: int, p: int, count: int, include_pad: bool) -> NDArray[Any]:
+    """How many places of each avg window along an axis count: inside the image, or with
+    ``include_pad`` inside the padded image (as PyTorch's avg_pool2d divides)."""
+    start = np.arange(count) * s - p
+    lo, hi = (-p, n + p) if include_pad else (0, n)
+    counts: NDArray[Any] = np.minimum(start + k, hi) - np.maximum(start, lo)
+    return counts
 
 
 def activate(image: ArrayLike, kind: str = "relu", *, out: NDArray[Any] | None = None

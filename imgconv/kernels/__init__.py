@@ -36,6 +36,7 @@ from imgconv.kernels.model import (
     rotate_matrix,
 )
 from imgconv.kernels.parse import dump
+from imgconv.kernels.weights import from_array, load_weights, read_bias
 
 __all__ = [
     "COMBINES",
@@ -49,7 +50,10 @@ __all__ = [
     "combine",
     "describe",
     "dump",
+    "from_array",
     "inline",
+    "load_weights",
+    "read_bias",
     "resolve",
     "rotate_matrix",
     "search_path",

@@ -33,6 +33,7 @@ from imgconv.kernels.parse import (
     read_text,
 )
 from imgconv.kernels.text import INLINE_CHARS, short
+from imgconv.kernels.weights import is_weights_file, load_weights
 
 BUILTIN = "built-in"
 _FILE_SPEC = re.compile(r"^(.+\.ya?ml)(?::([^:/\\]+))?$", re.IGNORECASE)
@@ -198,6 +199,8 @@ class _Resolver:
                 f"a kernel spec must be a name, family, matrix or file; got {short(spec)}"
             )
         spec = spec.strip()
+        if is_weights_file(spec):
+            return load_weights(spec)
         file_spec = _FILE_SPEC.match(spec)
         if file_spec:
             return self.from_file(Path(file_spec[1]), file_spec[2])
@@ -409,7 +412,8 @@ def resolve(spec: str) -> Kernel | KernelBank:
 
     A spec is a name on the search path (``sobel-x``), a family with parameters
     (``gaussian:sigma=2``, ``box:3x5``), an inline matrix (``"0 1 0; 1 -4 1; 0 1 0"``),
-    a YAML file (``my.yaml``) or one kernel in it (``my.yaml:name``).
+    a YAML file (``my.yaml``) or one kernel in it (``my.yaml:name``), or weights saved
+    with ``numpy.save`` (``layer1.npy``: :mod:`imgconv.kernels.weights`).
 
     Raises :class:`~imgconv.errors.KernelError` with a one-line message.
 

@@ -22,7 +22,9 @@ MAX_SIZE = 1001
 # Images of up to 16 bits are filtered in float32: a larger weight, scale or bias
 # would overflow to infinity (a black image).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-COMBINES = ("magnitude", "max", "min", "sum", "mean")
+#: How a bank's responses become its result: one map (the first five), or one map per
+#: member (``stack``: a layer's feature maps, in the members' order, on the last axis)
+COMBINES = ("magnitude", "max", "min", "sum", "mean", "stack")
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -55,7 +57,7 @@ def check_choice(value: object, choices: Sequence[str], what: str) -> str:
     >>> check_choice("maks", COMBINES, "combine")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    imgconv.errors.KernelError: combine must be one of magnitude, max, min, sum, mean; got ...
+    imgconv.errors.KernelError: combine must be one of magnitude, max, min, sum, mean, stack; ...
     """
     if isinstance(value, str) and value in choices:
         return value
@@ -262,6 +264,8 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 class Fold:
     """Combine same-shape responses one at a time into one accumulator: :func:`combine`.
 
+    ``stack`` keeps every response (one map each) and stacks them on a new last axis.
+
     A bank's responses can be folded in as each is computed, so that two planes
     are alive rather than one per member. With ``owned``, a response is the
     caller's to give away and may be written over (the first becomes the
@@ -273,9 +277,18 @@ class Fold:
         self.how = check_choice(how, COMBINES, "combine")
         self.count, self.dtype, self.owned = count, dtype, owned
         self.acc: NDArray[Any] | None = None
+        self.maps: list[NDArray[Any]] = []
 
     def add(self, response: NDArray[Any]) -> None:
         r = np.asarray(response)
+        if self.how == "stack":
+            if self.maps and r.shape != self.maps[0].shape:
+                raise ValueError(f"combine needs responses of the same shape, got "
+                                 f"{sorted({self.maps[0].shape, r.shape})}")
+            dtype = np.dtype(self.dtype if self.dtype is not None
+                             else r.dtype if r.dtype.kind == "f" else np.float64)
+            self.maps.append(r if self.owned and r.dtype == dtype else r.astype(dtype))
+            return
         if self.acc is None:
             dtype = np.dtype(self.dtype if self.dtype is not None
                              else r.dtype if r.dtype.kind == "f" else np.float64)
@@ -299,6 +312,8 @@ class Fold:
             (np.maximum if self.how == "max" else np.minimum)(acc, r, out=acc, casting="unsafe")
 
     def result(self) -> NDArray[Any]:
+        if self.how == "stack" and self.maps:
+            return np.stack(self.maps, axis=-1)
         if self.acc is None:
             raise ValueError("combine needs at least one response")
         if self.how == "magnitude":
@@ -311,8 +326,9 @@ class Fold:
 def combine(responses: Sequence[NDArray[Any]], how: str) -> NDArray[Any]:
     """Combine same-shape responses elementwise: one of :data:`COMBINES`.
 
-    ``magnitude`` is ``sqrt(sum r**2)``; ``mean`` is ``sum / n``. The result
-    has the floating dtype the responses share (float64 for integer input).
+    ``magnitude`` is ``sqrt(sum r**2)``; ``mean`` is ``sum / n``; ``stack`` keeps
+    them all, on a new last axis. The result has the floating dtype the responses
+    share (float64 for integer input).
 
     Examples
     --------
@@ -321,6 +337,8 @@ def combine(responses: Sequence[NDArray[Any]], how: str) -> NDArray[Any]:
     [5.0, 2.23606797749979]
     >>> combine([np.array([3.0, -1.0]), np.array([4.0, 2.0])], "min").tolist()
     [3.0, -1.0]
+    >>> combine([np.array([3.0, -1.0]), np.array([4.0, 2.0])], "stack").tolist()
+    [[3.0, 4.0], [-1.0, 2.0]]
     """
     check_choice(how, COMBINES, "combine")
     arrays = [np.asarray(r) for r in responses]

@@ -77,10 +77,13 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
             a = correlate(a, delta, padding=stage.pads(kernel), pad_mode="nearest",
                           stride=stage.stride, dilation=stage.dilation)
         elif isinstance(stage, PoolStage):
-            a = pool(a, stage.size, stride=stage.stride, op=stage.op)
+            a = pool(a, stage.size, stride=stage.stride, op=stage.op, padding=stage.padding,
+                     dilation=stage.dilation, ceil_mode=stage.ceil_mode,
+                     count_include_pad=stage.count_include_pad)
     return a
 
 
 def has_multichannel_filter(pipeline: Pipeline) -> bool:
-    """Whether a stage sums channels (a (kh, kw, C) filter): one output channel, no alpha each."""
-    return any(k.matrix.ndim == 3 for s in pipeline.conv_stages for k in s.members())
+    """Whether a stage sums channels (a (kh, kw, C) filter) or stacks maps: the result's
+    channels are not the input's, so no alpha goes with each."""
+    return pipeline.mixes_channels

@@ -37,6 +37,12 @@ class LayerOptions:
     pool: str | None = None
     pool_size: int | str | Sequence[int] | None = None
     pool_stride: int | str | Sequence[int] | None = None
+    pool_padding: int | str | Sequence[int] = 0
+    pool_dilation: int | str | Sequence[int] = 1
+    pool_ceil: bool = False
+    pool_count_pad: bool = True
+    #: added to the first kernel's maps: a number, ``"0.1,0.2"`` or a .npy file
+    bias: str | float | Sequence[float] | None = None
 
     #: the settings of each convolution stage (a pipeline file's stage keys)
     CONV = ("mode", "padding", "pad_mode", "cval", "stride", "dilation")
@@ -46,6 +52,9 @@ class LayerOptions:
         default = LayerOptions()
         return [f.name for f in dataclasses.fields(self)
                 if str(getattr(self, f.name)) != str(getattr(default, f.name))]
+
+    #: the pooling settings besides `pool` (the op) and `pool_size`
+    POOL = ("pool_stride", "pool_padding", "pool_dilation", "pool_ceil", "pool_count_pad")
 
     def conv(self) -> dict[str, Any]:
         """The convolution settings, as :func:`imgconv.pipeline.layer.conv_stage` takes them."""

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from imgconv.errors import ImageError, UsageError
 from imgconv.imageio import SIXTEEN_BIT, Picture, output_array
-from imgconv.pipeline.alpha import choose_alpha, follow_geometry, has_multichannel_filter
+from imgconv.pipeline.alpha import choose_alpha, follow_geometry
 from imgconv.pipeline.mapping import CLIP_WARNING_FRACTION, map_output
 from imgconv.pipeline.run import Pipeline
 
@@ -33,12 +33,26 @@ def output_depth(depth: str | None, fmt: str, picture: Picture, channels: int) -
     problem = depth_problem(depth, fmt)
     if problem is not None:
         raise UsageError(problem)
-    if depth != "8" and channels != 1 and not (depth == "16" and channels == 3):
+    if depth == "16" and channels not in (1, 3):
         raise ImageError(
-            f"a {channels}-channel result cannot be written at depth {depth} (16-bit images "
-            "have one or three channels, float ones one); use `gray=True`, `depth=8` or .npy"
+            f"a {channels}-channel result cannot be written at depth 16 (16-bit images "
+            "have one or three channels); use `gray=True`, `depth=8`, `depth=float` or .npy"
         )
+    if depth == "8" and channels > MAX_IMAGE_MAPS:
+        raise UsageError(maps_problem(channels, fmt))
     return depth
+
+
+#: the most maps an 8-bit image holds (gray, gray + alpha, RGB, RGBA)
+MAX_IMAGE_MAPS = 4
+
+
+def maps_problem(maps: int, fmt: str) -> str:
+    """What to do with more maps than an 8-bit ``fmt`` image holds."""
+    return (f"the result has {maps} maps, more than an 8-bit {fmt} image holds "
+            f"({MAX_IMAGE_MAPS}); write one image per map with {{map}} in `name` "
+            f"('{{stem}}-{{map}}{{ext}}' with `out_dir`), a picture of them all with "
+            f"`montage` FILE.png, or every map to .npy or a float TIFF (`depth=float`)")
 
 
 class Rendered(NamedTuple):
@@ -63,8 +77,7 @@ def render(picture: Picture, pipeline: Pipeline, fmt: str, name: str, *, alpha: 
     notes: list[str] = []
     alpha_mode = choose_alpha(alpha, pipeline) if picture.alpha is not None else "drop"
     pixels = picture.pixels
-    multichannel = has_multichannel_filter(pipeline)
-    channels = 1 if multichannel or pixels.ndim == 2 else pixels.shape[2]
+    channels = pipeline.out_channels(1 if pixels.ndim == 2 else pixels.shape[2])
     depth = "float" if fmt == "npy" else output_depth(depth, fmt, picture, channels)
     raw = depth == "float"
     out_max = 65535 if depth == "16" else 255

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from imgconv.errors import ImageError
 from imgconv.pipeline import spec
-from imgconv.pipeline.layer import OUTPUT_MAPPINGS, build_stages, choice
+from imgconv.pipeline.layer import OUTPUT_MAPPINGS, build_stages, channel_problem, choice
 from imgconv.pipeline.mapping import (
     _out_dtype,
     int16_mappable,
@@ -43,6 +43,8 @@ class Pipeline:
 
     stages: tuple[Stage, ...]
     output: str = "auto"
+    #: keep only this map (channel) of the result: one output file per map
+    pick: int | None = None
 
     @property
     def conv_stages(self) -> tuple[ConvStage, ...]:
@@ -62,6 +64,7 @@ class Pipeline:
         (:meth:`_pooled_in_bands`), so that its full-size response is never
         held whole.
         """
+        self.check_channels(x)
         stages = self.stages
         banded = self._pooled_in_bands(x)
         if banded is not None:
@@ -71,6 +74,11 @@ class Pipeline:
                 x = stage.run(x, in_place=True)
             else:
                 x = stage.run(x)
+        if self.pick is not None:
+            if x.ndim != 3 or self.pick >= x.shape[2]:
+                count = x.shape[2] if x.ndim == 3 else 1
+                raise ImageError(f"the result has {count} map(s), no map {self.pick}")
+            x = np.ascontiguousarray(x[:, :, self.pick])
         return x
 
     def _pooled_in_bands(self, x: NDArray[Any]) -> tuple[NDArray[Any], tuple[Stage, ...]] | None:
@@ -94,6 +102,8 @@ class Pipeline:
         if not (isinstance(conv, ConvStage) and rest and isinstance(rest[0], PoolStage)):
             return None
         pool, after = rest[0], rest[1:]
+        if not pool.plain:  # padded or ceil_mode windows reach past a band's own rows
+            return None
         height = x.shape[0]
         try:  # whatever would fail fails stage by stage, naming the whole image
             strategies = [conv.strategy_for(x, kernel) for kernel in conv.members()]
@@ -141,9 +151,11 @@ class Pipeline:
         the input, the output and a few tiles. Anything else runs stage by stage
         in floating point and is mapped at the end; both give the same values.
         """
+        self.check_channels(x)
         conv, *rest = self.stages
         fusable = (
-            isinstance(conv, ConvStage)
+            self.pick is None
+            and isinstance(conv, ConvStage)
             and conv.bank is None
             and all(isinstance(s, ActivationStage) for s in rest)
             and how in ("clip", "abs", "offset")
@@ -198,8 +210,7 @@ class Pipeline:
         memory for RGB). ``normalize`` needs every channel's range first, so it
         maps the whole result at once.
         """
-        multichannel = any(k.matrix.ndim == 3 for s in self.conv_stages for k in s.members())
-        if x.ndim == 2 or multichannel or how == "normalize":
+        if x.ndim == 2 or self.mixes_channels or how == "normalize" or self.pick is not None:
             return map_output(self.run(x), how, scale=scale, out_max=out_max)
         out: NDArray[Any] | None = None
         clipped = 0
@@ -213,6 +224,42 @@ class Pipeline:
             out[:, :, c] = values
         assert out is not None
         return out, clipped / max(out.size, 1)
+
+    @property
+    def mixes_channels(self) -> bool:
+        """Whether a stage reads several channels into one map (a (kh, kw, C_in) filter) or
+        makes several maps of one (a stack): then channels are not filtered each alone."""
+        return any(s.stacks or s.in_channels is not None for s in self.conv_stages)
+
+    def check_channels(self, x: NDArray[Any]) -> None:
+        """Raise ImageError when the first filter's C_in is not the image's channel count."""
+        if self.mixes_channels:
+            problem = channel_problem(self.stages, x.shape[2] if x.ndim == 3 else 1)
+            if problem is not None:
+                raise ImageError(problem)
+
+    def out_channels(self, channels: int) -> int:
+        """The channels of the result for an input of ``channels`` (1 for a 2-D image)."""
+        if self.pick is not None:
+            return 1
+        for stage in self.conv_stages:
+            channels = stage.out_channels(channels)
+        return channels
+
+    def maps(self) -> int | None:
+        """How many maps the result has whatever the image, or None: it keeps the image's
+        channels (no stage mixes them)."""
+        return self.out_channels(1) if self.mixes_channels else None
+
+    def map_names(self) -> tuple[str, ...]:
+        """The names of the result's maps, when the last channel-changing stage is a stack
+        (its members' names; a layer's are ``0 .. C_out-1``); else empty."""
+        for stage in reversed(self.conv_stages):
+            if stage.stacks:
+                return stage.map_names()
+            if stage.in_channels is not None:
+                return ()
+        return ()
 
     def output_mapping(self) -> str:
         """The mapping to use: ``output``, or for ``auto`` the last kernel's preference."""
@@ -300,8 +347,12 @@ class Pipeline:
             elif isinstance(s, ActivationStage):
                 stages.append({"activation": s.kind})
             else:
-                stages.append({"pool": {"op": s.op, "size": list(s.size),
-                                        "stride": list(s.stride or s.size)}})
+                pool: dict[str, Any] = {"op": s.op, "size": list(s.size),
+                                        "stride": list(s.stride or s.size)}
+                if not s.plain or not s.count_include_pad:
+                    pool.update(padding=list(s.padding), dilation=list(s.dilation),
+                                ceil_mode=s.ceil_mode, count_include_pad=s.count_include_pad)
+                stages.append({"pool": pool})
         return {"stages": stages, "output": self.output}
 
     @classmethod

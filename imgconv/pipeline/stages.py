@@ -37,6 +37,28 @@ class ConvStage:
         """The bank this stage applies, or None for one kernel."""
         return self.kernel if isinstance(self.kernel, KernelBank) else None
 
+    @property
+    def stacks(self) -> bool:
+        """Whether the stage gives one map per member (a ``stack`` bank, a layer)."""
+        return self.bank is not None and self.bank.combine == "stack"
+
+    @property
+    def in_channels(self) -> int | None:
+        """The channels a (kh, kw, C_in) filter needs (C_in), or None: a 2-D kernel takes
+        any number, each channel on its own."""
+        return self.members()[0].channels
+
+    def out_channels(self, channels: int) -> int:
+        """The channels of the result for an input of ``channels`` (1 for a 2-D image):
+        C_out of a stack, 1 for a multi-channel filter, else the input's."""
+        if self.stacks:
+            return len(self.members())
+        return 1 if self.in_channels is not None else channels
+
+    def map_names(self) -> tuple[str, ...]:
+        """The names of a stack's maps: its members' (a layer's are ``0 .. C_out-1``)."""
+        return tuple(k.name for k in self.members()) if self.stacks else ()
+
     def members(self) -> tuple[Kernel, ...]:
         """The plain kernels this stage applies (one, or a bank's members)."""
         return self.kernel.kernels if isinstance(self.kernel, KernelBank) else (self.kernel,)
@@ -72,6 +94,8 @@ class ConvStage:
         """
         from imgconv.core.conv import correlate_with
 
+        if kernel.channels == 1 and x.ndim == 2:  # a 1-deep filter (C_in 1) on a gray image
+            x = x[:, :, None]
         padding = self.padding_for(kernel)
         if rows is not None:
             (a, b), padding = self.band_of(kernel, x.shape[0], *rows)
@@ -125,6 +149,12 @@ class ConvStage:
         chosen = list(strategies) if strategies is not None else [None] * len(members)
         if self.bank is None:
             return self.apply_kernel(x, members[0], rows, chosen[0])
+        if self.stacks and self.in_channels is None and x.ndim == 3:
+            if x.shape[2] != 1:  # each map would be C maps: stacking them means nothing
+                raise ImageError(
+                    f"{self.spec}: a stack of 2-D kernels makes one map each from a one-channel "
+                    f"image, got {x.shape[2]} channels; use `gray=True`")
+            x = x[:, :, 0]
         fold = Fold(self.bank.combine, len(members))
         for kernel, strategy in zip(members, chosen, strict=True):
             fold.add(self.apply_kernel(x, kernel, rows, strategy))
@@ -156,6 +186,8 @@ class ConvStage:
             return min(los), min(his)
         if how == "sum":
             return sum(los), sum(his)
+        if how == "stack":
+            return min(los), max(his)
         return sum(los) / len(los), sum(his) / len(his)
 
     def parameter_count(self) -> int:
@@ -189,23 +221,39 @@ class ActivationStage:
 
 @dataclass(frozen=True)
 class PoolStage:
-    """Max or average pooling (stride defaults to the size)."""
+    """Max or average pooling (stride defaults to the size), as PyTorch's max_pool2d and
+    avg_pool2d: padding, dilation (max), ceil_mode and count_include_pad (avg)."""
 
     op: str
     size: tuple[int, int]
     stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+    @property
+    def plain(self) -> bool:
+        """No padding, dilation or ceil_mode: windows lie inside the image, from its corner."""
+        return self.padding == (0, 0) and self.dilation == (1, 1) and not self.ceil_mode
 
     def run(self, x: NDArray[Any]) -> NDArray[Any]:
         from imgconv.core.pooling import pool
 
         try:
-            return pool(x, self.size, stride=self.stride, op=self.op)
+            return pool(x, self.size, stride=self.stride, op=self.op, padding=self.padding,
+                        dilation=self.dilation, ceil_mode=self.ceil_mode,
+                        count_include_pad=self.count_include_pad)
         except ValueError as exc:
             raise ImageError(f"pooling: {exc}") from None
 
     def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        from imgconv.core.pooling import pool_size_out
+
         (kh, kw), (sy, sx) = self.size, self.stride or self.size
-        return (shape[0] - kh) // sy + 1, (shape[1] - kw) // sx + 1
+        (py, px), (dy, dx) = self.padding, self.dilation
+        return (pool_size_out(shape[0], kh, sy, py, dy, self.ceil_mode),
+                pool_size_out(shape[1], kw, sx, px, dx, self.ceil_mode))
 
     def value_range(self, lo: float, hi: float) -> tuple[float, float]:
         return lo, hi
