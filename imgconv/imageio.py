@@ -557,10 +557,11 @@ def _umask() -> int:
 
 
 #: The library's words for an output that exists; the CLI checks first and names its flag.
-ALREADY_EXISTS = "already exists (pass overwrite=True to replace it)"
+#: what an existing output is told, in the library's words (the CLI names its flag)
+ALREADY_EXISTS = "already exists (use `overwrite=True` to replace it)"
 
 
-def _check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path) -> None:
     """Refuse to replace what is not a regular file (a link to one is replaced as before)."""
     try:
         kind = file_kind(os.lstat(path).st_mode)
@@ -583,7 +584,7 @@ def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
     is refused before anything is written.
     """
     if overwrite:
-        _check_replaceable(path)
+        check_replaceable(path)
     folder = path.parent
     # the pid in the name lets a later run tell a killed run's leftover (batch.TEMPORARY_NAME)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
@@ -597,7 +598,7 @@ def write_atomic(path: Path, write: Any, *, overwrite: bool) -> None:
         # mkstemp makes the file private (0600); give it the mode a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
-            _check_replaceable(path)  # again: it may have changed while the data was written
+            check_replaceable(path)  # again: it may have changed while the data was written
             os.replace(tmp, path)
         else:
             try:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from imgconv.errors import ImageError
+from imgconv.errors import ImageError, ImgconvWarning
 
 #: Pillow's bomb check is a global that :func:`open_image` sets aside for a moment.
 _limit_lock = threading.Lock()
@@ -98,11 +98,13 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
     """Turn what the block warns (Pillow's "Corrupt EXIF", numpy's RuntimeWarnings) into notes.
 
     One note ``"NAME: message"`` per distinct message, appended to ``notes``
-    (which the CLI prints as one-line warnings, and -q silences) instead of a
-    Python warning with its source line on stderr. ``warnings.catch_warnings``
-    swaps process-wide state: blocks in two threads must not overlap in a way
-    that one ends while the other is still inside (decoding ahead ends before
-    the main thread's block starts: :func:`take` joins it first).
+    (which the CLI prints as one-line warnings, and the CLI's quiet option
+    silences) instead of a Python warning with its source line on stderr.
+    ``warnings.catch_warnings`` swaps process-wide state: blocks in two threads
+    must nest (a prefetch starts inside the CLI's own block, and
+    :meth:`imgconv.prefetch.Prefetch.take` joins it before the main thread's
+    next one), and what another thread warns meanwhile is passed on as it was
+    (an :class:`~imgconv.errors.ImgconvWarning` is never a file's note).
     """
     import warnings
 
@@ -114,7 +116,8 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
             others = []
             for warning in caught:
                 # users' warnings; developers' (ResourceWarning, DeprecationWarning) go on as usual
-                if not issubclass(warning.category, (UserWarning, RuntimeWarning)):
+                if (not issubclass(warning.category, (UserWarning, RuntimeWarning))
+                        or issubclass(warning.category, ImgconvWarning)):
                     others.append(warning)
                     continue
                 note = f"{name}: {str(warning.message).strip()}"

@@ -216,3 +216,48 @@ def test_format_allows_a_name_without_an_extension(small, tmp_path):
                     "--format", "png")
     assert result.exit_code == 0
     assert Image.open(tmp_path / "small-x").format == "PNG"
+
+
+# --- warnings from the kernel library reach the terminal as warning: lines -----------------
+
+def test_a_search_path_warning_is_one_line_with_one_input(small, tmp_path, monkeypatch):
+    # one input is decoded ahead in a thread whose own warnings block must not swallow or
+    # replace the command's: the warning is a warning: line, not a raw Python warning, and
+    # never a note blamed on the input file
+    import imgconv.kernels.library as library
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    monkeypatch.setenv("IMGCONV_KERNEL_PATH", str(folder))
+    monkeypatch.setattr(library, "_FILE_CACHE", {})
+    real = Path.iterdir
+
+    def denied(self):
+        if self.name == "mine":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    result = invoke("apply", small, "-k", "no-such-kernel-here", "-o", tmp_path / "o.png")
+    lines = result.stderr.splitlines()
+    assert f"warning: kernel folder '{folder}' cannot be read (Permission denied); skipped" \
+        in lines
+    assert not any("ImgconvWarning" in line or "small.png: kernel folder" in line
+                   for line in lines)
+
+
+def test_a_padding_past_two_to_the_31_says_so(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel", "--padding", "3000000000", "-o",
+                    tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert "--padding takes numbers up to 2147483647" in result.output
+
+
+def test_dry_run_says_a_fifo_output_would_fail(small, tmp_path):
+    import os
+
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    result = invoke("apply", small, "-k", "sobel", "-o", fifo, "--overwrite", "--dry-run")
+    assert result.exit_code == 0
+    assert "(would fail:" in result.output and "is a FIFO" in result.output

@@ -219,6 +219,20 @@ def test_a_locked_subfolder_under_recursive_is_reported(tmp_path, deny):
     assert "written 1, skipped 0, failed 0" in result.stderr
 
 
+def test_check_reports_locked_folders_as_apply_does(tmp_path, deny):
+    small_png(tmp_path / "in" / "a.png")
+    small_png(tmp_path / "in" / "locked" / "b.png")
+    small_png(tmp_path / "shut" / "c.png")
+    deny(tmp_path / "in" / "locked")
+    deny(tmp_path / "shut")
+    result = invoke("check", tmp_path / "in", tmp_path / "shut", "-r", "-k", "box-blur")
+    assert result.exit_code == 1
+    assert (f"warning: {tmp_path / 'in' / 'locked'}: cannot read the folder "
+            "(Permission denied)") in result.stderr
+    assert f"error: {tmp_path / 'shut'}: cannot read the folder (Permission denied)" \
+        in result.stderr.splitlines()
+
+
 @pytest.mark.skipif(ROOT or os.name != "posix", reason="chmod does not deny root")
 def test_real_locked_folders(tmp_path):
     good = small_png(tmp_path / "good.png")

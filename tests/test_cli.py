@@ -107,7 +107,8 @@ def test_a_closed_or_full_stderr_does_not_fail_the_run(env, photo, tmp_path, red
     assert done.returncode == 1
 
 
-@pytest.mark.parametrize("args", [["show", "sobel"], ["list"], ["show", "sobel", "--json"]])
+@pytest.mark.parametrize("args", [["show", "sobel"], ["list"], ["show", "sobel", "--json"],
+                                  ["--help"], ["apply", "--help"]])
 def test_a_reader_that_goes_away_ends_the_run_quietly(imgconv_script, args):
     # the pipe's reading end is closed before the command writes: EPIPE at its first line
     proc = subprocess.Popen([imgconv_script, *args], stdout=subprocess.PIPE,

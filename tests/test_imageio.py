@@ -115,7 +115,8 @@ def test_link_to_a_regular_output_is_replaced_as_before(tmp_path, gray_png):
 def test_library_names_its_own_parameter(tmp_path):
     out = tmp_path / "x.png"
     imageio.save(np.zeros((2, 2)), out)
-    with pytest.raises(ImageError, match=r"already exists \(pass overwrite=True") as info:
+    with pytest.raises(ImageError,
+                       match=r"already exists \(use `overwrite=True` to replace it\)") as info:
         imageio.save(np.zeros((2, 2)), out)
     assert "--overwrite" not in str(info.value)
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, file_id
 from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
+    ALREADY_EXISTS,
     Picture,
+    check_replaceable,
     encode,
     load,
     write_atomic,
@@ -31,7 +33,6 @@ from imgconv.pipeline import Pipeline
 from imgconv.pipeline.render import render
 
 if TYPE_CHECKING:
-
     from imgconv.prefetch import Prefetch
 
 def _sha256(path: str, data: bytes | None = None) -> str:
@@ -71,7 +72,11 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
         if options.skip_existing:
             return Conflict("output exists", skip=True)
         if not options.overwrite:
-            return Conflict(f"{target}: already exists (use `overwrite=True` to replace it)")
+            return Conflict(f"{target}: {ALREADY_EXISTS}")
+        try:
+            check_replaceable(target)  # a FIFO or a device is never replaced
+        except ImageError as exc:
+            return Conflict(str(exc))
     return None
 
 

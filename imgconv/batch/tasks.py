@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from string import Formatter
-from typing import TYPE_CHECKING
 
 from imgconv.errors import UsageError
 from imgconv.imageio import (
@@ -23,10 +22,6 @@ from imgconv.imageio import (
     format_for,
 )
 from imgconv.pipeline import Pipeline
-
-if TYPE_CHECKING:
-
-    pass
 
 NAME_FIELDS = ("stem", "ext", "kernel", "name", "map")
 STDIO = "-"

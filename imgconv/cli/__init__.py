@@ -87,6 +87,13 @@ def main() -> None:
             silence_stdout()
         print_error(str(exc))
         code = exc.exit_code
+    except SystemExit as exc:
+        # Rich's and Typer's own EPIPE handling (the help into `| head -1`) exit 1; the
+        # reader left, which this command says with 141 wherever it happens
+        if not isinstance(exc.__context__, BrokenPipeError):
+            raise
+        silence_stdout()
+        code = 141
     except ReaderGone:  # imgconv show sobel | head -1: quiet, as if SIGPIPE had ended it
         silence_stdout()
         code = 141

@@ -40,9 +40,11 @@ from imgconv.cli.options import (
     check_core_settings,
     check_size,
     check_tol,
+    layer_options,
     read_stdin,
 )
 from imgconv.cli.output import (
+    flag_words,
     print_error,
     print_warning,
     report_errors,
@@ -51,7 +53,6 @@ from imgconv.cli.output import (
     stdout,
 )
 from imgconv.errors import UsageError
-from imgconv.pipeline.options import LayerOptions
 
 if TYPE_CHECKING:
     from imgconv.batch import DaskExecutor, Executor, Options, Result, Task
@@ -316,8 +317,9 @@ def apply_command(
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
     single = single and not on_cluster
-    prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None
     with report_errors(debug), _signals_interrupt():
+        # started inside report_errors: the decoding thread's warnings block nests in its own
+        prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None
         from imgconv import batch
         from imgconv.imageio import DEPTHS
         from imgconv.pipeline.alpha import check_alpha_mode
@@ -327,9 +329,7 @@ def apply_command(
                 kernel,
                 pipeline_file,
                 output_map,
-                LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
-                             pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
-                             pool_count_pad, bias),
+                layer_options(locals()),
             )
             check_size(pipeline, max_pixels)
             check_tol(tol)
@@ -656,7 +656,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
     say("files:")
     for t, header in zip(tasks, headers, strict=True):
         if isinstance(header, str):
-            say(f"  {t.source.path} -> {t.target} (cannot read: {header})")
+            say(f"  {t.source.path} -> {t.target} (cannot read: {flag_words(header)})")
             continue
         size = header[:2]
         shapes = pipeline.shapes(size)
@@ -675,7 +675,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             if conflict is not None and conflict.skip:
                 exists = " (exists: skipped)"
             elif conflict is not None:
-                exists = f" (would fail: {conflict.reason})"
+                exists = f" (would fail: {flag_words(conflict.reason)})"
             elif target.exists() or target.is_symlink():
                 exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")

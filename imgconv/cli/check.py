@@ -34,16 +34,17 @@ from imgconv.cli.options import (
     check_core_settings,
     check_size,
     check_tol,
+    layer_options,
     read_stdin,
 )
 from imgconv.cli.output import (
     print_error,
+    print_warning,
     printable,
     report_errors,
     stdout,
 )
 from imgconv.errors import UsageError
-from imgconv.pipeline.options import LayerOptions
 
 
 def check_command(
@@ -79,7 +80,7 @@ def check_command(
 
     from imgconv import batch
     from imgconv.check import compare, reference
-    from imgconv.errors import ImgconvError
+    from imgconv.errors import ImageError, ImgconvError
     from imgconv.imageio import load
 
     with report_errors(debug):
@@ -88,13 +89,14 @@ def check_command(
             kernel,
             pipeline_file,
             "auto",
-            LayerOptions(mode, padding, pad_mode, cval, stride, dilation, activation, pool,
-                         pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil,
-                         pool_count_pad, bias),
+            layer_options(locals()),
         )
         check_size(pipeline, max_pixels)
         check_tol(tol)
-        sources = batch.expand_inputs(inputs, recursive=recursive)
+        unreadable: list[str] = []
+        sources = batch.expand_inputs(inputs, recursive=recursive, warnings=unreadable)
+        for line in unreadable:  # a locked sub-folder, as apply says it
+            print_warning(line)
         if not sources:
             raise UsageError("no input images found")
         stdin = read_stdin(max_pixels) if any(s.path == batch.STDIO for s in sources) else None
@@ -106,6 +108,8 @@ def check_command(
         errors: list[str] = []
         for source in sources:
             try:
+                if source.problem is not None:  # a folder that cannot be read
+                    raise ImageError(source.problem)
                 picture = load(
                     stdin if source.path == batch.STDIO and stdin is not None else source.path,
                     gray=gray,

@@ -219,6 +219,11 @@ Tol = Annotated[
 ]
 
 
+def layer_options(values: dict[str, Any]) -> LayerOptions:
+    """The LayerOptions of a command's parameters (``locals()``), named as its fields."""
+    return LayerOptions(**{f.name: values[f.name] for f in dataclasses.fields(LayerOptions)})
+
+
 def build_pipeline(
     kernels: list[str] | None, pipeline_file: Path | None, output_map: str, layer: LayerOptions
 ) -> Pipeline:

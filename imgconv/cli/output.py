@@ -124,7 +124,6 @@ class Stream:
         shown escaped (:func:`printable`), so a line is always one line;
         ``multiline`` keeps newlines (a traceback with --debug).
         """
-        text = flag_words(text)
         text = "\n".join(map(printable, text.split("\n"))) if multiline else printable(text)
         if self._name == "stderr":
             try:
@@ -283,13 +282,16 @@ def silence_stdout() -> None:
 
 
 def print_error(message: str, *, multiline: bool = False) -> None:
-    """``error: <message>`` on stderr; the message is text, never Rich markup."""
-    stderr.line(message, "red", "error:", multiline=multiline)
+    """``error: <message>`` on stderr; the message is text, never Rich markup.
+
+    A library message names parameters as `name`: this line says the flag.
+    """
+    stderr.line(flag_words(message), "red", "error:", multiline=multiline)
 
 
 def print_warning(message: str) -> None:
     """``warning: <message>`` on stderr, as text."""
-    stderr.line(message, "yellow", "warning:")
+    stderr.line(flag_words(message), "yellow", "warning:")
 
 
 @contextmanager

@@ -78,9 +78,11 @@ def parse_padding(value: object) -> str | int | tuple[int, ...]:
     parts: tuple[int, ...]
     if isinstance(value, str):
         try:
-            parts = _ints(value, "padding")
-        except UsageError:
+            parts = tuple(int(part) for part in value.replace(" ", "").split(","))
+        except ValueError:
             parts = ()
+        else:
+            _ints(value, "padding")  # a number past MAX_GEOMETRY says so
     elif isinstance(value, int) and not isinstance(value, bool):
         parts = (value,)
     elif isinstance(value, (list, tuple)) and all(

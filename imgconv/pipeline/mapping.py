@@ -102,8 +102,8 @@ def map_output(
             v[v == -np.inf] = 0
         how = "clip"
     clipped = map_tile(v, how, scale=1.0, out_max=out_max)
-    return v.astype(_out_dtype(out_max)), clipped / max(v.size, 1)
+    return v.astype(out_dtype(out_max)), clipped / max(v.size, 1)
 
 
-def _out_dtype(out_max: int) -> type[np.unsignedinteger[Any]]:
+def out_dtype(out_max: int) -> type[np.unsignedinteger[Any]]:
     return np.uint8 if out_max <= 255 else np.uint16

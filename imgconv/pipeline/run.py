@@ -20,11 +20,11 @@ from imgconv.errors import ImageError
 from imgconv.pipeline import spec
 from imgconv.pipeline.layer import OUTPUT_MAPPINGS, build_stages, channel_problem, choice
 from imgconv.pipeline.mapping import (
-    _out_dtype,
     int16_mappable,
     map_int16_tile,
     map_output,
     map_tile,
+    out_dtype,
 )
 from imgconv.pipeline.options import LayerOptions
 from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
@@ -173,7 +173,7 @@ class Pipeline:
                                  stride=conv.stride, dilation=conv.dilation)
         except ValueError as exc:
             raise ImageError(f"kernel {kernel.name}: {exc}") from None
-        out = allocate(shape, _out_dtype(out_max))
+        out = allocate(shape, out_dtype(out_max))
         clipped: list[int] = []  # appended from the core's threads (list.append is atomic)
         activations = [s.kind for s in rest if isinstance(s, ActivationStage)]
 
@@ -220,7 +220,7 @@ class Pipeline:
                 values = values.astype(np.float32, copy=False)
             clipped += map_tile(values, how, scale=scale, out_max=out_max)
             if out is None:
-                out = allocate((*values.shape, x.shape[2]), _out_dtype(out_max))
+                out = allocate((*values.shape, x.shape[2]), out_dtype(out_max))
             out[:, :, c] = values
         assert out is not None
         return out, clipped / max(out.size, 1)

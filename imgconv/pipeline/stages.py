@@ -155,7 +155,7 @@ class ConvStage:
                     f"{self.spec}: a stack of 2-D kernels makes one map each from a one-channel "
                     f"image, got {x.shape[2]} channels; use `gray=True`")
             x = x[:, :, 0]
-        fold = Fold(self.bank.combine, len(members))
+        fold = Fold(self.bank.combine, len(members), owned=True)  # each response is fresh
         for kernel, strategy in zip(members, chosen, strict=True):
             fold.add(self.apply_kernel(x, kernel, rows, strategy))
         return fold.result()
