@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from imgconv.core.env import getenv
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -63,7 +65,7 @@ def get_threads() -> int:
     """
     if _requested is not None:
         return _requested
-    env = os.environ.get(ENV_VAR, "").strip()
+    env = getenv(ENV_VAR).strip()
     if env:
         try:
             count = int(env)
