@@ -49,6 +49,7 @@ from imgconv.core.taps import (
     row_program,
     separable_programs,
 )
+from imgconv.core.threads import blas_single_threaded
 from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile_grid
 
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
@@ -582,7 +583,11 @@ def separable(
                         None if row_scratch is None else row_scratch[:m, :ow])
             store(acc, dst, post)
 
-    run_bands(tile_grid(oh, n), band, oh * ow)
+    if bands is None and blocks is None:
+        run_bands(tile_grid(oh, n), band, oh * ow)
+    else:  # no BLAS threads inside ours (or beside the caller's one)
+        with blas_single_threaded():
+            run_bands(tile_grid(oh, n), band, oh * ow)
     return result
 
 
