@@ -175,8 +175,8 @@ def test_cost_model_picks_small_for_small_planes(name):
     kernel = NAMED[name].astype(np.float32)
     assert choose_strategy(kernel, geometry((28, 28), kernel)) == "small"
     assert choose_strategy(kernel, geometry((64, 64), kernel)) == "small"
-    # and never past SMALL_MAX_PIXELS
-    assert choose_strategy(kernel, geometry((600, 400), kernel)) != "small"
+    # and never past SMALL_COST_PIXELS
+    assert choose_strategy(kernel, geometry((1000, 600), kernel)) != "small"
     image = make_image((28, 28), np.float32)
     np.testing.assert_array_equal(imgconv.correlate(image, NAMED[name]),
                                   worker(image, NAMED[name], "small"))
