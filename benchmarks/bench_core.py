@@ -1,7 +1,9 @@
-"""Time imgconv's correlate against scipy.ndimage and OpenCV on one large float32 image.
+"""Time imgconv's correlate against scipy.ndimage and OpenCV over a sweep of float32 sizes.
 
-Run ``python benchmarks/bench_core.py`` (``--help`` for options). For each of
-the kernels of issue 5 it prints the median time of imgconv.correlate, of
+Run ``python benchmarks/bench_core.py`` (``--help`` for options; ``--size
+3000x4000`` for one size, ``--markdown`` for the table docs/performance.md
+shows, with issue 19's goals marked met or not). For each size of the sweep
+(28x28 to 3000x4000) and each of its kernels it prints the median time of imgconv.correlate, of
 scipy.ndimage.correlate, of OpenCV's cv2.filter2D when ``opencv-python-headless``
 is installed (never a dependency), and of ``np.copyto`` (one read and one write
 of the image: the memory floor), with the ratios the goals are stated in. Every
@@ -148,33 +150,73 @@ def machine() -> str:
     return "\n".join(parts)
 
 
+#: The size sweep of issue 19 (H x W), and its kernels.
+SWEEP = ((28, 28), (64, 64), (256, 256), (512, 512), (1500, 2000), (3000, 4000))
+SWEEP_KERNELS = ("box 3x3", "sobel-x 3x3", "diagonal 3x3", "gaussian 5x5", "box 15x15",
+                 "random 31x31")
+
+
+def goal(h: int, w: int, ours: float, comp: float, theirs: float, cv_ms: float) -> str:
+    """Issue 19's goals for this size, each with its figure: ``met`` or ``NOT met``."""
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    parts = []
+    if h * w <= 64 * 64:
+        parts.append(f"<=1.5x scipy: {ours / theirs:.2f}x {mark(ours <= 1.5 * theirs)}")
+    elif h * w <= 512 * 512:
+        parts.append(f">=2x faster than scipy: {theirs / ours:.1f}x {mark(theirs >= 2 * ours)}")
+    else:
+        parts.append(f">=5x faster than scipy: {theirs / ours:.1f}x {mark(theirs >= 5 * ours)}")
+        if cv_ms == cv_ms:
+            parts.append(f"<=1.5x OpenCV: {ours / cv_ms:.2f}x {mark(ours <= 1.5 * cv_ms)}")
+    if h * w >= 512 * 512 and comp == comp and cv_ms == cv_ms:
+        parts.append(f"compiled <=1.5x OpenCV: {comp / cv_ms:.2f}x {mark(comp <= 1.5 * cv_ms)}")
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="3000x4000", help="image HxW (default 3000x4000)")
+    parser.add_argument("--size", default=None,
+                        help="one image HxW (default: the sweep of issue 19, 28x28 to 3000x4000)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated HxW sizes, e.g. '28x28,512x512'")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median)")
     parser.add_argument("--mode", default="reflect", help="pad_mode (default reflect)")
     parser.add_argument("--threads", type=int, default=None, help="imgconv threads")
     parser.add_argument("--strategies", action="store_true",
                         help="also time every imgconv strategy on every kernel")
     parser.add_argument("--kernels", default=None,
-                        help="comma-separated subset of kernel names, e.g. 'box 3x3,box 15x15'")
+                        help="comma-separated subset of kernel names, e.g. 'box 3x3,box 15x15' "
+                             "(default: the sweep's six; 'all' adds gaussian s=1)")
     parser.add_argument("--no-jit", action="store_true",
                         help="do not time the compiled path even if numba is installed")
     parser.add_argument("--no-scipy", action="store_true",
                         help="skip timing scipy (slow); results are still checked against it")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the table in Markdown, with issue 19's goals marked")
     args = parser.parse_args(argv)
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    if args.size:
+        sizes = [tuple(int(v) for v in args.size.lower().split("x"))]
+    elif args.sizes:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    else:
+        sizes = list(SWEEP)
     set_threads(args.threads)
 
-    image = (np.random.default_rng(1).random((h, w)) * 255).astype(np.float32)
     print(machine())
-    print(f"image {h}x{w} float32, pad_mode={args.mode}, median of {args.repeats} runs\n")
-    out = np.empty_like(image)
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the start")
+    print(f"float32, pad_mode={args.mode}; each time is the median of {args.repeats} samples "
+          f"(each sample the mean of as many calls as take ~20 ms, up to 2000)\n")
 
     selected = kernels()
-    if args.kernels:
+    if args.kernels == "all":
+        pass
+    elif args.kernels:
         wanted = [k.strip() for k in args.kernels.split(",")]
         selected = {k: v for k, v in selected.items() if k in wanted}
+    else:
+        selected = {k: v for k, v in selected.items() if k in SWEEP_KERNELS}
     compiled = jit.installed() and not args.no_jit
     if compiled:
         warm, cold = jit_start_up()
@@ -184,71 +226,138 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("compiled path not timed: " + ("--no-jit" if args.no_jit else
               "numba is not installed (pip install 'imgconv[jit]')") + "\n")
-    header = (f"{'kernel':<14} {'strategy':>9} {'imgconv':>9} {'compiled':>9} {'scipy':>9} "
-              f"{'OpenCV':>9} {'copyto':>7} {'scipy/imgconv':>13} {'imgconv/OpenCV':>14} "
-              f"{'scipy/comp':>10} {'comp/OpenCV':>11} {'err vs scipy':>12} {'comp bits':>9} "
-              f"{'cv2 err':>8}")
+    header = (f"{'size':>9} {'kernel':<13} {'strategy':>9} {'imgconv':>9} {'compiled':>9} "
+              f"{'scipy':>9} {'OpenCV':>9} {'copyto':>8} {'scipy/imgconv':>13} "
+              f"{'imgconv/OpenCV':>14} {'scipy/comp':>10} {'comp/OpenCV':>11} "
+              f"{'err vs scipy':>12} {'comp bits':>9} {'cv2 err':>8}")
     print(header)
     print("-" * len(header))
-    for name, kernel in selected.items():
-        k32 = kernel.astype(np.float32)
-        contenders = [lambda k=kernel: imgconv.correlate(image, k, pad_mode=args.mode),
-                      lambda: np.copyto(out, image)]
-        use_cv = cv2 is not None and args.mode == "reflect"
-        if use_cv:
-            # BORDER_REFLECT is scipy's reflect (fedcba|abcdef); anchor = k // 2 as scipy's
-            anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
-            contenders.append(lambda k=k32, a=anchor: cv2.filter2D(
-                image, -1, k, anchor=a, borderType=cv2.BORDER_REFLECT))
-        if compiled:
-            contenders.append(lambda k=kernel: with_jit(
-                lambda: imgconv.correlate(image, k, pad_mode=args.mode)))
-        timed = paired_ms(contenders, args.repeats)
-        (ours, result), (floor, _) = timed[0], timed[1]
-        comp_ms, comp_bits = float("nan"), "-"
-        if compiled:
-            comp_ms, comp_out = timed[-1]
-            # as integers: a signed zero that differs counts (the image has no NaNs)
-            comp_bits = ("same" if np.array_equal(comp_out.view(np.uint32), result.view(np.uint32))
-                         else "differ")
-        if args.no_scipy:
-            theirs = float("nan")
-            expected = ndi.correlate(image, k32, mode=args.mode)
-        else:
-            theirs, expected = median_ms(
-                lambda k=k32: ndi.correlate(image, k, mode=args.mode), max(1, args.repeats // 2)
-            )
-        err = float(np.abs(result.astype(np.float64) - expected).max())
-        cv_ms, cv_err = float("nan"), float("nan")
-        if use_cv:
-            cv_ms, cv_out = timed[2]
-            cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
-        geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
-                                     k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
-        label = choose_strategy(k32, geom)
-        if compiled:
-            on_jit = with_jit(lambda k=k32, g=geom: choose_strategy(k, g))
-            label = label if on_jit == label else f"{label[:3]}/{on_jit[:3]}"
-        print(f"{name:<14} {label:>9} {ours:>9.1f} {comp_ms:>9.1f} "
-              f"{theirs:>9.1f} {cv_ms:>9.1f} {floor:>7.1f} {theirs / ours:>13.1f} "
-              f"{ours / cv_ms:>14.2f} {theirs / comp_ms:>10.1f} {comp_ms / cv_ms:>11.2f} "
-              f"{err:>12.2e} {comp_bits:>9} {cv_err:>8.1e}")
-        if args.strategies:
-            for strategy in STRATEGIES:
-                ms, res = median_ms(
-                    lambda k=kernel, s=strategy: conv._correlate(
-                        image, k, padding="same", pad_mode=args.mode, cval=0.0, stride=1,
-                        dilation=1, flip=False, strategy=s),
-                    args.repeats,
-                )
-                e = float(np.abs(res.astype(np.float64) - expected).max())
-                print(f"{'':<14} {strategy:>9} {ms:>9.1f} {'':>9} {'':>9} {'':>9} {'':>7} "
-                      f"{theirs / ms:>13.1f} {ms / cv_ms:>14.2f} {'':>10} {'':>11} {e:>12.2e}")
+    rows = []
+    for h, w in sizes:
+        image = (np.random.default_rng(1).random((h, w)) * 255).astype(np.float32)
+        out = np.empty_like(image)
+        # small images: each sample times enough calls of each contender to last ~20 ms
+        calls = 2000
+        size = f"{h}x{w}"
+        for name, kernel in selected.items():
+            rows.append(one_cell(args, image, out, size, name, kernel, compiled, calls))
     print("\ntimes in ms; strategy a/b: the numpy path's choice / the compiled path's; "
           "compiled = imgconv with the compiled path on (IMGCONV_JIT=1); "
           "err = max |difference| from scipy.ndimage.correlate (float64 of it); comp bits: "
           "whether the compiled path's result equals the numpy path's bit for bit")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
+    if args.markdown:
+        print("\n| size | kernel | strategy | imgconv ms | compiled ms | scipy ms | OpenCV ms | "
+              "scipy/imgconv | imgconv/OpenCV | compiled/OpenCV | goals (issue 19) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['size']} | {r['kernel']} | {r['strategy']} | {fmt(r['ours'])} | "
+                  f"{fmt(r['comp'])} | {fmt(r['theirs'])} | {fmt(r['cv'])} | "
+                  f"{r['theirs'] / r['ours']:.1f} | {r['ours'] / r['cv']:.2f} | "
+                  f"{r['comp'] / r['cv']:.2f} | {r['goal']} |")
     return 0
+
+
+def calls_for(func: Callable[[], Any], most: int) -> int:
+    """How many calls of ``func`` one sample times: about 20 ms of them, at most ``most``."""
+    func()
+    start = time.perf_counter()
+    func()
+    return max(1, min(most, int(0.02 / max(1e-7, time.perf_counter() - start))))
+
+
+def many(func: Callable[[], Any], n: int) -> Callable[[], Any]:
+    """``func`` called ``n`` times; returns the last result."""
+    if n == 1:
+        return func
+
+    def run() -> Any:
+        for _ in range(n - 1):
+            func()
+        return func()
+    return run
+
+
+def fmt(ms: float) -> str:
+    """A time in ms with three significant figures (microseconds below 1 ms)."""
+    if ms != ms:
+        return "-"
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
+
+
+def one_cell(args: argparse.Namespace, image: np.ndarray, out: np.ndarray, size: str,
+             name: str, kernel: np.ndarray, compiled: bool, calls: int) -> dict[str, Any]:
+    """Time one size and kernel, print its row and return its figures."""
+    h, w = image.shape
+    k32 = kernel.astype(np.float32)
+
+    def repeated(func: Callable[[], Any]) -> Callable[[], Any]:
+        return func
+
+    contenders = [repeated(lambda k=kernel: imgconv.correlate(image, k, pad_mode=args.mode)),
+                  repeated(lambda: np.copyto(out, image))]
+    use_cv = cv2 is not None and args.mode == "reflect"
+    if use_cv:
+        # BORDER_REFLECT is scipy's reflect (fedcba|abcdef); anchor = k // 2 as scipy's
+        anchor = (k32.shape[1] // 2, k32.shape[0] // 2)
+        contenders.append(repeated(lambda k=k32, a=anchor: cv2.filter2D(
+            image, -1, k, anchor=a, borderType=cv2.BORDER_REFLECT)))
+    if compiled:
+        contenders.append(repeated(lambda k=kernel: with_jit(
+            lambda: imgconv.correlate(image, k, pad_mode=args.mode))))
+    # scipy is interleaved too where it is quick (up to 512x512), else timed on its own
+    quick_scipy = not args.no_scipy and h * w <= 512 * 512
+    if quick_scipy:
+        contenders.append(repeated(lambda k=k32: ndi.correlate(image, k, mode=args.mode)))
+    counts = [calls_for(f, calls) for f in contenders]
+    timed = [(ms / n, r) for (ms, r), n in zip(
+        paired_ms([many(f, n) for f, n in zip(contenders, counts, strict=True)], args.repeats),
+        counts, strict=True)]
+    (ours, result), (floor, _) = timed[0], timed[1]
+    comp_ms, comp_bits = float("nan"), "-"
+    if compiled:
+        comp_ms, comp_out = timed[3 if use_cv else 2]
+        # as integers: a signed zero that differs counts (the image has no NaNs)
+        comp_bits = ("same" if np.array_equal(comp_out.view(np.uint32), result.view(np.uint32))
+                     else "differ")
+    if quick_scipy:
+        theirs, expected = timed[-1]
+    elif args.no_scipy:
+        theirs = float("nan")
+        expected = ndi.correlate(image, k32, mode=args.mode)
+    else:
+        theirs, expected = median_ms(
+            lambda k=k32: ndi.correlate(image, k, mode=args.mode), max(1, args.repeats // 2)
+        )
+    err = float(np.abs(result.astype(np.float64) - expected).max())
+    cv_ms, cv_err = float("nan"), float("nan")
+    if use_cv:
+        cv_ms, cv_out = timed[2]
+        cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
+    geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
+                                 k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
+    label = choose_strategy(k32, geom)
+    if compiled:
+        on_jit = with_jit(lambda k=k32, g=geom: choose_strategy(k, g))
+        label = label if on_jit == label else f"{label[:3]}/{on_jit[:3]}"
+    print(f"{size:>9} {name:<13} {label:>9} {fmt(ours):>9} {fmt(comp_ms):>9} "
+          f"{fmt(theirs):>9} {fmt(cv_ms):>9} {fmt(floor):>8} {theirs / ours:>13.1f} "
+          f"{ours / cv_ms:>14.2f} {theirs / comp_ms:>10.1f} {comp_ms / cv_ms:>11.2f} "
+          f"{err:>12.2e} {comp_bits:>9} {cv_err:>8.1e}", flush=True)
+    if args.strategies:
+        for strategy in STRATEGIES:
+            ms, res = median_ms(
+                lambda k=kernel, s=strategy: conv._correlate(
+                    image, k, padding="same", pad_mode=args.mode, cval=0.0, stride=1,
+                    dilation=1, flip=False, strategy=s),
+                args.repeats,
+            )
+            e = float(np.abs(res.astype(np.float64) - expected).max())
+            print(f"{'':>9} {'':<13} {strategy:>9} {fmt(ms):>9} {'':>9} {'':>9} {'':>9} "
+                  f"{'':>8} {theirs / ms:>13.1f} {ms / cv_ms:>14.2f}      {'':>10} {'':>11} "
+                  f"{e:>12.2e}")
+    return {"size": size, "kernel": name, "strategy": label, "ours": ours, "comp": comp_ms,
+            "theirs": theirs, "cv": cv_ms, "goal": goal(h, w, ours, comp_ms, theirs, cv_ms)}
 
 
 if __name__ == "__main__":

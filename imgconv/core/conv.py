@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from imgconv.core import jit, strategies
 from imgconv.core.geometry import Geometry, normalize_pair, resolve_padding
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy, exact_int16
@@ -64,8 +65,44 @@ def as_kernel(kernel: ArrayLike) -> NDArray[np.float64]:
     return arr
 
 
-def _prepare(
-    image: ArrayLike,
+class _Plan:
+    """What a call's validated arguments come to, kept for the next call with the same ones.
+
+    The kernel in the working dtype (read-only: shared), the geometry, and
+    per image dtype and strategy name the strategy to run with its weights
+    (:func:`_strategy`). Building these costs far more than correlating a
+    28x28 image: validating the kernel, flipping and casting it, the cost
+    model, the int16 check.
+    """
+
+    __slots__ = ("fill", "geom", "mode", "runs", "weights")
+
+    def __init__(self, weights: NDArray[Any], geom: Geometry, mode: str, fill: float) -> None:
+        weights.flags.writeable = False
+        self.weights, self.geom, self.mode, self.fill = weights, geom, mode, fill
+        # keyed by the strategy's name (None: the cost model's choice), the image's
+        # dtype, the path, and the cost model's settings (tests change them)
+        self.runs: dict[tuple[Any, ...], tuple[Strategy, NDArray[Any]]] = {}
+
+    def strategy(self, name: str | None, image_dtype: np.dtype[Any]) -> tuple[
+            Strategy, NDArray[Any]]:
+        """:func:`_strategy` for this plan's 2-D weights, cached per name, dtype and path."""
+        key = (name, image_dtype, jit.enabled(), strategies.TILE_BYTES,
+               strategies.FFT_TILE_ROWS, strategies.FFT_TILE_COLS)
+        found = self.runs.get(key)
+        if found is None:
+            found = self.runs[key] = _strategy(name, self.weights, self.geom, image_dtype,
+                                               self.mode, self.fill)
+        return found
+
+
+#: Plans by their arguments (:func:`_plan`); the oldest go first when it is full.
+_plans: dict[tuple[Any, ...], _Plan] = {}
+PLANS_MAX = 256
+
+
+def _plan(
+    img: NDArray[Any],
     kernel: ArrayLike,
     *,
     padding: object,
@@ -74,13 +111,62 @@ def _prepare(
     stride: object,
     dilation: object,
     flip: bool,
-) -> tuple[NDArray[Any], NDArray[Any], Geometry, str, float]:
-    """Validate the arguments: the image, the kernel in the working dtype, the geometry."""
-    img = as_image(image)
-    weights = as_kernel(kernel)
+) -> _Plan:
+    """The validated kernel and geometry for these arguments, from :data:`_plans` when there.
+
+    The scalar arguments are checked on every call (they are cheap); the
+    kernel is looked up by its float64 bytes, and checked (finite numbers)
+    only when it is new.
+    """
+    try:
+        k = np.asarray(kernel, dtype=np.float64)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or k.ndim not in (2, 3) or k.size == 0:
+        as_kernel(kernel)  # raises, as it would have first
+    assert k is not None
+    kbytes = k.tobytes()
+    # The usual arguments (a string padding and mode, a plain number cval, int
+    # stride and dilation) are a key as they are: the plan was built, so checked,
+    # from exactly these. (repr: -0.0 is not 0.0, nor True 1.)
+    plain = (type(padding) is str and type(pad_mode) is str and type(stride) is int
+             and type(dilation) is int and type(cval) in (int, float))
+    if plain:
+        quick = (k.shape, kbytes, img.shape, working_dtype(img.dtype), padding, pad_mode,
+                 repr(cval), stride, dilation, flip)
+        found = _plans.get(quick)
+        if found is not None:
+            return found
     mode, fill = normalize_pad_mode(pad_mode, cval)
     strides = normalize_pair(stride, "stride")
     dilations = normalize_pair(dilation, "dilation")
+    pads = resolve_padding(padding, (k.shape[0], k.shape[1]), dilations)
+    # (fill.hex(): a cval of -0.0 is not 0.0's plan)
+    key = (k.shape, kbytes, img.shape, working_dtype(img.dtype), mode, fill.hex(),
+           strides, dilations, pads, flip, padding == "same")
+    found = _plans.get(key)
+    if found is None:
+        found = _new_plan(img, k, padding, mode, fill, strides, dilations, flip)
+        _keep(key, found)
+    if plain:
+        _keep(quick, found)
+    return found
+
+
+def _keep(key: tuple[Any, ...], plan: _Plan) -> None:
+    """Add ``plan`` to :data:`_plans`, dropping the oldest entry when it is full."""
+    while _plans and len(_plans) >= PLANS_MAX:
+        # (another thread may have dropped it, or be changing the dict, first)
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+            del _plans[next(iter(_plans))]
+    _plans[key] = plan
+
+
+def _new_plan(
+    img: NDArray[Any], kernel: ArrayLike, padding: object, mode: str, fill: float,
+    strides: tuple[int, int], dilations: tuple[int, int], flip: bool,
+) -> _Plan:
+    weights = as_kernel(kernel)
     if weights.ndim == 3:
         channels = img.shape[2] if img.ndim == 3 else 1
         if img.ndim != 3 or channels != weights.shape[2]:
@@ -97,7 +183,25 @@ def _prepare(
             pads = (pads[1], pads[0], pads[3], pads[2])
     geom = Geometry((img.shape[0], img.shape[1]), kshape, pads, strides, dilations)
     geom.check()
-    return img, weights.astype(working_dtype(img.dtype)), geom, mode, fill
+    return _Plan(weights.astype(working_dtype(img.dtype)), geom, mode, fill)
+
+
+def _prepare(
+    image: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    padding: object,
+    pad_mode: object,
+    cval: object,
+    stride: object,
+    dilation: object,
+    flip: bool,
+) -> tuple[NDArray[Any], NDArray[Any], Geometry, str, float]:
+    """Validate the arguments: the image, the kernel in the working dtype (read-only), geometry."""
+    img = as_image(image)
+    plan = _plan(img, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
+                 dilation=dilation, flip=flip)
+    return img, plan.weights, plan.geom, plan.mode, plan.fill
 
 
 def _strategy(
@@ -115,10 +219,7 @@ def _strategy(
 
 def _run(
     img: NDArray[Any],
-    weights: NDArray[Any],
-    geom: Geometry,
-    mode: str,
-    fill: float,
+    plan: _Plan,
     strategy: str | None,
     out: NDArray[Any] | None = None,
     post: Post | None = None,
@@ -129,6 +230,7 @@ def _run(
     may compute in int16 (:func:`imgconv.core.strategies.exact_int16`), storing
     into the float result or ``out``.
     """
+    weights, geom, mode, fill = plan.weights, plan.geom, plan.mode, plan.fill
     if weights.ndim == 3:
         # the channel sums need the working dtype: post-processing comes after
         total = np.empty(geom.out_shape, dtype=weights.dtype)
@@ -146,7 +248,7 @@ def _run(
         return out
     channels = () if img.ndim == 2 else (img.shape[2],)
     result = np.empty((*geom.out_shape, *channels), weights.dtype) if out is None else out
-    run, w = _strategy(strategy, weights, geom, img.dtype, mode, fill)
+    run, w = plan.strategy(strategy, img.dtype)
     if img.ndim == 2:
         return run(img, w, geom, mode, fill, out=result, post=post)
     for c in range(img.shape[2]):
@@ -171,11 +273,10 @@ def _correlate(
     ``strategy`` names one of :data:`imgconv.core.strategies.STRATEGIES`
     (``None``: the cost model's choice); tests use it to check each one.
     """
-    img, weights, geom, mode, fill = _prepare(
-        image, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
-        dilation=dilation, flip=flip,
-    )
-    return _run(img, weights, geom, mode, fill, strategy)
+    img = as_image(image)
+    plan = _plan(img, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
+                 dilation=dilation, flip=flip)
+    return _run(img, plan, strategy)
 
 
 def output_shape(
@@ -262,11 +363,11 @@ def correlate_into(
     array([[ 0, 10],
            [ 0, 10]], dtype=uint8)
     """
-    img, weights, geom, mode, fill = _prepare(
-        image, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
-        dilation=dilation, flip=flip,
-    )
-    per_channel = img.ndim == 3 and weights.ndim == 2
+    img = as_image(image)
+    plan = _plan(img, kernel, padding=padding, pad_mode=pad_mode, cval=cval, stride=stride,
+                 dilation=dilation, flip=flip)
+    geom = plan.geom
+    per_channel = img.ndim == 3 and plan.weights.ndim == 2
     expected = (*geom.out_shape, img.shape[2]) if per_channel else geom.out_shape
     if not isinstance(out, np.ndarray) or out.shape != expected:
         got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
@@ -276,10 +377,10 @@ def correlate_into(
             plane = np.empty(img.shape[:2], img.dtype)  # one buffer for every channel
             for c in range(img.shape[2]):  # channel c is read whole before it is written
                 _copy_parallel(plane, img[:, :, c])
-                _run(plane, weights, geom, mode, fill, None, out=out[:, :, c], post=post)
+                _run(plane, plan, None, out=out[:, :, c], post=post)
             return out
         img = img.copy()
-    return _run(img, weights, geom, mode, fill, None, out=out, post=post)
+    return _run(img, plan, None, out=out, post=post)
 
 
 def _copy_parallel(dst: NDArray[Any], src: NDArray[Any]) -> None:

@@ -12,6 +12,7 @@ pads ``d*a`` before and ``d*(k-1-a)`` after, with the anchor ``a = k // 2``
 
 from __future__ import annotations
 
+import functools
 import reprlib
 from dataclasses import dataclass
 
@@ -136,7 +137,7 @@ class Geometry:
     stride: tuple[int, int]
     dilation: tuple[int, int]
 
-    @property
+    @functools.cached_property
     def extent(self) -> tuple[int, int]:
         """The dilated kernel's span ``(ey, ex)``."""
         return (
@@ -144,9 +145,12 @@ class Geometry:
             extent(self.kernel_shape[1], self.dilation[1]),
         )
 
-    @property
+    @functools.cached_property
     def out_shape(self) -> tuple[int, int]:
-        """``(H', W')`` by the output-size formula (may be <= 0: see :meth:`check`)."""
+        """``(H', W')`` by the output-size formula (may be <= 0: see :meth:`check`).
+
+        Computed once per geometry (it is frozen): the strategies ask often.
+        """
         top, bottom, left, right = self.pads
         return (
             output_size(

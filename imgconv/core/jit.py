@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from imgconv.core.env import getenv
 from imgconv.core.steps import (
     ADD,
     ADD_SCRATCH,
@@ -105,7 +106,7 @@ def enabled() -> bool:
     """Whether tap programs run compiled: :func:`set_jit`, else ``IMGCONV_JIT``, else off."""
     if _requested is not None:
         return _requested
-    value = os.environ.get(ENV_VAR, "").strip()
+    value = getenv(ENV_VAR).strip()
     if value in ("", "0"):
         return False
     if value != "1":

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,15 +38,18 @@ from numpy.typing import NDArray
 
 from imgconv.core import jit
 from imgconv.core.geometry import Geometry
+from imgconv.core.padding import source_indices
 from imgconv.core.taps import (
     Program,
     column_program,
+    direct_program,
     exact_rtol,
     factors,
     low_rank,
-    program_2d,
     row_program,
+    separable_programs,
 )
+from imgconv.core.threads import blas_single_threaded
 from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile_grid
 
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
@@ -128,6 +131,17 @@ COPY_COST = 1.0
 JIT_STEP_COST = 0.15
 
 
+#: On planes of at most :data:`SMALL_MAX_PIXELS` outputs, the cost model
+#: also counts the Python around the passes, in element passes: one numpy
+#: call costs about ``CALL_PIXELS`` (1.3 us against 0.3 ns an element on the
+#: 2-core Xeon of the issue 19 tables, a float32 add over 28x28 and 512x512),
+#: and each strategy's set-up (buffers, border strips, matrix bands, the
+#: spectrum's look-up) ``SETUP_PIXELS``, measured over 28x28 and 64x64 planes
+#: against ``small``.
+CALL_PIXELS = 4000
+SETUP_PIXELS = {"small": 0, "direct": 60_000, "separable": 100_000, "fft": 60_000}
+
+
 class Strategy(Protocol):
     """``(plane, kernel, geom, mode, cval, *, out=None, post=None) -> out plane``."""
 
@@ -205,8 +219,9 @@ def direct(
     oh, ow = geom.out_shape
     (sy, sx), (ey, ex) = geom.stride, geom.extent
     padder = Padder(plane, geom, mode, cval)
-    program = program_2d(kernel, geom.dilation)
-    n = tile_rows(padder.width, dtype.itemsize, sy, jit.enabled())
+    program = direct_program(kernel, geom.dilation)
+    # (a grid of one tile either way: no buffer larger than the plane)
+    n = min(oh, tile_rows(padder.width, dtype.itemsize, sy, jit.enabled()))
     # Output columns [cl, cr) read only image columns. In tiles whose rows are
     # all image rows, the taps of those columns are views of the image itself
     # (no padded copy: a whole pass saved); only the few border columns on
@@ -260,6 +275,213 @@ def direct(
     return result
 
 
+#: Output pixels up to which the cost model considers ``small``: below the
+#: thread pool's threshold (:data:`imgconv.core.tiles.PARALLEL_MIN_PIXELS`),
+#: so a plane that size is computed on the calling thread by every strategy,
+#: and a whole padded float32 copy of it (256 KiB) stays in the L2 cache.
+#: Larger planes (``small`` named by a test) are cut into bands of about this
+#: many pixels, on the thread pool.
+SMALL_MAX_PIXELS = 1 << 16
+
+#: Output pixels up to which the cost model offers ``small`` (in bands of
+#: :data:`SMALL_MAX_PIXELS` beyond that) and counts the Python around the
+#: passes. Its bands of pass-by-pass 1-D programs stay in L2 between passes:
+#: on the 2-core Xeon of 2026-12-06 (numpy path, box 3x3, medians of 60,
+#: interleaved, load 0.7-0.9) 512x512 took 0.64-0.71 ms against 0.95-0.96 for
+#: ``separable``; at 1024x1024 2.2-2.4 against 2.2-2.9, so no further.
+#: Not on the compiled path, whose ``direct`` sums a tile in one call: at
+#: 512x512 box 3x3 0.49 ms against 1.17 for ``small`` in bands.
+SMALL_COST_PIXELS = 1 << 18
+
+#: Padded planes up to this many places are gathered by one fancy index
+#: through cached index maps (a few microseconds); larger ones are filled
+#: by a :class:`~imgconv.core.tiles.Padder` (a slice copy of the interior,
+#: several times faster per pixel).
+GATHER_MAX_PIXELS = 1 << 14
+
+
+def small(
+    plane: NDArray[Any],
+    kernel: NDArray[Any],
+    geom: Geometry,
+    mode: str,
+    cval: float,
+    *,
+    out: NDArray[Any] | None = None,
+    post: Post | None = None,
+) -> NDArray[Any]:
+    """Tap programs over the whole padded plane at once: no tile grid, no pool, no products.
+
+    For planes of a few thousand pixels (a 28x28 digit, a 64x64 patch) the
+    arithmetic takes microseconds, and what the other strategies spend around
+    it (tile buffers, border strips, matrix products, the pool's bookkeeping)
+    takes more. Here the padded plane is one copy, through the border mode's
+    cached index maps, and :func:`small_programs` run over it once: the
+    direct program (one pass per group of taps), or for a kernel of low rank
+    whose 1-D programs make fewer passes, the vertical programs and then the
+    summed horizontal one (``separable``'s passes, without its matrix
+    products). Both are tap programs, so the bits are the same on either
+    executor, and every output's sum is the same whatever the plane's size,
+    so a stride subsamples exactly.
+
+    The cost model offers it up to :data:`SMALL_MAX_PIXELS` output pixels;
+    a larger plane is cut into bands of rows of about that size (on the
+    thread pool), each padded and computed the same way.
+    """
+    dtype = kernel.dtype
+    result = _output(out, geom, dtype)
+    oh, ow = geom.out_shape
+    compiled = jit.enabled()
+    k = np.ascontiguousarray(kernel)
+    programs, flat = _small_setup(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str, geom,
+                                  mode)
+    direct_out = post is None and result.dtype == dtype and result.strides[1] == dtype.itemsize
+    if flat is not None:
+        # the usual small call: one gather, the programs, and nothing else
+        padded = plane.take(flat)
+        if padded.dtype != dtype:
+            padded = padded.astype(dtype)
+        acc = result if direct_out else np.empty((oh, ow), dtype)
+        _run_small(programs, padded, oh, ow, geom.stride, acc, compiled)
+        store(acc, result, post)
+        return result
+    sy, ey = geom.stride[0], geom.extent[0]
+    whole = oh * ow <= SMALL_MAX_PIXELS
+    n = oh if whole else max(1, SMALL_MAX_PIXELS // ow)
+    padder = None if whole and _gathered(geom) else Padder(plane, geom, mode, cval)
+
+    def band(tiles: Iterable[tuple[int, int]]) -> None:
+        for r0, r1 in tiles:
+            m = r1 - r0
+            rows_in = (m - 1) * sy + ey
+            if padder is None:
+                padded = _gather_padded(plane, geom, mode, cval, dtype)
+            else:
+                padded = np.empty((rows_in, padder.width), dtype)
+                padder.fill(padded, r0 * sy, rows_in)
+            dst = result[r0:r1]
+            acc = dst if direct_out else np.empty((m, ow), dtype)
+            _run_small(programs, padded, m, ow, geom.stride, acc, compiled)
+            store(acc, dst, post)
+
+    if whole:  # (not even the pool's bookkeeping)
+        band([(0, oh)])
+    else:
+        run_bands(tile_grid(oh, n), band, oh * ow)
+    return result
+
+
+def _run_small(
+    programs: tuple[Program, ...], padded: NDArray[Any], m: int, ow: int,
+    stride: tuple[int, int], acc: NDArray[Any], compiled: bool,
+) -> None:
+    """Run :func:`small_programs` over ``padded`` into ``acc`` (``m`` rows of ``ow``)."""
+    sy, sx = stride
+    dtype = acc.dtype
+    *cols, last = programs
+    sources: list[NDArray[Any]] | NDArray[Any] = [padded]
+    if cols:  # the vertical passes, then the horizontal one over their partial sums
+        width = padded.shape[1]
+        partial = np.empty((len(cols), m, width), dtype)
+        scratch = (np.empty((m, width), dtype) if any(p.needs_scratch() for p in cols)
+                   else None)
+        for program, buf in zip(cols, partial, strict=True):
+            program.run([padded], (m, width), (sy, 1), buf, scratch, compiled=compiled)
+        sources, stride = partial, (1, sx)
+    scratch = np.empty((m, ow), dtype) if last.needs_scratch() else None
+    last.run(sources, (m, ow), stride, acc, scratch, compiled=compiled)
+
+
+@functools.lru_cache(maxsize=256)
+def _small_setup(
+    data: bytes, shape: tuple[int, int], dtype: str, geom: Geometry, mode: str
+) -> tuple[tuple[Program, ...], NDArray[np.intp] | None]:
+    """``small``'s programs, and the gather map when the plane is gathered whole, cached.
+
+    The map (:func:`_gather_map`) when the plane has at most
+    :data:`SMALL_MAX_PIXELS` outputs and :data:`GATHER_MAX_PIXELS` padded
+    places, and is padded by an index map (not ``constant``); else None.
+    """
+    programs = _small_programs_cached(data, shape, dtype, geom.dilation)
+    (oh, ow), (sy, sx), (ey, ex) = geom.out_shape, geom.stride, geom.extent
+    rows, cols = (oh - 1) * sy + ey, (ow - 1) * sx + ex
+    (h, w), top, left = geom.in_shape, geom.pads[0], geom.pads[2]
+    if (mode == "constant" or oh * ow > SMALL_MAX_PIXELS or not _gathered(geom)
+            or (top == 0 and left == 0 and rows <= h and cols <= w)):
+        return programs, None
+    return programs, _gather_map(h, w, top, rows, left, cols, mode)
+
+
+@functools.lru_cache(maxsize=256)
+def _small_programs_cached(data: bytes, shape: tuple[int, int], dtype: str,
+                           dilation: tuple[int, int]) -> tuple[Program, ...]:
+    kernel = np.frombuffer(data, dtype=dtype).reshape(shape)
+    program = direct_program(kernel, dilation)
+    if kernel.dtype.kind != "f":  # exact int16 weights: their bound is the direct sum's
+        return (program,)
+    cols, row = separable_programs(kernel, dilation)
+    if cols and sum(p.cost() for p in cols) + row.cost() < program.cost():
+        return (*cols, row)
+    return (program,)
+
+
+def small_programs(kernel: NDArray[Any], dilation: tuple[int, int]) -> tuple[Program, ...]:
+    """What ``small`` runs: ``(direct program,)`` or ``(*vertical programs, horizontal)``.
+
+    The separable passes when they are fewer (box, sobel, gaussians: 4 passes
+    against 6 for sobel-x, 29 against 225 for box 15x15), else the direct
+    sum. Chosen by the kernel alone, never the image, and cached.
+    """
+    k = np.ascontiguousarray(kernel)
+    return _small_programs_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str,
+                                  (int(dilation[0]), int(dilation[1])))
+
+
+def _gathered(geom: Geometry) -> bool:
+    """Whether ``small`` gathers the padded plane by one fancy index (:data:`GATHER_MAX_PIXELS`)."""
+    (oh, ow), (sy, sx), (ey, ex) = geom.out_shape, geom.stride, geom.extent
+    return ((oh - 1) * sy + ey) * ((ow - 1) * sx + ex) <= GATHER_MAX_PIXELS
+
+
+def _gather_padded(
+    plane: NDArray[Any], geom: Geometry, mode: str, cval: float, dtype: np.dtype[Any]
+) -> NDArray[Any]:
+    """The padded rows and columns the output reads, as one array of ``dtype``.
+
+    The plane itself (or a cast copy) when it needs no padding.
+    """
+    h, w = plane.shape
+    top, _, left, _ = geom.pads
+    (oh, ow), (sy, sx), (ey, ex) = geom.out_shape, geom.stride, geom.extent
+    rows, cols = (oh - 1) * sy + ey, (ow - 1) * sx + ex
+    if top == 0 and left == 0 and rows <= h and cols <= w:
+        inner = plane[:rows, :cols]
+        return inner if inner.dtype == dtype else inner.astype(dtype)
+    if mode == "constant":
+        padded = np.full((rows, cols), cval, dtype)
+        r0, r1 = min(top, rows), min(top + h, rows)
+        c0, c1 = min(left, cols), min(left + w, cols)
+        if r0 < r1 and c0 < c1:
+            np.copyto(padded[r0:r1, c0:c1], plane[r0 - top : r1 - top, c0 - left : c1 - left],
+                      casting="unsafe")
+        return padded
+    # (take: 1-2 us for a 30x30 plane, where plane[rows[:, None], cols] took 8)
+    padded = plane.take(_gather_map(h, w, top, rows, left, cols, mode))
+    return padded if padded.dtype == dtype else padded.astype(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _gather_map(
+    h: int, w: int, top: int, rows: int, left: int, cols: int, mode: str
+) -> NDArray[np.intp]:
+    """The flat (C-order) index into the plane of every padded place read, cached."""
+    row_map = source_indices(h, top, max(0, rows - top - h), mode)[:rows]
+    col_map = source_indices(w, left, max(0, cols - left - w), mode)[:cols]
+    flat = row_map[:, None] * w + col_map
+    flat.flags.writeable = False
+    return flat
+
+
 def _is_identity(program: Program) -> bool:
     """A single tap of weight 1: the pass would only copy its source."""
     return (len(program.groups) == 1 and program.groups[0].size == 1
@@ -297,18 +519,16 @@ def separable(
     result = _output(out, geom, dtype)
     oh, ow = geom.out_shape
     (sy, sx), ey = geom.stride, geom.extent[0]
-    dy, dx = geom.dilation
     pairs = factors(kernel)
     padder = Padder(plane, geom, mode, cval)
     width = padder.width
-    col_programs = [column_program(u, dy) for u, _ in pairs]
-    row = row_program([v for _, v in pairs], dx)
+    col_programs, row = separable_programs(kernel, geom.dilation)
     # the numpy path's tiles on both paths: the GEMM bands and the finiteness
     # fallback below work tile by tile, so the tile grid is part of the rounding
-    n = tile_rows(width, dtype.itemsize, sy)
+    # (capped at the plane's rows: the same grid of one tile, smaller buffers)
+    n = min(oh, tile_rows(width, dtype.itemsize, sy))
     # (exact_int16 never gives an integer kernel that would take the products)
-    bands = _column_matrices(pairs, dy, sy) if _column_gemm(col_programs) else None
-    blocks = _row_matrices(pairs, dx) if _row_gemm(row, len(pairs), geom.extent[1]) else None
+    bands, blocks = _gemm_matrices(kernel, geom.dilation, sy, geom.extent[1])
     # with a column stride the products still give every column, which is
     # subsampled: the same numbers as the stride-1 call, exactly
     ow1 = (ow - 1) * sx + 1
@@ -373,8 +593,40 @@ def separable(
                         None if row_scratch is None else row_scratch[:m, :ow])
             store(acc, dst, post)
 
-    run_bands(tile_grid(oh, n), band, oh * ow)
+    if bands is None and blocks is None:
+        run_bands(tile_grid(oh, n), band, oh * ow)
+    else:  # no BLAS threads inside ours (or beside the caller's one)
+        with blas_single_threaded():
+            run_bands(tile_grid(oh, n), band, oh * ow)
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _gemm_matrices_cached(
+    data: bytes, shape: tuple[int, int], dtype: str, dilation: tuple[int, int], sy: int, ex: int
+) -> tuple[NDArray[Any] | None, tuple[NDArray[Any], NDArray[Any]] | None]:
+    kernel = np.frombuffer(data, dtype=dtype).reshape(shape)
+    pairs = factors(kernel)
+    col_programs, row = separable_programs(kernel, dilation)
+    bands = (_column_matrices(pairs, dilation[0], sy) if _column_gemm(col_programs)
+             else None)
+    blocks = _row_matrices(pairs, dilation[1]) if _row_gemm(row, len(pairs), ex) else None
+    for mat in (bands, *(blocks or ())):
+        if mat is not None:
+            mat.flags.writeable = False  # shared by every thread and call
+    return bands, blocks
+
+
+def _gemm_matrices(
+    kernel: NDArray[Any], dilation: tuple[int, int], sy: int, ex: int
+) -> tuple[NDArray[Any] | None, tuple[NDArray[Any], NDArray[Any]] | None]:
+    """``separable``'s band matrices for the vertical and horizontal products, or None each.
+
+    Cached per kernel, dilation and row stride: building them is Python loops.
+    """
+    k = np.ascontiguousarray(kernel)
+    return _gemm_matrices_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str,
+                                 (int(dilation[0]), int(dilation[1])), int(sy), int(ex))
 
 
 #: Output rows per matrix product of the vertical passes: the band matrix is
@@ -449,7 +701,7 @@ GEMM_COLUMN_COST = 2.0
 GEMM_ROW_COST = 4.0
 
 
-def _column_gemm(col_programs: list[Program]) -> bool:
+def _column_gemm(col_programs: Sequence[Program]) -> bool:
     """Whether the vertical passes run as matrix products (rank 1: where they were measured)."""
     return len(col_programs) == 1 and col_programs[0].cost() >= GEMM_MIN_PASSES
 
@@ -547,9 +799,16 @@ def fft_blocks(count: int, extent: int, limit: int) -> tuple[int, int]:
 
 def _fft_plan(geom: Geometry) -> tuple[int, int, int, int]:
     """``(fy, fx, n, m)`` at stride 1: the FFT block size and the outputs each block yields."""
-    (oh, ow), (ey, ex) = geom.out_shape, geom.extent
-    fy, _ = fft_blocks(oh, ey, FFT_TILE_ROWS)
-    fx, _ = fft_blocks(ow, ex, FFT_TILE_COLS)
+    return _fft_plan_for(geom.out_shape, geom.extent, FFT_TILE_ROWS, FFT_TILE_COLS)
+
+
+@functools.lru_cache(maxsize=256)
+def _fft_plan_for(
+    out_shape: tuple[int, int], extent: tuple[int, int], rows: int, cols: int
+) -> tuple[int, int, int, int]:
+    (oh, ow), (ey, ex) = out_shape, extent
+    fy, _ = fft_blocks(oh, ey, rows)
+    fx, _ = fft_blocks(ow, ex, cols)
     return fy, fx, fy - ey + 1, fx - ex + 1
 
 
@@ -618,6 +877,36 @@ def _pocketfft() -> Any:
     return binding if written and np.allclose(back_out, probe) else None
 
 
+@functools.lru_cache(maxsize=16)
+def _spectrum_cached(
+    data: bytes, shape: tuple[int, int], dtype: str, dilation: tuple[int, int],
+    block: tuple[int, int],
+) -> NDArray[Any]:
+    kernel = np.frombuffer(data, dtype=dtype).reshape(shape)
+    (kh, kw), (dy, dx) = shape, dilation
+    dilated = np.zeros(((kh - 1) * dy + 1, (kw - 1) * dx + 1), kernel.dtype)
+    dilated[::dy, ::dx] = kernel
+    # correlation is convolution with the flipped kernel; rows ey-1.. and
+    # columns ex-1.. of the circular result are free of wrap-around (overlap-save)
+    spectrum: NDArray[Any] = BlockTransform(*block, kernel.dtype).forward(
+        dilated[::-1, ::-1]).copy()
+    spectrum.flags.writeable = False  # shared by every thread and call
+    return spectrum
+
+
+def _kernel_spectrum(
+    kernel: NDArray[Any], dilation: tuple[int, int], block: tuple[int, int]
+) -> NDArray[Any]:
+    """The spectrum of the dilated, flipped kernel for blocks of ``block``, cached.
+
+    A few recent ones are kept (a 384x512 block's is 0.8 MB in float32): a
+    loop over small images computes it once rather than once a call.
+    """
+    k = np.ascontiguousarray(kernel)
+    return _spectrum_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str,
+                            (int(dilation[0]), int(dilation[1])), (int(block[0]), int(block[1])))
+
+
 def _kept(t0: int, t1: int, step: int, count: int) -> tuple[int, int]:
     """Strided outputs ``[k0, k1)`` whose stride-1 index ``k * step`` lies in ``[t0, t1)``."""
     return -(-t0 // step), min(count, -(-t1 // step))
@@ -664,11 +953,7 @@ def fft(
     unit = _unit_stride(geom)
     padder = Padder(plane, unit, mode, cval)
     fy, fx, n1, m1 = _fft_plan(unit)
-    dilated = np.zeros((ey, ex), dtype)
-    dilated[::dy, ::dx] = kernel
-    # correlation is convolution with the flipped kernel; rows ey-1.. and
-    # columns ex-1.. of the circular result are free of wrap-around (overlap-save)
-    spectrum = BlockTransform(fy, fx, dtype).forward(dilated[::-1, ::-1]).copy()
+    spectrum = _kernel_spectrum(kernel, (dy, dx), (fy, fx))
     oh1, ow1 = unit.out_shape
     # the stride-1 blocks that hold kept outputs, each with the kept rows and columns
     rows = [(t0, *_kept(t0, t1, sy, oh)) for t0, t1 in tile_grid(oh1, n1)]
@@ -699,7 +984,9 @@ def fft(
     return result
 
 
-STRATEGIES: dict[str, Strategy] = {"direct": direct, "separable": separable, "fft": fft}
+STRATEGIES: dict[str, Strategy] = {
+    "direct": direct, "separable": separable, "fft": fft, "small": small,
+}
 
 #: Largest sum that int16 arithmetic holds.
 INT16_MAX = 32767
@@ -722,12 +1009,12 @@ def exact_int16(
     ``separable`` uses for long 1-D filters, stay in float32.
     """
     if (image_dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or kernel.ndim != 2
-            or strategy not in ("direct", "separable") or cval != round(cval)):
+            or strategy not in ("direct", "separable", "small") or cval != round(cval)):
         return None
     if not np.array_equal(kernel, np.round(kernel)):
         return None
     largest = max(255 if image_dtype == np.uint8 else 128, abs(cval))
-    if strategy == "direct":
+    if strategy in ("direct", "small"):  # the same program
         bound = float(np.abs(kernel).sum())
     else:
         pairs = low_rank(kernel.astype(np.float64), exact_rtol(np.dtype(np.int16)))
@@ -771,18 +1058,16 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
     itemsize = kernel.dtype.itemsize
     n = tile_rows(width, itemsize, sy)
     copy = _copy_cost(geom, width, n)
-    program = program_2d(kernel, geom.dilation)
+    program = direct_program(kernel, geom.dilation)
     direct = float(program.cost())
     if compiled and len(program.steps) <= jit.MAX_STEPS:
         direct = 1 + JIT_STEP_COST * len(program.steps)
     found = {"direct": copy + direct}
 
-    pairs = factors(kernel)
-    col = [column_program(u, geom.dilation[0]) for u, _ in pairs]
+    col, row = separable_programs(kernel, geom.dilation)
     col_cost = (GEMM_COLUMN_COST if _column_gemm(col)
                 else sum(0 if _is_identity(p) else p.cost() for p in col))
-    row = row_program([v for _, v in pairs], geom.dilation[1])
-    row_cost = (GEMM_ROW_COST if _row_gemm(row, len(pairs), geom.extent[1])
+    row_cost = (GEMM_ROW_COST if _row_gemm(row, len(col), geom.extent[1])
                 else row.cost())
     found["separable"] = copy + col_cost * width / ow + row_cost
 
@@ -793,6 +1078,30 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
     blocks = -(-oh1 // n1) * -(-ow1 // m1)
     per_block = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
     found["fft"] = per_block * blocks / (oh1 * ow1) * sy * sx
+
+    pixels = geom.out_shape[0] * ow
+    if pixels <= (SMALL_MAX_PIXELS if compiled else SMALL_COST_PIXELS):
+        # On a small plane the Python around the passes outweighs them: each
+        # numpy call, and each strategy's set-up, priced in element passes
+        programs = small_programs(kernel, geom.dilation)
+        rows_in = (geom.out_shape[0] - 1) * sy + geom.extent[0]
+        passes = 0.0
+        for i, p in enumerate(programs):
+            share = width / ow if i < len(programs) - 1 else 1.0  # vertical: all columns
+            steps = len(p.steps)
+            passes += share * (1 + JIT_STEP_COST * steps if compiled and steps <= jit.MAX_STEPS
+                               else p.cost())
+        bands = -(-pixels // SMALL_MAX_PIXELS)
+        calls = {
+            "small": bands * (len(programs) if compiled
+                              else sum(len(p.steps) for p in programs)),
+            "direct": 1 if compiled else len(program.steps),
+            "separable": (2 if compiled else sum(len(p.steps) for p in (*col, row))),
+            "fft": 6 * blocks,
+        }
+        found["small"] = COPY_COST * rows_in * width / pixels + passes
+        for name in found:
+            found[name] += (SETUP_PIXELS[name] + CALL_PIXELS * calls[name]) / pixels
     return found
 
 
@@ -811,6 +1120,15 @@ def choose_strategy(kernel: NDArray[Any], geom: Geometry) -> str:
     >>> choose_strategy(np.random.default_rng(0).random((31, 31)), g)
     'fft'
     """
-    found = costs(kernel, _unit_stride(geom), compiled=jit.enabled())
+    k = np.ascontiguousarray(kernel)
+    return _choice(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str, _unit_stride(geom),
+                   jit.enabled(), TILE_BYTES, FFT_TILE_ROWS, FFT_TILE_COLS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _choice(data: bytes, shape: tuple[int, int], dtype: str, geom: Geometry, compiled: bool,
+            *settings: int) -> str:
+    """:func:`choose_strategy`, cached per kernel, geometry, path and the tile settings."""
+    found = costs(np.frombuffer(data, dtype=dtype).reshape(shape), geom, compiled=compiled)
     return min(found, key=found.__getitem__)
 

@@ -44,6 +44,11 @@ from imgconv.core.steps import (
     Tap,
 )
 
+#: A step as :meth:`Program.run` takes it: ``(op, reg, a, b, weight)``, each
+#: tap as its source's index and the slices of its view
+Bound = tuple[int, int, "tuple[int, tuple[slice, slice]] | None",
+              "tuple[int, tuple[slice, slice]] | None", float]
+
 
 @dataclass(frozen=True)
 class Group:
@@ -91,6 +96,10 @@ class Program:
 
     def needs_scratch(self) -> bool:
         """Whether :meth:`run` needs a scratch buffer besides the accumulator."""
+        return self._needs_scratch
+
+    @cached_property
+    def _needs_scratch(self) -> bool:
         return any(g.weight != 1.0 for g in self.groups[1:])
 
     @cached_property
@@ -139,6 +148,8 @@ class Program:
         stride: tuple[int, int],
         acc: NDArray[Any],
         scratch: NDArray[Any] | None,
+        *,
+        compiled: bool | None = None,
     ) -> None:
         """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups.
 
@@ -147,47 +158,72 @@ class Program:
         pass computes in ``acc``'s dtype. With the compiled path on
         (:func:`imgconv.core.jit.enabled`) the whole program is one compiled
         call when :func:`imgconv.core.jit.run` takes the buffers, else one
-        numpy ufunc per :class:`Step`.
+        numpy ufunc per :class:`Step`. ``compiled``: whether the path is on,
+        when the caller has just asked (None: ask).
         """
         from imgconv.core import jit
 
-        if jit.enabled() and jit.run(self.steps, sources, stride, acc):
+        if compiled is None:
+            compiled = jit.enabled()
+        if compiled and jit.run(self.steps, sources, stride, acc):
             return
-        rows, cols = shape
-        sy, sx = stride
         scalar = acc.dtype.type
         regs = (acc, scratch)
-
-        def view(tap: Tap | None) -> NDArray[Any]:
-            assert tap is not None
-            src, dy, dx = tap
-            return sources[src][
-                dy : dy + sy * (rows - 1) + 1 : sy, dx : dx + sx * (cols - 1) + 1 : sx
-            ]
-
-        for step in self.steps:
-            op, reg = step.op, regs[step.reg]
+        dtype = acc.dtype
+        for op, r, a, b, weight in self._bound(shape, stride):
+            reg = regs[r]
             assert reg is not None
             # dtype=: a view may be of an integer image, which must not be summed in its own type
+            if a is not None:
+                va = sources[a[0]][a[1]]
             if op == ADD:
-                np.add(reg, view(step.a), out=reg, dtype=reg.dtype)
+                np.add(reg, va, out=reg, dtype=dtype)
             elif op == SUB:
-                np.subtract(reg, view(step.a), out=reg, dtype=reg.dtype)
-            elif op == SUM:
-                np.add(view(step.a), view(step.b), out=reg, dtype=reg.dtype)
-            elif op == DIFF:
-                np.subtract(view(step.a), view(step.b), out=reg, dtype=reg.dtype)
+                np.subtract(reg, va, out=reg, dtype=dtype)
+            elif op in (SUM, DIFF):
+                assert b is not None
+                (np.add if op == SUM else np.subtract)(va, sources[b[0]][b[1]], out=reg,
+                                                       dtype=dtype)
             elif op == MUL:
-                np.multiply(reg, scalar(step.weight), out=reg)
+                np.multiply(reg, scalar(weight), out=reg)
             elif op == SCALE:
-                np.multiply(view(step.a), scalar(step.weight), out=reg, dtype=reg.dtype)
+                np.multiply(va, scalar(weight), out=reg, dtype=dtype)
             elif op == COPY:
-                np.copyto(reg, view(step.a))
+                np.copyto(reg, va)
             elif op in (ADD_SCRATCH, SUB_SCRATCH):
                 assert scratch is not None
                 (np.add if op == ADD_SCRATCH else np.subtract)(acc, scratch, out=acc)
             else:
                 reg.fill(0)
+
+    @cached_property
+    def _bindings(self) -> dict[tuple[tuple[int, int], tuple[int, int]], tuple[Bound, ...]]:
+        return {}
+
+    def _bound(self, shape: tuple[int, int], stride: tuple[int, int]) -> tuple[Bound, ...]:
+        """:attr:`steps` with each tap's source and slices for this output shape and stride.
+
+        Kept for a few shapes (a plane's tiles have one or two): working out
+        the slices of every tap again on every tile cost about a microsecond a
+        step, which on a 28x28 image is as much as the pass itself.
+        """
+        key = (shape, stride)
+        found = self._bindings.get(key)
+        if found is None:
+            rows, cols = shape
+            sy, sx = stride
+            hr, hc = sy * (rows - 1) + 1, sx * (cols - 1) + 1
+
+            def where(tap: Tap | None) -> tuple[int, tuple[slice, slice]] | None:
+                if tap is None:
+                    return None
+                src, dy, dx = tap
+                return src, (slice(dy, dy + hr, sy), slice(dx, dx + hc, sx))
+
+            found = tuple((s.op, s.reg, where(s.a), where(s.b), s.weight) for s in self.steps)
+            if len(self._bindings) < 16:
+                self._bindings[key] = found
+        return found
 
 
 def _sum_steps(steps: list[Step], reg: int, plus: tuple[Tap, ...], minus: tuple[Tap, ...]) -> int:
@@ -341,3 +377,39 @@ def factors(kernel: NDArray[Any]) -> tuple[tuple[NDArray[Any], NDArray[Any]], ..
     """:func:`low_rank` of ``kernel`` in its dtype, cached: the cost model and strategy share it."""
     k = np.ascontiguousarray(kernel)
     return _low_rank_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str)
+
+
+@lru_cache(maxsize=256)
+def _program_2d_cached(data: bytes, shape: tuple[int, int], dtype: str,
+                       dilation: tuple[int, int]) -> Program:
+    return program_2d(np.frombuffer(data, dtype=dtype).reshape(shape), dilation)
+
+
+def direct_program(kernel: NDArray[Any], dilation: tuple[int, int]) -> Program:
+    """:func:`program_2d` of ``kernel`` (source 0), cached per kernel, dtype and dilation.
+
+    Building a program is pure Python, tens of microseconds for a 3x3 kernel:
+    on a small image that is more than the passes themselves. A
+    :class:`Program` is immutable, so the cost model, the strategies and every
+    thread share one.
+    """
+    k = np.ascontiguousarray(kernel)
+    return _program_2d_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str,
+                              (int(dilation[0]), int(dilation[1])))
+
+
+@lru_cache(maxsize=256)
+def _separable_programs_cached(data: bytes, shape: tuple[int, int], dtype: str,
+                               dilation: tuple[int, int]) -> tuple[tuple[Program, ...], Program]:
+    pairs = factors(np.frombuffer(data, dtype=dtype).reshape(shape))
+    return (tuple(column_program(u, dilation[0]) for u, _ in pairs),
+            row_program([v for _, v in pairs], dilation[1]))
+
+
+def separable_programs(
+    kernel: NDArray[Any], dilation: tuple[int, int]
+) -> tuple[tuple[Program, ...], Program]:
+    """The vertical programs of :func:`factors` and their summed horizontal program, cached."""
+    k = np.ascontiguousarray(kernel)
+    return _separable_programs_cached(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str,
+                                      (int(dilation[0]), int(dilation[1])))
