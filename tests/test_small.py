@@ -161,7 +161,7 @@ def test_compiled_path_gives_the_numpy_bits(name, dtype, shape, monkeypatch):
 
 
 @needs_numba
-@given(case=geometries(), dtype=st.sampled_from([np.float32, np.float64, np.uint8]))
+@given(case=geometries(compiled=True), dtype=st.sampled_from([np.float32, np.float64, np.uint8]))
 def test_compiled_path_gives_the_numpy_bits_on_random_geometries(case, dtype):
     image = make_image(case["shape"], dtype, seed=case["seed"])
     plain, compiled = both_paths(lambda: worker(

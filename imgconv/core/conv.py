@@ -118,8 +118,13 @@ def _plan(
     kernel is looked up by its float64 bytes, and checked (finite numbers)
     only when it is new.
     """
+    dtype = getattr(kernel, "dtype", None)
+    if dtype is None:  # a list: its numbers' kind
+        with contextlib.suppress(ValueError):  # ragged: as_kernel says so below
+            dtype = np.asarray(kernel).dtype
     try:
-        k = np.asarray(kernel, dtype=np.float64)
+        # (complex: not made real, which would drop the imaginary part with a warning)
+        k = None if dtype is not None and dtype.kind == "c" else np.asarray(kernel, np.float64)
     except (TypeError, ValueError):
         k = None
     if k is None or k.ndim not in (2, 3) or k.size == 0:

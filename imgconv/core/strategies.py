@@ -46,6 +46,7 @@ from imgconv.core.taps import (
     exact_rtol,
     factors,
     low_rank,
+    rank_at_most,
     row_program,
     separable_programs,
 )
@@ -1040,6 +1041,16 @@ def _copy_cost(geom: Geometry, width: int, n: int) -> float:
     return COPY_COST * ((n - 1) * sy + ey) * width / (n * ow)
 
 
+def _fft_cost(geom: Geometry) -> float:
+    """The FFT's passes per output pixel: it computes every stride-1 output and subsamples."""
+    unit = _unit_stride(geom)
+    fy, fx, n1, m1 = _fft_plan(unit)
+    (oh1, ow1) = unit.out_shape
+    blocks = -(-oh1 // n1) * -(-ow1 // m1)
+    per_block = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
+    return per_block * blocks / (oh1 * ow1) * geom.stride[0] * geom.stride[1]
+
+
 def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[str, float]:
     """Estimated element passes per output pixel of each strategy (lower is faster).
 
@@ -1058,6 +1069,8 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
     itemsize = kernel.dtype.itemsize
     n = tile_rows(width, itemsize, sy)
     copy = _copy_cost(geom, width, n)
+    if kernel.size > LARGE_TAPS:
+        return _large_costs(kernel, geom, copy, width)
     program = direct_program(kernel, geom.dilation)
     direct = float(program.cost())
     if compiled and len(program.steps) <= jit.MAX_STEPS:
@@ -1065,19 +1078,13 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
     found = {"direct": copy + direct}
 
     col, row = separable_programs(kernel, geom.dilation)
-    col_cost = (GEMM_COLUMN_COST if _column_gemm(col)
-                else sum(0 if _is_identity(p) else p.cost() for p in col))
-    row_cost = (GEMM_ROW_COST if _row_gemm(row, len(col), geom.extent[1])
-                else row.cost())
-    found["separable"] = copy + col_cost * width / ow + row_cost
+    found["separable"] = copy + _separable_cost(col, row, geom, width)
 
-    # the FFT computes every stride-1 output and subsamples
+    found["fft"] = _fft_cost(geom)
     unit = _unit_stride(geom)
-    fy, fx, n1, m1 = _fft_plan(unit)
+    _, _, n1, m1 = _fft_plan(unit)
     (oh1, ow1) = unit.out_shape
     blocks = -(-oh1 // n1) * -(-ow1 // m1)
-    per_block = FFT_COST * fy * fx * math.log2(max(2, fy * fx)) + COPY_COST * fy * fx
-    found["fft"] = per_block * blocks / (oh1 * ow1) * sy * sx
 
     pixels = geom.out_shape[0] * ow
     if pixels <= (SMALL_MAX_PIXELS if compiled else SMALL_COST_PIXELS):
@@ -1102,6 +1109,42 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
         found["small"] = COPY_COST * rows_in * width / pixels + passes
         for name in found:
             found[name] += (SETUP_PIXELS[name] + CALL_PIXELS * calls[name]) / pixels
+    return found
+
+
+#: A kernel of more taps than this is priced without building its programs
+#: (:func:`_large_costs`): a 1001x1001 one has a million, whose programs and exact
+#: low-rank split take minutes of Python, where the FFT filters in seconds
+LARGE_TAPS = 32 * 32
+#: ... and the separable strategy is priced only when it splits into this many pairs
+#: at most (gaussians and boxes are rank 1, LoG rank 2); a kernel of higher rank
+#: costs more passes that way than the FFT does
+LARGE_PAIRS = 4
+
+
+def _separable_cost(col: tuple[Program, ...], row: Program, geom: Geometry,
+                    width: int) -> float:
+    col_cost = (GEMM_COLUMN_COST if _column_gemm(col)
+                else sum(0 if _is_identity(p) else p.cost() for p in col))
+    row_cost = (GEMM_ROW_COST if _row_gemm(row, len(col), geom.extent[1])
+                else row.cost())
+    return col_cost * width / geom.out_shape[1] + row_cost
+
+
+def _large_costs(kernel: NDArray[Any], geom: Geometry, copy: float,
+                 width: int) -> dict[str, float]:
+    """:func:`costs` of a kernel over :data:`LARGE_TAPS` taps: direct, separable or fft.
+
+    The direct sum is priced by its taps and weight groups (what its program
+    would cost) without building the program; the separable strategy only when
+    the kernel splits into at most :data:`LARGE_PAIRS` pairs.
+    """
+    nonzero = kernel[kernel != 0]
+    direct = nonzero.size + len(set(np.abs(nonzero).tolist()))
+    found = {"direct": copy + direct, "separable": math.inf, "fft": _fft_cost(geom)}
+    if rank_at_most(kernel, LARGE_PAIRS):
+        col, row = separable_programs(kernel, geom.dilation)
+        found["separable"] = copy + _separable_cost(col, row, geom, width)
     return found
 
 
