@@ -124,8 +124,8 @@ def _tap(tap: tuple[int, int, int] | None) -> tuple[int, int, int]:
 
 #: Longer programs (direct sums of large dense kernels, which the cost model
 #: sends to the FFT or the separable passes) run on the numpy executor: each
-#: program shape is compiled once per machine, at about 20 ms a step on the
-#: README's Xeon (0.34 s for a random 3x3's 17 steps, 0.9 s for a 5x5's 49).
+#: program shape is compiled once per machine, at a cost that grows with its
+#: steps (docs/performance.md, "How the constants were set").
 MAX_STEPS = 64
 
 
@@ -280,10 +280,8 @@ def kernel(shape: tuple[tuple[int, int], ...], variant: str = "unit") -> Any:
 
 #: Column strides up to this compute every column of a row (the loop LLVM
 #: vectorizes) and keep every ``sx``-th; larger ones read only the columns
-#: they keep. On the README's EPYC (12 MP float32, compiled ``direct``,
-#: medians of 9, dense against gather): gaussian 5x5 at column stride 2, 4,
-#: 8, 12, 16: 12.9/40.1, 11.3/22.9, 11.2/13.5, 8.7/8.7, 8.5/7.1 ms; the
-#: diagonal 8.9/15.4, 6.8/9.0, 6.4/6.8, 8.0/6.8, 5.2/5.2 ms.
+#: they keep: the two break even near a stride of 12 (docs/performance.md,
+#: "How the constants were set").
 DENSE_MAX_STRIDE = 8
 
 

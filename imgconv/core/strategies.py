@@ -56,21 +56,17 @@ from imgconv.core.tiles import Padder, Post, accumulator, run_bands, store, tile
 #: Bytes of one tile buffer: a few of them (input rows, partial sums, output)
 #: should stay in a core's L2 cache between the passes of one tile. Each tile
 #: also costs some Python per pass, run under the GIL, so with several threads
-#: small tiles queue for it: on the 2-core Xeon of earlier tables (2 MiB L2 per
-#: core), 768 KiB against 384 KiB took sobel-x on a 12 MP float32 image from
-#: 37 to 30 ms with 2 threads (35 -> 38 ms with 1), and `apply`'s uint8 RGB
-#: sobel-x from 140 to 115 ms with 2 threads (213 -> 205 ms with 1).
+#: small tiles queue for it: larger tiles won, within L2 (the measurements:
+#: docs/performance.md, "How the constants were set").
 TILE_BYTES = 768 * 1024
 
 #: ``direct``'s tiles are this many times larger when the compiled path is on
 #: (:mod:`imgconv.core.jit`): it streams a tile one row at a time, so the tile
 #: need not stay in the cache, and larger tiles spend less Python per pixel.
 #: (``separable`` keeps its tiles: its matrix products and its per-tile
-#: fallback round by tile, and its bits must not depend on the path.)
-#: On the README's 2-core Xeon (12 MP float32, medians of 21, interleaved)
-#: box 3x3, sobel-x, the diagonal and gaussian 5x5 took 13.3, 11.8, 12.7 and
-#: 23.3 ms against 14.8, 14.2, 14.4 and 25.5 ms with the numpy path's tiles;
-#: 4 times larger tiles were no faster and cost more memory.
+#: fallback round by tile, and its bits must not depend on the path.) Twice
+#: was faster, four times no faster and dearer in memory (docs/performance.md,
+#: "How the constants were set").
 JIT_TILE_SCALE = 2
 
 
@@ -124,21 +120,18 @@ COPY_COST = 1.0
 
 #: With the compiled path on, ``direct`` sums a tile's taps in registers and
 #: stores each output once, so a step costs a fraction of a pass: one pass
-#: plus ``JIT_STEP_COST`` per step. Fitted on the README's 2-core Xeon (12 MP
-#: float32, compiled direct against separable and FFT): about 8 ms + 0.2 ms a
-#: step, against 20-21 ms for the separable gaussians of 5x5 to 11x11 and
-#: 45-47 ms for the FFT; so direct takes dense kernels up to 9x9 and the
-#: gaussians up to 5x5, the FFT dense 11x11 and up.
+#: plus ``JIT_STEP_COST`` per step, fitted so that compiled direct takes dense
+#: kernels up to 9x9 and the gaussians up to 5x5, the FFT dense 11x11 and up
+#: (the fit: docs/performance.md, "How the constants were set").
 JIT_STEP_COST = 0.15
 
 
 #: On planes of at most :data:`SMALL_MAX_PIXELS` outputs, the cost model
 #: also counts the Python around the passes, in element passes: one numpy
-#: call costs about ``CALL_PIXELS`` (1.3 us against 0.3 ns an element on the
-#: 2-core Xeon of the issue 19 tables, a float32 add over 28x28 and 512x512),
-#: and each strategy's set-up (buffers, border strips, matrix bands, the
-#: spectrum's look-up) ``SETUP_PIXELS``, measured over 28x28 and 64x64 planes
-#: against ``small``.
+#: call costs about ``CALL_PIXELS``, and each strategy's set-up (buffers,
+#: border strips, matrix bands, the spectrum's look-up) ``SETUP_PIXELS``,
+#: measured over 28x28 and 64x64 planes against ``small`` (docs/performance.md,
+#: "How the constants were set").
 CALL_PIXELS = 4000
 SETUP_PIXELS = {"small": 0, "direct": 60_000, "separable": 100_000, "fft": 60_000}
 
@@ -286,12 +279,10 @@ SMALL_MAX_PIXELS = 1 << 16
 
 #: Output pixels up to which the cost model offers ``small`` (in bands of
 #: :data:`SMALL_MAX_PIXELS` beyond that) and counts the Python around the
-#: passes. Its bands of pass-by-pass 1-D programs stay in L2 between passes:
-#: on the 2-core Xeon of 2026-12-06 (numpy path, box 3x3, medians of 60,
-#: interleaved, load 0.7-0.9) 512x512 took 0.64-0.71 ms against 0.95-0.96 for
-#: ``separable``; at 1024x1024 2.2-2.4 against 2.2-2.9, so no further.
-#: Not on the compiled path, whose ``direct`` sums a tile in one call: at
-#: 512x512 box 3x3 0.49 ms against 1.17 for ``small`` in bands.
+#: passes. Its bands of pass-by-pass 1-D programs stay in L2 between passes,
+#: which beat ``separable`` at 512x512 and no longer at 1024x1024. Not on the
+#: compiled path, whose ``direct`` sums a tile in one call (docs/performance.md,
+#: "How the constants were set").
 SMALL_COST_PIXELS = 1 << 18
 
 #: Padded planes up to this many places are gathered by one fancy index
@@ -694,9 +685,9 @@ def _gemm_rows(
 
 
 #: Passes a 1-D filter must cost before a matrix product replaces them, and
-#: what the products cost in the same units (measured on benchmarks/bench_core.py:
-#: the 5-tap gaussian's vertical passes 26 ms -> 8 ms, its horizontal ones
-#: 31 ms -> 19 ms; 3-tap filters are faster as passes).
+#: what the products cost in the same units, measured with benchmarks/bench_core.py
+#: (3-tap filters are faster as passes; docs/performance.md, "How the constants
+#: were set").
 GEMM_MIN_PASSES = 4
 GEMM_COLUMN_COST = 2.0
 GEMM_ROW_COST = 4.0
