@@ -72,7 +72,7 @@ class Folder:
     files: dict[str, dict[str, Entry]]
 
 
-def _index(label: str, parsed: list[tuple[str, list[Entry]]]) -> Folder:
+def _folder(label: str, parsed: list[tuple[str, list[Entry]]]) -> Folder:
     entries: dict[str, Entry] = {}
     files: dict[str, dict[str, Entry]] = {}
     for file, file_entries in parsed:
@@ -101,7 +101,7 @@ def _builtins() -> Folder:
             docs = index.documents(known, item.name, text)
             parsed.append((file, parse_file(text, file, BUILTIN, stem) if docs is None
                            else parse_documents(docs, file, BUILTIN, stem)))
-    return _index(BUILTIN, parsed)
+    return _folder(BUILTIN, parsed)
 
 
 _FILE_CACHE: dict[tuple[str, int, int], list[Entry]] = {}
@@ -157,7 +157,7 @@ def _user_folder(folder: Path) -> Folder | None:
             parsed.append((str(p), read_file(p)))
         except _Unreadable as exc:
             _warn(f"{exc}; skipped")
-    return _index(str(folder), parsed)
+    return _folder(str(folder), parsed)
 
 
 def folders() -> list[Folder]:
