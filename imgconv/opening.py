@@ -100,11 +100,9 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
     One note ``"NAME: message"`` per distinct message, appended to ``notes``
     (which the CLI prints as one-line warnings, and the CLI's quiet option
     silences) instead of a Python warning with its source line on stderr.
-    ``warnings.catch_warnings`` swaps process-wide state: blocks in two threads
-    must nest (a prefetch starts inside the CLI's own block, and
-    :meth:`imgconv.prefetch.Prefetch.take` joins it before the main thread's
-    next one), and what another thread warns meanwhile is passed on as it was
-    (an :class:`~imgconv.errors.ImgconvWarning` is never a file's note).
+    Developers' warnings (ResourceWarning, DeprecationWarning) and an
+    :class:`~imgconv.errors.ImgconvWarning` go on as usual. For the main
+    thread; a decoding thread uses :func:`thread_warnings_as_notes`.
     """
     import warnings
 
@@ -113,19 +111,67 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
         try:
             yield
         finally:
-            others = []
-            for warning in caught:
-                # users' warnings; developers' (ResourceWarning, DeprecationWarning) go on as usual
-                if (not issubclass(warning.category, (UserWarning, RuntimeWarning))
-                        or issubclass(warning.category, ImgconvWarning)):
-                    others.append(warning)
-                    continue
-                note = f"{name}: {str(warning.message).strip()}"
-                if note not in notes:
-                    notes.append(note)
+            others = _to_notes(caught, name, notes)
     for warning in others:
         warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                warning.lineno)
+
+
+def _to_notes(caught: list[Any], name: str, notes: list[str]) -> list[Any]:
+    """Add the users' warnings of ``caught`` to ``notes``; the others, to pass on."""
+    others = []
+    for warning in caught:
+        if (not issubclass(warning.category, (UserWarning, RuntimeWarning))
+                or issubclass(warning.category, ImgconvWarning)):
+            others.append(warning)
+            continue
+        note = f"{name}: {str(warning.message).strip()}"
+        if note not in notes:
+            notes.append(note)
+    return others
+
+
+#: Warnings shown while a thread is in :func:`thread_warnings_as_notes`, by thread
+_sinks: dict[int, list[Any]] = {}
+
+
+def _dispatch(message: Any, category: type[Warning], filename: str, lineno: int,
+              file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` while decoding threads run: theirs to their sinks."""
+    import warnings
+
+    sink = _sinks.get(threading.get_ident())
+    if sink is None:
+        _dispatch.previous(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    else:
+        sink.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+
+
+@contextmanager
+def thread_warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
+    """:func:`warnings_as_notes` for a thread other than the main one.
+
+    ``warnings.catch_warnings`` swaps process-wide state, which the main
+    thread's own blocks (the CLI's, a file's) would then lose or restore in
+    the wrong order. Here only ``warnings.showwarning`` is wrapped, once, by a
+    function that hands this thread's warnings to its own list and every other
+    thread's to what was there before; nothing is restored. (Python's filters
+    still apply: a warning shown once per place is noted once per process.)
+    """
+    import warnings
+
+    if warnings.showwarning is not _dispatch:
+        _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _dispatch
+    caught: list[Any] = []
+    _sinks[threading.get_ident()] = caught
+    try:
+        yield
+    finally:
+        del _sinks[threading.get_ident()]
+        for warning in _to_notes(caught, name, notes):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
 
 
 def wide_colour(im: Any) -> str | None:

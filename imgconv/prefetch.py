@@ -19,7 +19,12 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from imgconv.opening import decode_into_buffer, open_image, warnings_as_notes, wide_colour
+from imgconv.opening import (
+    decode_into_buffer,
+    open_image,
+    thread_warnings_as_notes,
+    wide_colour,
+)
 
 if TYPE_CHECKING:
     from imgconv.imageio import Picture
@@ -69,7 +74,7 @@ class Prefetch:
 
     def _load(self) -> None:
         notes: list[str] = []
-        with warnings_as_notes(self.path, notes):
+        with thread_warnings_as_notes(self.path, notes):
             self._decode()
         if self.picture is not None:
             self.picture.notes.extend(n for n in notes if n not in self.picture.notes)
