@@ -45,7 +45,10 @@ EXTENSIONS = {
     ".webp": "webp", ".bmp": "bmp", ".npy": "npy",
 }
 # the extensions a folder is searched for
-INPUT_EXTENSIONS = (*EXTENSIONS, ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
+#: (``.npy`` is written, not read, by the image path: a folder's .npy files, such as
+#: a layer's weights, are not taken for images)
+INPUT_EXTENSIONS = (*(e for e in EXTENSIONS if e != ".npy"),
+                    ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
 #: A JPEG output's quality when neither ``quality`` nor a JPEG input gives one.
 JPEG_QUALITY = 90
 #: The widest and tallest image a format can hold, where less than Pillow allows.

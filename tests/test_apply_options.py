@@ -261,3 +261,17 @@ def test_dry_run_says_a_fifo_output_would_fail(small, tmp_path):
     result = invoke("apply", small, "-k", "sobel", "-o", fifo, "--overwrite", "--dry-run")
     assert result.exit_code == 0
     assert "(would fail:" in result.output and "is a FIFO" in result.output
+
+
+def test_npy_files_in_a_folder_are_not_taken_for_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("L", (5, 4), 9).save(folder / "a.png")
+    np.save(folder / "weights.npy", np.ones((3, 3)))
+    result = invoke("apply", folder, "-k", "box:3", "--out-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    named = invoke("apply", folder / "weights.npy", "-k", "box:3", "-o", tmp_path / "w.png")
+    assert named.exit_code == 1
+    assert "weights.npy: a .npy array is an output of apply, not an input it reads" \
+        in named.output

@@ -233,15 +233,15 @@ def test_log_family():
     ("box:0", r"size must be >= 1, got 0; box accepts size=N or HxW"),
     ("box:3x0", r"width must be >= 1"),
     ("box:2.5", r"size must be a whole number"),
-    ("gaussian:sigma=-1", r"sigma must be > 0, got -1; gaussian accepts sigma=S"),
-    ("gaussian:sigma=0", r"sigma must be > 0"),
+    ("gaussian:sigma=-1", r"sigma must be >= 0.01, got -1; gaussian accepts sigma=S"),
+    ("gaussian:sigma=0", r"sigma must be >= 0.01"),
     ("gaussian:sigma=1,size=4", r"size must be odd"),
     ("gaussian:sigam=2", r"unknown parameter 'sigam' \(did you mean sigma\?\); gaussian accepts"),
     ("gaussian:sigma=abc", r"sigma must be a number, got 'abc'"),
     ("gaussian:sigma=1e9", r"larger than the limit 1001"),
     ("motion:length=0", r"length must be >= 1"),
     ("motion:lenght=3", r"did you mean length"),
-    ("log:sigma=-2", r"sigma must be > 0"),
+    ("log:sigma=-2", r"sigma must be >= 0.01"),
     ("gaussian:sigma=1,sigma=2", r"given twice"),
     ("gaussian:=2", r"'=2' has no parameter name before '='; gaussian accepts sigma=S"),
     ("box:size=3,=2", r"'=2' has no parameter name"),
@@ -472,7 +472,7 @@ def test_inline_numbers_as_people_write_them(spec, rows):
 
 
 def test_family_parameters_with_a_unicode_minus():
-    with pytest.raises(KernelError, match=r"sigma must be > 0, got \u22121"):
+    with pytest.raises(KernelError, match=r"sigma must be >= 0.01, got \u22121"):
         resolve("gaussian:sigma=\u22121")
     assert resolve("motion:length=3,angle=\u221245").shape == (3, 3)
 

@@ -148,7 +148,7 @@ def test_show_multi_channel(tmp_path):
 SPEC_ERRORS = [
     ("sobl", "unknown kernel 'sobl' (did you mean sobel"),
     ("box:0", "size must be >= 1, got 0"),
-    ("gaussian:sigma=-1", "sigma must be > 0, got -1"),
+    ("gaussian:sigma=-1", "sigma must be >= 0.01, got -1"),
     ("gaussian:sigam=1", "unknown parameter 'sigam' (did you mean sigma?)"),
     ("1 2; 3", "ragged rows"),
     ("1 nan", "finite"),
@@ -230,7 +230,7 @@ def test_real_process_errors(imgconv_script, tmp_path):
     for args, message in [
         (["show", "bad.yaml"], "bad.yaml:3: kernel 'bad': matrix row 2 has 1 number"),
         (["show", "sobl"], "unknown kernel 'sobl'"),
-        (["show", "gaussian:sigma=-1"], "sigma must be > 0"),
+        (["show", "gaussian:sigma=-1"], "sigma must be >= 0.01"),
     ]:
         result = subprocess.run([imgconv_script, *args], capture_output=True, text=True,
                                 cwd=tmp_path, check=False)

@@ -82,7 +82,7 @@ BAD_FILES = [
     ("name: 3x3\nmatrix: [[1]]\n", r"name must start with a letter"),
     ("family: gausian\n", r"family must be one of box, gaussian, motion, log; got 'gausian'"),
     ("family: gaussian\nparams: {sigma: -1}\n",
-     r"bad\.yaml:2: kernel 'bad': bad parameters 'sigma=-1' for gaussian: sigma must be > 0"),
+     r"bad\.yaml:2: kernel 'bad': bad parameters 'sigma=-1' for gaussian: sigma must be >= 0.01"),
     ("name: g\nfamily: box\nparams: 0\n", r"bad\.yaml:3: kernel 'g': bad parameters '0' for box"),
     ("name: b\nkernels: [bad.yaml]\ncombine: max\n",
      r"bad\.yaml:2: kernel 'b': bank member 'bad\.yaml': "

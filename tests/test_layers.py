@@ -377,10 +377,11 @@ def test_float_tiff_holds_every_map(tmp_path, rgb, layer5):
                                   np.load(tmp_path / "o.npy"))
 
 
-def test_more_than_four_maps_in_an_8_bit_image_is_a_usage_error(tmp_path, rgb, layer5):
+def test_maps_an_8_bit_image_does_not_show_are_a_usage_error(tmp_path, rgb, layer5):
     result = invoke("apply", rgb, "-k", layer5, "-o", tmp_path / "o.png")
     assert result.exit_code == 2
-    assert "the result has 5 maps, more than an 8-bit png image holds (4)" in result.stderr
+    assert ("the result has 5 maps; an 8-bit png image shows 1 (grey) or 3 (as red, green, "
+            "blue)") in result.stderr
     assert "{map} in --name" in result.stderr and "--montage FILE.png" in result.stderr
     assert not (tmp_path / "o.png").exists()
 
@@ -432,3 +433,15 @@ def test_normalise_each_map_on_its_own():
 
     assert normalise(np.array([[5.0, 5.0]])).tolist() == [[128, 128]]
     assert normalise(np.array([[0.0, 1e-3]])).tolist() == [[0, 255]]
+
+
+@pytest.mark.parametrize("maps", [2, 4])
+def test_two_or_four_maps_never_become_alpha(tmp_path, rgb, maps):
+    # an 8-bit PNG of 2 or 4 channels is grey or RGB plus alpha: a map would hide the others
+    weights = np.random.default_rng(9).standard_normal((maps, 3, 3, 3))
+    path = tmp_path / "w.npy"
+    np.save(path, weights)
+    result = invoke("apply", rgb, "-k", path, "-o", tmp_path / "o.png")
+    assert result.exit_code == 2
+    assert f"the result has {maps} maps" in result.stderr
+    assert not (tmp_path / "o.png").exists()

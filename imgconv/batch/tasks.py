@@ -338,11 +338,11 @@ def map_fields(pipeline: Pipeline) -> list[str]:
 
 
 def check_maps(tasks: Sequence[Task], pipeline: Pipeline, depth: str | None) -> None:
-    """Refuse an 8-bit image output of more maps than it holds, before any file is touched."""
-    from imgconv.pipeline.render import MAX_IMAGE_MAPS, maps_problem
+    """Refuse an 8-bit image output of maps it does not show, before any file is touched."""
+    from imgconv.pipeline.render import IMAGE_MAPS, maps_problem
 
     maps = pipeline.maps()
-    if maps is None or maps <= MAX_IMAGE_MAPS:
+    if maps is None or maps in IMAGE_MAPS:
         return
     for task in tasks:
         if task.pick is None and task.fmt != "npy" and not (task.fmt == "tiff"

@@ -76,8 +76,6 @@ def _odd_size(value: object, _: Params) -> int:
 
 def _sigma(value: object, _: Params) -> float:
     sigma = parse_number(value, "sigma")
-    if sigma <= 0:
-        raise KernelError(f"sigma must be > 0, got {value}")
     if sigma < MIN_SIGMA:  # narrower is the identity, and 1e-300 underflows
         raise KernelError(f"sigma must be >= {MIN_SIGMA}, got {value}")
     return sigma

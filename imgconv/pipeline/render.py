@@ -38,19 +38,20 @@ def output_depth(depth: str | None, fmt: str, picture: Picture, channels: int) -
             f"a {channels}-channel result cannot be written at depth 16 (16-bit images "
             "have one or three channels); use `gray=True`, `depth=8`, `depth=float` or .npy"
         )
-    if depth == "8" and channels > MAX_IMAGE_MAPS:
+    if depth == "8" and channels not in IMAGE_MAPS:
         raise UsageError(maps_problem(channels, fmt))
     return depth
 
 
-#: the most maps an 8-bit image holds (gray, gray + alpha, RGB, RGBA)
-MAX_IMAGE_MAPS = 4
+#: how many maps an 8-bit image shows: as grey, or as red, green and blue (a second
+#: or fourth map would become the image's alpha, hiding the others)
+IMAGE_MAPS = (1, 3)
 
 
 def maps_problem(maps: int, fmt: str) -> str:
-    """What to do with more maps than an 8-bit ``fmt`` image holds."""
-    return (f"the result has {maps} maps, more than an 8-bit {fmt} image holds "
-            f"({MAX_IMAGE_MAPS}); write one image per map with {{map}} in `name` "
+    """What to do with maps an 8-bit ``fmt`` image does not show."""
+    return (f"the result has {maps} maps; an 8-bit {fmt} image shows 1 (grey) or 3 "
+            f"(as red, green, blue); write one image per map with {{map}} in `name` "
             f"('{{stem}}-{{map}}{{ext}}' with `out_dir`), a picture of them all with "
             f"`montage` FILE.png, or every map to .npy or a float TIFF (`depth=float`)")
 
