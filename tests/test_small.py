@@ -30,6 +30,8 @@ from imgconv.core.strategies import choose_strategy, small_programs
 pytestmark = pytest.mark.usefixtures("executor")
 
 needs_numba = pytest.mark.skipif(not jit.installed(), reason="numba is not installed")
+#: for a test that runs both paths itself (both_paths): once, not once per executor
+once = pytest.mark.parametrize("executor", ["numpy"], indirect=True)
 
 
 def test_hand_computed_distinct_taps():
@@ -150,6 +152,7 @@ def test_stride_is_subsampled_stride_one_exactly(name):
 
 
 @needs_numba
+@once
 @pytest.mark.parametrize("name", sorted(NAMED))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
 @pytest.mark.parametrize("shape", [(28, 28), (64, 64, 3), (300, 260)], ids=str)
@@ -161,6 +164,7 @@ def test_compiled_path_gives_the_numpy_bits(name, dtype, shape, monkeypatch):
 
 
 @needs_numba
+@once
 @given(case=geometries(compiled=True), dtype=st.sampled_from([np.float32, np.float64, np.uint8]))
 def test_compiled_path_gives_the_numpy_bits_on_random_geometries(case, dtype):
     image = make_image(case["shape"], dtype, seed=case["seed"])
