@@ -421,7 +421,7 @@ def _copy_bands(im: Any, out: NDArray[Any], band: int = 64) -> None:
         out[top : top + band] = np.asarray(im.crop((0, top, width, min(top + band, height))))
 
 
-def check_size(shape: tuple[int, ...], fmt: str, name: str) -> None:
+def check_format_limits(shape: tuple[int, ...], fmt: str, name: str) -> None:
     """Refuse an image larger than ``fmt`` can hold (:data:`MAX_SIDE`), naming output ``name``."""
     limit = MAX_SIDE.get(fmt)
     if limit is not None and max(shape[:2]) > limit:
@@ -505,7 +505,7 @@ def encode(
     WebP. A JPEG's quality is ``quality``, else that of a JPEG input's
     ``qtables`` (its quantization), else :data:`JPEG_QUALITY`.
     """
-    check_size(array.shape, fmt, name)
+    check_format_limits(array.shape, fmt, name)
     if fmt == "npy":
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
         return
@@ -653,7 +653,7 @@ def save(
                                    out_max=out_max)
         if alpha is not None:
             alpha, _ = map_output(alpha, "clip", scale=out_max / max_value, out_max=out_max)
-    check_size(data.shape, fmt, str(target))
+    check_format_limits(data.shape, fmt, str(target))
     write_atomic(target, lambda s: encode(data, fmt, s, alpha=alpha, depth=depth,
                                           quality=quality, name=str(target)),
                  overwrite=overwrite)

@@ -16,7 +16,7 @@ from imgconv.batch.dask import DaskExecutor
 from imgconv.batch.job import (
     TEMPORARY_NAME,
     Conflict,
-    check_size,
+    check_stage_sizes,
     output_conflict,
     process,
     remove_temporary_files,
@@ -63,7 +63,7 @@ __all__ = [
     "check_depth",
     "check_manifest_path",
     "check_maps",
-    "check_size",
+    "check_stage_sizes",
     "expand_inputs",
     "file_id",
     "input_ids",

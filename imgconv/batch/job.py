@@ -114,7 +114,7 @@ def process(task: Task, options: Options, data: bytes | None = None,
                            max_pixels=options.max_pixels)
         result.notes.extend(picture.notes)
         result.input_shape = list(picture.shape)
-        check_size(options.pipeline, picture, options.max_pixels, name)
+        check_stage_sizes(options.pipeline, picture, options.max_pixels, name)
         pipeline = options.pipeline if task.pick is None else \
             dataclasses.replace(options.pipeline, pick=task.pick)
         with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
@@ -180,7 +180,8 @@ def process(task: Task, options: Options, data: bytes | None = None,
     return result
 
 
-def check_size(pipeline: Pipeline, picture: Picture, max_pixels: int, name: str) -> None:
+def check_stage_sizes(pipeline: Pipeline, picture: Picture, max_pixels: int,
+                      name: str) -> None:
     """Refuse an image on which a stage's result would exceed ``max_pixels``, before computing."""
     problem = pipeline.size_problem(picture.shape[:2], max_pixels)  # type: ignore[arg-type]
     if problem is not None:

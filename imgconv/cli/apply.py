@@ -38,7 +38,7 @@ from imgconv.cli.options import (
     Tol,
     build_pipeline,
     check_core_settings,
-    check_size,
+    check_geometry,
     check_tol,
     layer_options,
     read_stdin,
@@ -331,7 +331,7 @@ def apply_command(
                 output_map,
                 layer_options(locals()),
             )
-            check_size(pipeline, max_pixels)
+            check_geometry(pipeline, max_pixels)
             check_tol(tol)
             if output == batch.STDIO and not dry_run and stdout.file_is_terminal():
                 raise UsageError("-o -: standard output is a terminal; redirect it to a file "
@@ -499,7 +499,7 @@ def _write_montage(path: str, source: str, pipeline: Pipeline, gray: bool, max_p
                     f"{_dims(list(shape))})")
 
 
-def _ignored_options(tasks: list[Any], *, cval: float, pad_mode: str, tol: float | None,
+def _ignored_options(tasks: list[Task], *, cval: float, pad_mode: str, tol: float | None,
                      verify: bool, quality: int | None) -> list[str]:
     """A line for each option given that this run will not use."""
     lines = []
@@ -553,7 +553,7 @@ def _interrupted_code(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, _Signalled) else 2)  # 2: SIGINT
 
 
-def _with_file(result: Any) -> str:
+def _with_file(result: Result) -> str:
     reason: str = result.reason
     return (
         reason

@@ -32,7 +32,7 @@ from imgconv.cli.options import (
     Tol,
     build_pipeline,
     check_core_settings,
-    check_size,
+    check_geometry,
     check_tol,
     layer_options,
     read_stdin,
@@ -91,7 +91,7 @@ def check_command(
             "auto",
             layer_options(locals()),
         )
-        check_size(pipeline, max_pixels)
+        check_geometry(pipeline, max_pixels)
         check_tol(tol)
         unreadable: list[str] = []
         sources = batch.expand_inputs(inputs, recursive=recursive, warnings=unreadable)
@@ -115,7 +115,7 @@ def check_command(
                     gray=gray,
                     max_pixels=max_pixels,
                 )
-                batch.check_size(pipeline, picture, max_pixels, source.path)
+                batch.check_stage_sizes(pipeline, picture, max_pixels, source.path)
                 ours = pipeline.run(picture.pixels)
                 result = compare(ours, reference(pipeline, picture.pixels), tol)
             except ImgconvError as exc:

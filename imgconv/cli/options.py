@@ -249,7 +249,7 @@ def check_tol(tol: float | None) -> None:
         raise UsageError(f"--tol must be a finite number >= 0, got {tol}")
 
 
-def check_size(pipeline: Any, max_pixels: int) -> None:
+def check_geometry(pipeline: Pipeline, max_pixels: int) -> None:
     """Refuse geometry (padding, dilation) that would be too large for any image, up front."""
     problem = pipeline.size_problem((1, 1), max_pixels)
     if problem is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from numpy.typing import NDArray
+
 from imgconv.errors import ImageError, UsageError
 from imgconv.imageio import SIXTEEN_BIT, Picture, output_array
 from imgconv.pipeline.alpha import choose_alpha, follow_geometry
@@ -59,8 +61,8 @@ def maps_problem(maps: int, fmt: str) -> str:
 class Rendered(NamedTuple):
     """A picture run through the pipeline: what :func:`imgconv.imageio.encode` takes."""
 
-    pixels: Any  # mapped to the output depth's dtype, or float32
-    alpha: Any  # in the same units, or None
+    pixels: NDArray[Any]  # mapped to the output depth's dtype, or float32
+    alpha: NDArray[Any] | None  # in the same units
     notes: list[str]
 
 
