@@ -275,3 +275,12 @@ def test_npy_files_in_a_folder_are_not_taken_for_images(tmp_path):
     assert named.exit_code == 1
     assert "weights.npy: a .npy array is an output of apply, not an input it reads" \
         in named.output
+
+
+def test_dry_run_of_npy_output_says_nothing_is_mapped(small, tmp_path):
+    result = invoke("apply", small, "-k", "sobel-x", "-o", tmp_path / "o.npy", "--dry-run")
+    assert result.exit_code == 0
+    assert "output: the float values as computed" in result.output
+    assert "--output-map" not in result.output.split("output: ")[-1].split("(")[0]
+    png = invoke("apply", small, "-k", "sobel-x", "-o", tmp_path / "o.png", "--dry-run")
+    assert "output: --output-map" in png.output

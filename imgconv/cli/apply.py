@@ -651,7 +651,8 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             headers.append(str(exc))
     h, w, full = next((x for x in headers if isinstance(x, tuple)), (0, 0, 255.0))
     say("dry run: nothing is written")
-    for line in _plan_lines(pipeline, (h, w), full):
+    raw = all(t.fmt == "npy" or (t.fmt == "tiff" and options.depth == "float") for t in tasks)
+    for line in _plan_lines(pipeline, (h, w), full, raw):
         say(line)
     say("files:")
     for t, header in zip(tasks, headers, strict=True):
@@ -681,12 +682,14 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
 
 
-def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0) -> list[str]:
+def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0,
+                raw: bool = False) -> list[str]:
     """The --dry-run report of ``pipeline`` for an input of ``shape``, values in ``0 .. full``.
 
     For each stage: what it applies, its padding, stride and dilation, the
     output size worked out by the formula, and bounds on the values; then
-    whether the output mapping will clip.
+    whether the output mapping will clip (``raw``: every output holds the float
+    values, which are not mapped).
     """
     from imgconv.pipeline.stages import ActivationStage, ConvStage
 
@@ -719,6 +722,10 @@ def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0)
             lines += _pool_lines(n, stage, shape)
             shape = stage.out_shape(shape)
         lines.append(f"    values {_span(lo, hi)}")
+    if raw:
+        lines.append(f"output: the float values as computed, {_span(lo, hi)} (.npy or float "
+                     "TIFF: no --output-map)")
+        return lines
     how = pipeline.output_mapping()
     out = {
         "clip": (lo, hi),
