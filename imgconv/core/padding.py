@@ -71,7 +71,23 @@ def source_indices(n: int, before: int, after: int, mode: str) -> NDArray[np.int
     >>> source_indices(4, 3, 3, "mirror").tolist()
     [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
     """
-    i = np.arange(-before, n + after, dtype=np.intp)
+    if mode == "constant":
+        raise ValueError(f"no index map for pad_mode {mode!r}")
+    return map_positions(np.arange(-before, n + after, dtype=np.intp), n, mode)
+
+
+def map_positions(i: NDArray[np.intp], n: int, mode: str) -> NDArray[np.intp]:
+    """The source pixel of each position ``i`` (any integers) on an axis of length ``n``.
+
+    ``constant`` (or any place with no source pixel) gives -1 outside ``[0, n)``.
+
+    >>> map_positions(np.arange(-2, 6), 4, "wrap").tolist()
+    [2, 3, 0, 1, 2, 3, 0, 1]
+    >>> map_positions(np.arange(-2, 6), 4, "constant").tolist()
+    [-1, -1, 0, 1, 2, 3, -1, -1]
+    """
+    if mode == "constant":
+        return np.where((i >= 0) & (i < n), i, -1)
     if mode == "nearest":
         return np.clip(i, 0, n - 1)
     if mode == "wrap":
@@ -87,4 +103,3 @@ def source_indices(n: int, before: int, after: int, mode: str) -> NDArray[np.int
         i = np.mod(i, 2 * n - 2)
         return np.where(i < n, i, 2 * n - 2 - i)
     raise ValueError(f"no index map for pad_mode {mode!r}")
-

@@ -116,6 +116,18 @@ def pool(
         widths = [(py, after_h), (px, after_w)] + [(0, 0)] * (x.ndim - 2)
         x = np.pad(x, widths, mode="constant", constant_values=fill)
 
+    out = reduce_windows(x, (kh, kw), (sy, sx), (dy, dx), (oh, ow), op)
+    if op == "avg":
+        divide_by_counts(out, (h, w), (kh, kw), (sy, sx), (py, px), count_include_pad)
+    return out
+
+
+def reduce_windows(x: NDArray[Any], size: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], count: tuple[int, int], op: str) -> NDArray[Any]:
+    """The max (``op="max"``) or the sum (``"avg"``) of the first ``count`` windows of an
+    array already padded: window ``(i, j)`` starts at ``(i * sy, j * sx)``."""
+    (kh, kw), (sy, sx), (dy, dx), (oh, ow) = size, stride, dilation, count
+
     def window(i: int, j: int) -> NDArray[Any]:
         return x[i : i + sy * (oh - 1) + 1 : sy, j : j + sx * (ow - 1) + 1 : sx]
 
@@ -127,18 +139,25 @@ def pool(
                     np.maximum(out, window(i * dy, j * dx), out=out)
                 else:
                     out += window(i, j)
-    if op == "avg":
-        rows = _counts(h, kh, sy, py, oh, count_include_pad)
-        cols = _counts(w, kw, sx, px, ow, count_include_pad)
-        divisor = np.multiply.outer(rows, cols).astype(dtype)
-        out /= divisor if out.ndim == 2 else divisor[:, :, None]
     return out
 
 
-def _counts(n: int, k: int, s: int, p: int, count: int, include_pad: bool) -> NDArray[Any]:
+def divide_by_counts(sums: NDArray[Any], shape: tuple[int, int], size: tuple[int, int],
+                     stride: tuple[int, int], padding: tuple[int, int], include_pad: bool,
+                     first: tuple[int, int] = (0, 0)) -> None:
+    """Divide avg windows' sums in place by how many of their places count (PyTorch's
+    divisor); ``first`` is the (row, column) of the first window in the whole result."""
+    rows = _counts(shape[0], size[0], stride[0], padding[0], sums.shape[0], include_pad, first[0])
+    cols = _counts(shape[1], size[1], stride[1], padding[1], sums.shape[1], include_pad, first[1])
+    divisor = np.multiply.outer(rows, cols).astype(sums.dtype)
+    sums /= divisor if sums.ndim == 2 else divisor[:, :, None]
+
+
+def _counts(n: int, k: int, s: int, p: int, count: int, include_pad: bool,
+            first: int = 0) -> NDArray[Any]:
     """How many places of each avg window along an axis count: inside the image, or with
     ``include_pad`` inside the padded image (as PyTorch's avg_pool2d divides)."""
-    start = np.arange(count) * s - p
+    start = (first + np.arange(count)) * s - p
     lo, hi = (-p, n + p) if include_pad else (0, n)
     counts: NDArray[Any] = np.minimum(start + k, hi) - np.maximum(start, lo)
     return counts

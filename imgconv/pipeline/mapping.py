@@ -79,19 +79,31 @@ def map_output(
     [108, 148]
     """
     choice(how, OUTPUT_MAPS, "output_map")
+    mapped, clipped, bad = map_values(values, how, scale=scale, out_max=out_max)
+    if bad:
+        import warnings
+
+        warnings.warn(f"{bad:,} non-finite values (NaN/inf) in the result; NaN written as 0",
+                      RuntimeWarning, stacklevel=2)
+    return mapped, clipped / max(mapped.size, 1)
+
+
+def map_values(values: NDArray[Any], how: str, *, scale: float, out_max: int,
+               span: tuple[float, float] | None = None) -> tuple[NDArray[Any], int, int]:
+    """:func:`map_output` of ``values``, or of a tile of the result: (mapped, clipped, non-finite).
+
+    ``span`` is the (min, max) of the whole result's finite values times
+    ``scale``, for ``normalize`` (:func:`finite_span`); None takes this array's.
+    """
     v = np.multiply(values, scale, dtype=np.float64 if values.dtype == np.float64 else np.float32)
     finite = np.isfinite(v)
     bad = v.size - int(np.count_nonzero(finite))
     if bad:
         # NaN has no place in the range: it becomes 0 (+inf and -inf clip to the ends),
         # and normalize stretches the finite values only
-        import warnings
-
-        warnings.warn(f"{bad:,} non-finite values (NaN/inf) in the result; NaN written as 0",
-                      RuntimeWarning, stacklevel=2)
         np.nan_to_num(v, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
     if how == "normalize":
-        lo, hi = (float(v[finite].min()), float(v[finite].max())) if bad < v.size else (0.0, 0.0)
+        lo, hi = finite_span(v, finite) if span is None else span
         if hi > lo:
             v -= lo
             v *= out_max / (hi - lo)
@@ -102,7 +114,18 @@ def map_output(
             v[v == -np.inf] = 0
         how = "clip"
     clipped = map_tile(v, how, scale=1.0, out_max=out_max)
-    return v.astype(out_dtype(out_max)), clipped / max(v.size, 1)
+    return v.astype(out_dtype(out_max)), clipped, bad
+
+
+def finite_span(v: NDArray[Any], finite: NDArray[Any] | None = None) -> tuple[float, float]:
+    """The (min, max) of the finite values of ``v``; (0, 0) when there are none."""
+    if finite is None:
+        finite = np.isfinite(v)
+    if not finite.any():
+        return 0.0, 0.0
+    if finite.all():
+        return float(v.min()), float(v.max())
+    return float(v[finite].min()), float(v[finite].max())
 
 
 def out_dtype(out_max: int) -> type[np.unsignedinteger[Any]]:

@@ -58,12 +58,19 @@ class Pipeline:
     def run(self, x: NDArray[Any]) -> NDArray[Any]:
         """Run every stage on an (H, W) or (H, W, C) array; returns float32 or float64.
 
+        A dask array gives a dask array, computed block by block when asked
+        (:mod:`imgconv.tiled`, the ``scale`` extra).
+
         Every stage returns a new array, so an activation after the first stage
         works in place on its input, which no one else holds. A convolution
         followed by pooling (with activations between) runs in bands of rows
         (:meth:`_pooled_in_bands`), so that its full-size response is never
         held whole.
         """
+        if is_dask(x):
+            from imgconv.tiled.ops import run_pipeline
+
+            return run_pipeline(self, x)  # type: ignore[arg-type]
         self.check_channels(x)
         stages = self.stages
         banded = self._pooled_in_bands(x)
@@ -377,6 +384,11 @@ class Pipeline:
     def from_dict(cls, doc: object) -> Pipeline:
         """Build from a pipeline document, as a YAML file holds it."""
         return cls(*spec.parse(doc))
+
+
+def is_dask(x: object) -> bool:
+    """Whether ``x`` is a dask array (told without importing dask)."""
+    return type(x).__module__.startswith("dask.")
 
 
 def _pixels(shape: tuple[int, int]) -> str:

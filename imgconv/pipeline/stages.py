@@ -7,7 +7,7 @@ running one calls imgconv's core.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,25 +139,39 @@ class ConvStage:
         """The stage's response to ``x``; with ``rows``, only those output rows.
 
         ``strategies``: one per member (:meth:`members`), as for :meth:`apply_kernel`.
-        A bank folds each member's response into one accumulator as it comes
-        (:class:`imgconv.kernels.model.Fold`), so two planes are alive rather
-        than one per member.
+        A bank's responses are folded as they come (:meth:`fold`).
         """
-        from imgconv.kernels.model import Fold
-
         members = self.members()
         chosen = list(strategies) if strategies is not None else [None] * len(members)
         if self.bank is None:
             return self.apply_kernel(x, members[0], rows, chosen[0])
+        x = self.bank_input(x)
+        return self.fold(self.apply_kernel(x, kernel, rows, strategy)
+                         for kernel, strategy in zip(members, chosen, strict=True))
+
+    def bank_input(self, x: NDArray[Any]) -> NDArray[Any]:
+        """What each member of a bank reads: the one channel of a one-channel image for a
+        stack of 2-D kernels (one map each); raises for a colour image there."""
         if self.stacks and self.in_channels is None and x.ndim == 3:
             if x.shape[2] != 1:  # each map would be C maps: stacking them means nothing
                 raise ImageError(
                     f"{self.spec}: a stack of 2-D kernels makes one map each from a one-channel "
                     f"image, got {x.shape[2]} channels; use `gray=True`")
             x = x[:, :, 0]
-        fold = Fold(self.bank.combine, len(members), owned=True)  # each response is fresh
-        for kernel, strategy in zip(members, chosen, strict=True):
-            fold.add(self.apply_kernel(x, kernel, rows, strategy))
+        return x
+
+    def fold(self, responses: Iterable[NDArray[Any]]) -> NDArray[Any]:
+        """A bank's members' responses (in order) folded into its result.
+
+        Each is folded in as it comes (:class:`imgconv.kernels.model.Fold`), so
+        two planes are alive rather than one per member.
+        """
+        from imgconv.kernels.model import Fold
+
+        assert self.bank is not None
+        fold = Fold(self.bank.combine, len(self.members()), owned=True)  # each is fresh
+        for response in responses:
+            fold.add(response)
         return fold.result()
 
     def out_shape(self, shape: tuple[int, int]) -> tuple[int, int]:

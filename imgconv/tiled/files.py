@@ -1,0 +1,393 @@
+"""Files that stream: TIFF/BigTIFF, ``.npy`` and ``.zarr``, read by region and written by band.
+
+Reading is lazy: a dask array whose chunks read their own region of the file
+(tifffile's zarr view of a TIFF's tiles or strips, a memory map of a
+``.npy``, a zarr array), opened once per process, so the array also runs on a
+``dask.distributed`` cluster that shares the file system.
+
+Writing goes through :func:`write_bands`: the array is computed one band of
+chunk rows at a time, in order, and each band is written before the next is
+computed; a TIFF gets tiles, a ``.npy`` its rows, a ``.zarr`` its chunks. The
+output is made as a temporary file (or folder) beside the target and renamed
+when whole, so an interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from numpy.typing import NDArray
+
+from imgconv.errors import ImageError, UsageError
+from imgconv.imageio import ALREADY_EXISTS, check_replaceable, write_atomic
+
+#: The formats read and written by region
+STREAM_FORMATS = ("tiff", "npy", "zarr")
+#: TIFF compressions ``save`` writes (``jpeg`` for 8-bit only)
+COMPRESSIONS = ("none", "deflate", "zstd", "lzw", "jpeg")
+#: The side of a TIFF output's tiles
+TIFF_TILE = 256
+#: The default chunk side for reading
+DEFAULT_CHUNK = 1024
+
+
+def stream_format(path: str | os.PathLike[str]) -> str | None:
+    """``tiff``, ``npy`` or ``zarr`` from the name (a ``.zarr`` folder), else None."""
+    suffix = Path(path).suffix.lower()
+    return {".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".zarr": "zarr"}.get(suffix)
+
+
+@dataclass
+class Source:
+    """A file's pixels as lazy arrays, with what :class:`imgconv.imageio.Picture` says."""
+
+    pixels: da.Array
+    alpha: da.Array | None
+    max_value: float
+    depth: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.pixels.shape)
+
+
+def depth_of(dtype: np.dtype[Any], name: str) -> tuple[str, float]:
+    """(depth, full-intensity value) of an array's dtype, as :func:`imgconv.imageio.load`
+    gives for an image file: 8-bit 255, 16-bit 65535, float 255 (Pillow's mode F)."""
+    if dtype == np.uint8:
+        return "8", 255.0
+    if dtype == np.uint16:
+        return "16", 65535.0
+    if dtype.kind == "f" and dtype.itemsize <= 8:
+        return "float", 255.0
+    raise ImageError(f"{name}: samples of type {dtype} are not read; "
+                     "uint8, uint16 and float arrays are")
+
+
+class _Regions:
+    """A file's array by region, for ``da.from_array``; opened once per process."""
+
+    _open: dict[tuple[str, str, float], Any] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path, self.kind = path, kind
+        array = self._array()
+        self.dtype = array.dtype
+        self.shape = tuple(int(n) for n in array.shape)
+        self.planar = False
+        if kind == "tiff":
+            self.planar = self._page().planarconfig == 2 and len(self.shape) == 3
+            if self.planar:  # (C, H, W) on disk: read as (H, W, C)
+                self.shape = (*self.shape[1:], self.shape[0])
+        self.ndim = len(self.shape)
+
+    def _key(self) -> tuple[str, str, float]:
+        return (self.path, self.kind, os.stat(self.path).st_mtime)
+
+    def _array(self) -> Any:
+        key = self._key()
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = _open_array(self.path, self.kind)
+            return self._open[key][0]
+
+    def _page(self) -> Any:
+        self._array()
+        return self._open[self._key()][1]
+
+    def __getitem__(self, index: Any) -> NDArray[Any]:
+        array = self._array()
+        try:
+            if self.planar:
+                rows, cols, *rest = index if isinstance(index, tuple) else (index,)
+                channels = rest[0] if rest else slice(None)
+                return np.moveaxis(np.asarray(array[channels, rows, cols]), 0, -1)
+            return np.asarray(array[index])
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ImageError(f"{self.path}: cannot read a region ({_reason(exc)})") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _open_array(path: str, kind: str) -> tuple[Any, Any]:
+    """(an array-like reading by region, the TIFF page or None)."""
+    try:
+        if kind == "npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        if kind == "zarr":
+            import zarr
+
+            return zarr.open_array(path, mode="r"), None
+        import tifffile
+        import zarr
+
+        tif = tifffile.TiffFile(path)
+        page = tif.pages.first
+        return zarr.open_array(page.aszarr(), mode="r"), page
+    except ImageError:
+        raise
+    except Exception as exc:  # each library says "not mine" in its own way
+        raise ImageError(f"{path}: not a readable {kind} ({_reason(exc)})") from None
+
+
+def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | None]:
+    """Refuse what the lazy reader would misread; (has alpha, photometric)."""
+    import tifffile
+
+    photometric = tifffile.PHOTOMETRIC
+    kind = page.photometric
+    if kind not in (photometric.MINISBLACK, photometric.RGB) and not (
+            kind == photometric.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
+        raise ImageError(
+            f"{path}: a {kind.name.lower()} TIFF is not read by region (grey and RGB are); "
+            f"convert it, or read it whole with `tiles=False`")
+    if page.dtype is None or page.bitspersample not in (8, 16, 32, 64):
+        raise ImageError(f"{path}: {page.bitspersample}-bit samples are not read by region")
+    samples = page.samplesperpixel
+    alpha = bool(page.extrasamples) and samples in (2, 4)
+    if samples not in (1, 2, 3, 4):
+        raise ImageError(f"{path}: {samples} samples a pixel are not read by region "
+                         "(1 to 4 are)")
+    if samples in (2, 4) and not alpha:
+        raise ImageError(f"{path}: {samples} samples a pixel with no alpha are not read "
+                         "by region")
+    return alpha, None
+
+
+def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> Source:
+    """A TIFF, ``.npy`` or ``.zarr`` file as lazy pixels (and alpha), chunked ``chunk`` square.
+
+    A TIFF's first page is read; its fourth (or grey's second) sample is alpha
+    when the file says so. An array's channels are all pixels.
+    """
+    name = os.fspath(path)
+    kind = stream_format(name)
+    if kind is None:
+        raise ImageError(f"{name}: not a format read by region ({', '.join(STREAM_FORMATS)})")
+    if kind == "zarr" and not os.path.isdir(name):
+        raise ImageError(f"{name}: no such folder" if not os.path.exists(name)
+                         else f"{name}: a .zarr store is a folder")
+    if kind != "zarr":
+        from imgconv.opening import check_regular
+
+        check_regular(name)
+        if not os.path.exists(name):
+            raise ImageError(f"{name}: no such file")
+    notes: list[str] = []
+    regions = _Regions(name, kind)
+    has_alpha = False
+    if kind == "tiff":
+        page = regions._page()
+        has_alpha, _ = _check_tiff(name, page, notes)
+        if len(page.parent.pages) > 1:
+            notes.append(f"{name}: has several pages; the first is filtered")
+    if regions.ndim not in (2, 3) or 0 in regions.shape:
+        raise ImageError(f"{name}: an array of shape {regions.shape} is not an image "
+                         "((H, W) or (H, W, C))")
+    depth, max_value = depth_of(np.dtype(regions.dtype), name)
+    chunks = (chunk, chunk, -1)[:regions.ndim]
+    array = da.from_array(regions, chunks=chunks, asarray=False, fancy=False, lock=False,
+                          name=f"imgconv-read-{dask.base.tokenize(name, regions._key(), chunk)}")
+    alpha = None
+    if has_alpha:
+        array, alpha = array[:, :, :-1], array[:, :, -1]
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+    return Source(array, alpha, max_value, depth, notes)
+
+
+def open(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> da.Array:  # noqa: A001
+    """A lazy (H, W) or (H, W, C) dask array of a TIFF, ``.npy`` or ``.zarr`` file.
+
+    Every sample is a channel (a TIFF's alpha is the last); chunks are
+    ``chunk`` pixels square. Raises :class:`imgconv.errors.ImageError` naming
+    the file when it cannot be read.
+    """
+    source = read(path, chunk=chunk)
+    if source.alpha is None:
+        return source.pixels
+    pixels = source.pixels if source.pixels.ndim == 3 else source.pixels[:, :, None]
+    return da.concatenate([pixels, source.alpha[:, :, None]], axis=2)
+
+
+# --- writing -------------------------------------------------------------------------
+
+#: ``progress(blocks)``: called as each band is written, with its number of chunks
+Progress = Callable[[int], None]
+
+
+def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[Any]]:
+    """The array's bands of chunk rows, computed one at a time, in order."""
+    for i in range(array.numblocks[0]):
+        (band,) = dask.compute(array.blocks[i], scheduler=scheduler)
+        yield band
+
+
+def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
+         compression: str = "deflate", alpha: bool = False) -> None:
+    """Write a dask (or numpy) array to a TIFF, ``.npy`` or ``.zarr``, band by band, atomically.
+
+    A TIFF is a tiled BigTIFF (:data:`TIFF_TILE` square) of the array's dtype
+    (uint8, uint16 or float32; ``compression`` one of :data:`COMPRESSIONS`);
+    with ``alpha`` its last channel is alpha. ``.npy`` and ``.zarr`` keep the
+    dtype. Refuses to replace an existing output unless ``overwrite``.
+    """
+    if not isinstance(array, da.Array):
+        array = da.asarray(array)
+    write_bands(array, path, overwrite=overwrite, compression=compression, alpha=alpha)
+
+
+def write_bands(array: da.Array, path: str | os.PathLike[str], *, overwrite: bool = False,
+                compression: str = "deflate", alpha: bool = False,
+                progress: Progress | None = None, scheduler: str | None = None,
+                icc_profile: bytes | None = None) -> None:
+    """:func:`save`, reporting each band's chunk count to ``progress``."""
+    target = Path(path)
+    kind = stream_format(target)
+    if kind is None:
+        raise UsageError(f"{target}: writes by region only to {', '.join(STREAM_FORMATS)}")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"`compression` must be one of {', '.join(COMPRESSIONS)}, "
+                         f"got {compression!r}")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"array must be 2-D (H, W) or 3-D (H, W, C), got shape {array.shape}")
+
+    def each_band() -> Iterator[NDArray[Any]]:
+        for band in bands(array, scheduler=scheduler):
+            yield band
+            if progress is not None:
+                progress(array.numblocks[1])
+
+    if kind == "zarr":
+        _write_zarr(array, target, each_band(), overwrite=overwrite)
+    elif kind == "npy":
+        write_atomic(target, lambda stream: _write_npy(array, stream, each_band()),
+                     overwrite=overwrite)
+    else:
+        write_atomic(target, lambda stream: _write_tiff(
+            array, stream, each_band(), compression=compression, alpha=alpha,
+            icc_profile=icc_profile), overwrite=overwrite)
+
+
+def _write_npy(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(array.dtype)),
+              "fortran_order": False, "shape": tuple(int(n) for n in array.shape)}
+    np.lib.format.write_array_header_2_0(stream, header)
+    for band in rows:
+        stream.write(np.ascontiguousarray(band, dtype=array.dtype).data)
+
+
+def _tiles(shape: tuple[int, ...], rows: Iterator[NDArray[Any]],
+           tile: int) -> Iterator[NDArray[Any]]:
+    """Bands of any height as TIFF tiles, a row of tiles at a time (the last ones short)."""
+    height, width = shape[:2]
+    pending: list[NDArray[Any]] = []
+    held = done = 0
+    for band in rows:
+        pending.append(band)
+        held += band.shape[0]
+        while held >= tile or (held and done + held == height):
+            strip = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            take = min(tile, held)
+            for x in range(0, width, tile):
+                yield strip[:take, x:x + tile]
+            done += take
+            rest = strip[take:]
+            pending, held = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+
+
+def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
+                compression: str, alpha: bool, icc_profile: bytes | None) -> None:
+    import tifffile
+
+    dtype = np.dtype(array.dtype)
+    if dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"a TIFF holds uint8, uint16 or float32 samples, got {dtype}")
+    if compression == "jpeg" and (dtype != np.uint8 or alpha):
+        raise UsageError("`compression=jpeg` holds 8-bit images without alpha only")
+    channels = array.shape[2] if array.ndim == 3 else 1
+    colour = channels - int(alpha)
+    photometric = "rgb" if colour == 3 else "minisblack"
+    extras = channels - (3 if colour == 3 else 1)  # samples past the colour ones
+    # a stream from os.fdopen is named by its number, which tifffile cannot split
+    with tifffile.TiffWriter(tifffile.FileHandle(stream, mode="wb", name="output.tif",
+                                                 size=0), bigtiff=True) as tif:
+        tif.write(
+            _tiles(array.shape, rows, TIFF_TILE), shape=array.shape, dtype=dtype,
+            tile=(TIFF_TILE, TIFF_TILE), photometric=photometric,
+            planarconfig="contig" if array.ndim == 3 else None,
+            compression=None if compression == "none" else
+            "zlib" if compression == "deflate" else compression,
+            extrasamples=["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
+            iccprofile=icc_profile if photometric == "rgb" else None,
+            maxworkers=os.cpu_count())
+
+
+def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
+                overwrite: bool) -> None:
+    """Write a zarr store to a temporary folder beside ``target``, then rename it."""
+    import zarr
+
+    if os.path.lexists(target) and not overwrite:
+        raise ImageError(f"{target}: {ALREADY_EXISTS}")
+    if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
+        check_replaceable(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part",
+                                dir=target.parent))
+    try:
+        chunks = (int(array.chunks[0][0]), int(array.chunks[1][0]), *array.shape[2:])
+        z = zarr.open_array(tmp, mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype)
+        y = 0
+        for band in rows:
+            z[y:y + band.shape[0]] = band
+            y += band.shape[0]
+        _replace_folder(tmp, target, overwrite=overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename the folder ``tmp`` to ``target``; an old ``target`` goes only once it is in place."""
+    if not os.path.lexists(target):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError:
+            if not os.path.lexists(target):
+                raise
+    if not overwrite:
+        raise ImageError(f"{target}: {ALREADY_EXISTS}")
+    if not target.is_dir() or target.is_symlink():
+        check_replaceable(target)
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old",
+                                dir=target.parent))
+    os.rename(target, old / "store")
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old / "store", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
