@@ -39,15 +39,17 @@ FORMATS = {
     "webp": ("WEBP", ".webp"),
     "bmp": ("BMP", ".bmp"),
     "npy": ("NPY", ".npy"),
+    "zarr": ("ZARR", ".zarr"),
 }
 EXTENSIONS = {
     ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".tif": "tiff", ".tiff": "tiff",
     ".webp": "webp", ".bmp": "bmp", ".npy": "npy",
+    ".zarr": "zarr",
 }
 # the extensions a folder is searched for
-#: (``.npy`` is written, not read, by the image path: a folder's .npy files, such as
-#: a layer's weights, are not taken for images)
-INPUT_EXTENSIONS = (*(e for e in EXTENSIONS if e != ".npy"),
+#: (arrays, ``.npy`` and ``.zarr``, are read when named, not found in folders: a folder's
+#: .npy files may be a layer's weights)
+INPUT_EXTENSIONS = (*(e for e in EXTENSIONS if e not in (".npy", ".zarr")),
                     ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico")
 #: A JPEG output's quality when neither ``quality`` nor a JPEG input gives one.
 JPEG_QUALITY = 90
@@ -55,6 +57,80 @@ JPEG_QUALITY = 90
 MAX_SIDE = {"webp": 16383, "jpg": 65500}
 DEPTHS = ("8", "16", "float")
 SIXTEEN_BIT = ("png", "tiff")
+#: The formats read by region and written band by band (:mod:`imgconv.tiled`)
+STREAM_FORMATS = ("tiff", "npy", "zarr")
+#: The compressions of a TIFF written band by band (``jpeg`` for 8-bit only)
+TIFF_COMPRESSIONS = ("none", "deflate", "zstd", "lzw", "jpeg")
+#: The formats that hold the float values as computed, never mapped
+ARRAY_FORMATS = ("npy", "zarr")
+
+
+def stream_format(path: str | os.PathLike[str]) -> str | None:
+    """``tiff``, ``npy`` or ``zarr`` by the name's extension (a ``.zarr`` is a folder)."""
+    fmt = EXTENSIONS.get(Path(path).suffix.lower())
+    return fmt if fmt in STREAM_FORMATS else None
+
+
+def depth_of(dtype: Any, name: str) -> tuple[str, float]:
+    """(depth, full-intensity value) of an array's samples, as an image file's would be:
+    uint8 "8" and 255, uint16 "16" and 65535, float "float" and 255 (Pillow's mode F)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return "8", 255.0
+    if dtype == np.uint16:
+        return "16", 65535.0
+    if dtype.kind == "f" and dtype.itemsize <= 8:
+        return "float", 255.0
+    raise ImageError(f"{name}: samples of type {dtype} are not read; "
+                     "uint8, uint16 and float arrays are")
+
+
+def luminance(rgb: NDArray[Any]) -> NDArray[Any]:
+    """ITU-R 601-2 luma of (..., 3) samples, as Pillow's "L" computes it for 8 bits
+    (integer weights, rounded), rounded for 16 bits, in float32 for floats."""
+    if rgb.dtype == np.uint8:
+        weights = np.array([19595, 38470, 7471], np.uint32)
+        return ((rgb.astype(np.uint32) @ weights + 0x8000) >> 16).astype(np.uint8)
+    if rgb.dtype == np.uint16:
+        luma = rgb @ np.array([299, 587, 114], np.float64) / 1000
+        return np.rint(luma).astype(np.uint16)
+    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+def array_shape(path: str, name: str) -> tuple[int, ...]:
+    """The shape of a ``.npy`` file, from its header; ImageError if it is not an image's."""
+    from imgconv.opening import check_regular
+
+    check_regular(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: not a readable .npy array ({exc})") from None
+    if array.ndim not in (2, 3) or 0 in array.shape or (
+            array.ndim == 3 and array.shape[2] > 4):
+        raise ImageError(f"{name}: an array of shape {array.shape} is not an image "
+                         "((H, W) or (H, W, C) with C from 1 to 4)")
+    depth_of(array.dtype, name)
+    return tuple(int(n) for n in array.shape)
+
+
+def load_array(path: str, *, gray: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """A ``.npy`` (H, W) or (H, W, C) array as a Picture: every channel is pixels (no alpha),
+    the depth and full intensity as :func:`depth_of` says; ``gray`` takes the luma of
+    the first three channels."""
+    shape = array_shape(path, path)
+    if shape[0] * shape[1] > max_pixels:
+        raise ImageError(
+            f"{path}: {shape[1]}x{shape[0]} = {shape[0] * shape[1]:,} pixels is more than the "
+            f"limit of {max_pixels:,}; raise it with `max_pixels`, or let it stream (`tiles`)")
+    array = np.load(path, allow_pickle=False)
+    depth, max_value = depth_of(array.dtype, path)
+    if gray and array.ndim == 3 and array.shape[2] >= 3:
+        array = luminance(array[:, :, :3])
+    return Picture(np.ascontiguousarray(array), None, max_value, depth, "array")
 
 
 @dataclass
@@ -166,6 +242,8 @@ def load(source: str | bytes, *, gray: bool = False,
     RGB (with a note), and with ``gray`` converts colour to luminance
     (ITU-R 601-2, as Pillow's "L").
     """
+    if isinstance(source, str) and stream_format(source) == "npy":
+        return load_array(source, gray=gray, max_pixels=max_pixels)
     name, notes = display_name(source), list[str]()
     with warnings_as_notes(name, notes):
         picture = decode(open_image(source, max_pixels), name, gray=gray)

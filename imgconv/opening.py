@@ -66,9 +66,6 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     name = display_name(source)
     if isinstance(source, str):
         check_regular(source)
-        if source.lower().endswith(".npy") and os.path.isfile(source):
-            raise ImageError(f"{name}: a .npy array is an output of apply, not an input it "
-                             "reads (-k takes .npy layer weights)")
     # Opening reads only the header; the pixel limit is checked below, before any decoding,
     # so Pillow's own (global) bomb check is set aside for the call.
     with _limit_lock:

@@ -271,10 +271,10 @@ def test_npy_files_in_a_folder_are_not_taken_for_images(tmp_path):
     result = invoke("apply", folder, "-k", "box:3", "--out-dir", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    # named, an array is read: every channel is pixels, float values 0..255 as Pillow's F
     named = invoke("apply", folder / "weights.npy", "-k", "box:3", "-o", tmp_path / "w.png")
-    assert named.exit_code == 1
-    assert "weights.npy: a .npy array is an output of apply, not an input it reads" \
-        in named.output
+    assert named.exit_code == 0, named.output
+    assert np.asarray(Image.open(tmp_path / "w.png")).tolist() == [[1] * 3] * 3
 
 
 def test_dry_run_of_npy_output_says_nothing_is_mapped(small, tmp_path):

@@ -118,7 +118,8 @@ def _bank(combine: str, sizes: list[int]) -> ConvStage:
     members = tuple(Kernel(f"k{i}", distinct((s, s), i)) for i, s in enumerate(sizes))
     # a bank's members share a shape; different anchors pad them differently
     anchors = [None, (0, 0), (sizes[0] - 1, 0)]
-    members = tuple(Kernel(k.name, k.matrix, anchor=a) for k, a in zip(members, anchors))
+    members = tuple(Kernel(k.name, k.matrix, anchor=a)
+                    for k, a in zip(members, anchors, strict=True))
     return ConvStage("bank", pad_mode="wrap", kernel=KernelBank("bank", members, combine))
 
 

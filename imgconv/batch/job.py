@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, file_id
+from imgconv.batch.tiled import wants_tiles
 from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
     ALREADY_EXISTS,
@@ -73,11 +74,19 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
             return Conflict("output exists", skip=True)
         if not options.overwrite:
             return Conflict(f"{target}: {ALREADY_EXISTS}")
+        if is_zarr_store(target):
+            return None  # replaced whole, once the new one is written
         try:
             check_replaceable(target)  # a FIFO or a device is never replaced
         except ImageError as exc:
             return Conflict(str(exc))
     return None
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A folder (not a link) holding a zarr array or group: what a .zarr output replaces."""
+    return (path.suffix.lower() == ".zarr" and path.is_dir() and not path.is_symlink()
+            and any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")))
 
 
 def process(task: Task, options: Options, data: bytes | None = None,
@@ -107,6 +116,12 @@ def process(task: Task, options: Options, data: bytes | None = None,
                 raise ImageError(conflict.reason)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
+        if data is None and wants_tiles(task.source.path, task.fmt, options):
+            from imgconv.batch.tiled import process_tiled
+
+            process_tiled(task, options, result, name)
+            result.status = Status.WRITTEN
+            return result
         picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
             if prefetch is not None else None
         if picture is None:

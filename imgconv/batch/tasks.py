@@ -76,6 +76,11 @@ class Options:
     threads: int | None = None  # core threads per process (None: IMGCONV_THREADS or all cores)
     jit: bool | None = None  # the compiled path (None: IMGCONV_JIT, else off)
     protected: frozenset[tuple[int, int]] = frozenset()  # inputs' file_id(): never written
+    #: the tiled path (imgconv.batch.tiled): True always, False never, None by size
+    tiles: bool | None = None
+    memory_limit: int = 4 << 30  # bytes: a larger working copy takes the tiled path
+    chunk: int | None = None  # the tiled path's chunk side (None: from memory_limit)
+    compression: str = "deflate"  # a tiled TIFF output's
 
 
 class Status(str, Enum):
@@ -226,7 +231,7 @@ def expand_inputs(
         errors: list[OSError] = []
         if arg == STDIO:
             sources.append(Source(STDIO))
-        elif os.path.isdir(arg):
+        elif os.path.isdir(arg) and not arg.rstrip("/" + os.sep).lower().endswith(".zarr"):
             found = sorted(_walk(arg, recursive, errors))
             sources.extend(Source(str(p), arg) for p in found if wanted(p, arg))
             for error in [e for e in errors if e.filename == arg]:  # the folder given

@@ -54,6 +54,8 @@ from imgconv.cli.output import (
 )
 from imgconv.errors import UsageError
 
+PANEL_LARGE = "Large images"
+
 if TYPE_CHECKING:
     from imgconv.batch import DaskExecutor, Executor, Options, Result, Task
     from imgconv.pipeline.run import Pipeline
@@ -300,6 +302,50 @@ def apply_command(
         ),
     ] = None,
     max_pixels: MaxPixels = 100_000_000,
+    tiles: Annotated[
+        bool | None,
+        typer.Option(
+            "--tiles/--no-tiles",
+            help="Filter TIFF, .npy and .zarr inputs chunk by chunk in bounded memory "
+                 "(default: when the float32 copy would pass --memory-limit, or the image "
+                 "--max-pixels).",
+            rich_help_panel=PANEL_LARGE,
+            show_default=False,
+        ),
+    ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-limit",
+            metavar="SIZE",
+            help="Working memory an input may take before it is tiled: 512MB, 2GiB, 1.5G "
+                 "(default: a quarter of RAM, at most 4 GiB).",
+            rich_help_panel=PANEL_LARGE,
+            show_default=False,
+        ),
+    ] = None,
+    chunk: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk",
+            metavar="N",
+            min=1,
+            max=65536,
+            help="Chunk side in pixels for tiled inputs (default: from --memory-limit and "
+                 "the cores).",
+            rich_help_panel=PANEL_LARGE,
+            show_default=False,
+        ),
+    ] = None,
+    compression: Annotated[
+        str,
+        typer.Option(
+            "--compression",
+            metavar="none|deflate|zstd|lzw|jpeg",
+            help="Compression of tiled TIFF outputs (jpeg: 8-bit only).",
+            rich_help_panel=PANEL_LARGE,
+        ),
+    ] = "deflate",
     quiet: Annotated[
         bool,
         typer.Option(
@@ -316,7 +362,7 @@ def apply_command(
                   or (jobs is None and bool(os.environ.get("IMGCONV_SCHEDULER"))))
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
-    single = single and not on_cluster
+    single = single and not on_cluster and not _may_stream(inputs[0], tiles)
     with report_errors(debug), _signals_interrupt():
         # started inside report_errors: the decoding thread's warnings block nests in its own
         prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None
@@ -345,6 +391,12 @@ def apply_command(
             if depth is not None and depth not in DEPTHS:
                 raise UsageError(f"--depth must be one of {', '.join(DEPTHS)}, got {depth!r}")
             check_core_settings(threads, jit)
+            limit = _memory_limit(memory_limit)
+            from imgconv.imageio import TIFF_COMPRESSIONS
+
+            if compression not in TIFF_COMPRESSIONS:
+                raise UsageError(f"--compression must be one of {', '.join(TIFF_COMPRESSIONS)}, "
+                                 f"got {compression!r}")
             if inputs.count(batch.STDIO) > 1:
                 raise UsageError("standard input (-) can be read only once")
             unreadable: list[str] = []
@@ -395,6 +447,10 @@ def apply_command(
             threads=threads,
             jit=jit,
             protected=batch.input_ids(sources),
+            tiles=tiles,
+            memory_limit=limit,
+            chunk=chunk,
+            compression=compression,
         )
         cpus = batch.available_cpus()
         if montage is not None and not dry_run:
@@ -476,6 +532,19 @@ def _print_cluster(scheduler: str | None, scheduler_file: str | None,
     with cluster as executor:
         for line in executor.describe():
             stdout.line(line)
+
+
+def _may_stream(path: str, tiles: bool | None) -> bool:
+    """Whether ``path`` may take the tiled path (it is not then decoded ahead)."""
+    from imgconv.imageio import stream_format
+
+    return tiles is not False and stream_format(path) is not None
+
+
+def _memory_limit(text: str | None) -> int:
+    from imgconv.batch.tiled import default_memory_limit, parse_size
+
+    return default_memory_limit() if text is None else parse_size(text)
 
 
 def _check_montage(path: str, sources: list[Any], overwrite: bool) -> None:

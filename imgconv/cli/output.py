@@ -158,7 +158,8 @@ FLAGS = {
     "output": "-o", "kernel": "-k", "format": "--format",
     "pool_count_pad": "--no-pool-count-pad", **{
         name: "--" + name.replace("_", "-") for name in (
-            "activation", "alpha", "bias", "cval", "debug", "depth", "dilation", "dry_run",
+            "activation", "alpha", "bias", "chunk", "compression", "cval", "debug", "depth",
+            "dilation", "dry_run", "memory_limit", "tiles",
             "gray", "jit", "jobs", "manifest", "max_pixels", "mode", "montage", "name",
             "out_dir", "output_map", "overwrite", "pad_mode", "padding", "pipeline", "pool",
             "pool_ceil", "pool_dilation", "pool_padding", "pool_size", "pool_stride",
@@ -177,6 +178,8 @@ def flag_words(text: str) -> str:
     """
     def flag(match: re.Match[str]) -> str:
         option, value = FLAGS[match[1]], match[2]
+        if value == "False" and option.startswith("--"):
+            return "--no-" + option[2:]
         return option if value is None or value == "True" else f"{option} {value}"
 
     return _PARAMETER.sub(flag, text)

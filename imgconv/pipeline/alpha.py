@@ -13,7 +13,7 @@ from typing import Any
 
 from imgconv.errors import UsageError
 from imgconv.pipeline.layer import choice
-from imgconv.pipeline.run import Pipeline
+from imgconv.pipeline.run import Pipeline, is_dask
 from imgconv.pipeline.stages import ConvStage, PoolStage
 
 ALPHA_MODES = ("auto", "premultiply", "copy", "drop")
@@ -61,10 +61,17 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
     """
     import numpy as np
 
-    from imgconv.core.conv import correlate
-    from imgconv.core.pooling import pool
+    correlate: Any
+    pool: Any
+    if is_dask(alpha):  # a lazy plane: the tiled path's namesakes, block by block
+        from imgconv.tiled.ops import correlate, pool
 
-    a = np.asarray(alpha, dtype=np.float32)
+        a = alpha.astype(np.float32)
+    else:
+        from imgconv.core.conv import correlate
+        from imgconv.core.pooling import pool
+
+        a = np.asarray(alpha, dtype=np.float32)
     for stage in pipeline.stages:
         if isinstance(stage, ConvStage):
             kernel = stage.members()[0]

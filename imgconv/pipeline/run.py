@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +28,9 @@ from imgconv.pipeline.mapping import (
 )
 from imgconv.pipeline.options import LayerOptions
 from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 #: ``allocate(shape, dtype)``: makes an output array, as ``np.empty`` does
 Allocate = Callable[[tuple[int, ...], Any], NDArray[Any]]
@@ -55,7 +58,13 @@ class Pipeline:
         """The kernel specs joined by '+', for output file names."""
         return "+".join(s.spec for s in self.conv_stages)
 
-    def run(self, x: NDArray[Any]) -> NDArray[Any]:
+    @overload
+    def run(self, x: NDArray[Any]) -> NDArray[Any]: ...
+
+    @overload
+    def run(self, x: da.Array) -> da.Array: ...
+
+    def run(self, x: Any) -> Any:
         """Run every stage on an (H, W) or (H, W, C) array; returns float32 or float64.
 
         A dask array gives a dask array, computed block by block when asked
@@ -67,11 +76,13 @@ class Pipeline:
         (:meth:`_pooled_in_bands`), so that its full-size response is never
         held whole.
         """
-        if is_dask(x):
-            from imgconv.tiled.ops import run_pipeline
-
-            return run_pipeline(self, x)  # type: ignore[arg-type]
         self.check_channels(x)
+        if is_dask(x):
+            from imgconv.tiled.ops import run_stage
+
+            for stage in self.stages:
+                x = run_stage(stage, x)
+            return self._picked(x)
         stages = self.stages
         banded = self._pooled_in_bands(x)
         if banded is not None:
@@ -81,12 +92,17 @@ class Pipeline:
                 x = stage.run(x, in_place=True)
             else:
                 x = stage.run(x)
-        if self.pick is not None:
-            if x.ndim != 3 or self.pick >= x.shape[2]:
-                count = x.shape[2] if x.ndim == 3 else 1
-                raise ImageError(f"the result has {count} map(s), no map {self.pick}")
-            x = np.ascontiguousarray(x[:, :, self.pick])
-        return x
+        return self._picked(x)
+
+    def _picked(self, x: Any) -> Any:
+        """The result, or its one map ``pick``."""
+        if self.pick is None:
+            return x
+        if x.ndim != 3 or self.pick >= x.shape[2]:
+            count = x.shape[2] if x.ndim == 3 else 1
+            raise ImageError(f"the result has {count} map(s), no map {self.pick}")
+        picked = x[:, :, self.pick]
+        return picked if is_dask(picked) else np.ascontiguousarray(picked)
 
     def _pooled_in_bands(self, x: NDArray[Any]) -> tuple[NDArray[Any], tuple[Stage, ...]] | None:
         """Run conv -> activations -> pool in bands of pooled rows; the result and the rest.
@@ -238,7 +254,7 @@ class Pipeline:
         makes several maps of one (a stack): then channels are not filtered each alone."""
         return any(s.stacks or s.in_channels is not None for s in self.conv_stages)
 
-    def check_channels(self, x: NDArray[Any]) -> None:
+    def check_channels(self, x: NDArray[Any] | da.Array) -> None:
         """Raise ImageError when the first filter's C_in is not the image's channel count."""
         if self.mixes_channels:
             problem = channel_problem(self.stages, x.shape[2] if x.ndim == 3 else 1)

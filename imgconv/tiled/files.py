@@ -21,30 +21,30 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import dask
 import dask.array as da
+import dask.base
 import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.imageio import ALREADY_EXISTS, check_replaceable, write_atomic
+from imgconv.imageio import (
+    ALREADY_EXISTS,
+    STREAM_FORMATS,
+    TIFF_COMPRESSIONS,
+    check_replaceable,
+    depth_of,
+    luminance,
+    stream_format,
+    write_atomic,
+)
 
-#: The formats read and written by region
-STREAM_FORMATS = ("tiff", "npy", "zarr")
-#: TIFF compressions ``save`` writes (``jpeg`` for 8-bit only)
-COMPRESSIONS = ("none", "deflate", "zstd", "lzw", "jpeg")
+COMPRESSIONS = TIFF_COMPRESSIONS
 #: The side of a TIFF output's tiles
 TIFF_TILE = 256
 #: The default chunk side for reading
 DEFAULT_CHUNK = 1024
-
-
-def stream_format(path: str | os.PathLike[str]) -> str | None:
-    """``tiff``, ``npy`` or ``zarr`` from the name (a ``.zarr`` folder), else None."""
-    suffix = Path(path).suffix.lower()
-    return {".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".zarr": "zarr"}.get(suffix)
 
 
 @dataclass
@@ -62,23 +62,10 @@ class Source:
         return tuple(int(n) for n in self.pixels.shape)
 
 
-def depth_of(dtype: np.dtype[Any], name: str) -> tuple[str, float]:
-    """(depth, full-intensity value) of an array's dtype, as :func:`imgconv.imageio.load`
-    gives for an image file: 8-bit 255, 16-bit 65535, float 255 (Pillow's mode F)."""
-    if dtype == np.uint8:
-        return "8", 255.0
-    if dtype == np.uint16:
-        return "16", 65535.0
-    if dtype.kind == "f" and dtype.itemsize <= 8:
-        return "float", 255.0
-    raise ImageError(f"{name}: samples of type {dtype} are not read; "
-                     "uint8, uint16 and float arrays are")
-
-
 class _Regions:
     """A file's array by region, for ``da.from_array``; opened once per process."""
 
-    _open: dict[tuple[str, str, float], Any] = {}
+    _open: ClassVar[dict[tuple[str, str, float], Any]] = {}
     _lock = threading.Lock()
 
     def __init__(self, path: str, kind: str) -> None:
@@ -100,6 +87,8 @@ class _Regions:
         key = self._key()
         with self._lock:
             if key not in self._open:
+                while len(self._open) >= OPEN_FILES:  # the oldest goes, its file closed
+                    _close(self._open.pop(next(iter(self._open))))
                 self._open[key] = _open_array(self.path, self.kind)
             return self._open[key][0]
 
@@ -120,6 +109,24 @@ class _Regions:
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: How many files a process keeps open for reading by region
+OPEN_FILES = 4
+
+
+def _close(opened: tuple[Any, Any]) -> None:
+    page = opened[1]
+    if page is not None:
+        page.parent.close()
+
+
+def forget(path: str | os.PathLike[str]) -> None:
+    """Close ``path`` if a reader holds it open (once its result is written)."""
+    name = os.fspath(path)
+    with _Regions._lock:
+        for key in [k for k in _Regions._open if k[0] == name]:
+            _close(_Regions._open.pop(key))
 
 
 def _reason(exc: BaseException) -> str:
@@ -172,11 +179,13 @@ def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | Non
     return alpha, None
 
 
-def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> Source:
+def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK,
+         gray: bool = False) -> Source:
     """A TIFF, ``.npy`` or ``.zarr`` file as lazy pixels (and alpha), chunked ``chunk`` square.
 
     A TIFF's first page is read; its fourth (or grey's second) sample is alpha
-    when the file says so. An array's channels are all pixels.
+    when the file says so. An array's channels are all pixels. ``gray`` takes
+    the luma of colour (:func:`imgconv.imageio.luminance`, as :func:`imgconv.imageio.load`).
     """
     name = os.fspath(path)
     kind = stream_format(name)
@@ -202,7 +211,10 @@ def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> Source:
     if regions.ndim not in (2, 3) or 0 in regions.shape:
         raise ImageError(f"{name}: an array of shape {regions.shape} is not an image "
                          "((H, W) or (H, W, C))")
-    depth, max_value = depth_of(np.dtype(regions.dtype), name)
+    if regions.ndim == 3 and regions.shape[2] > 4:
+        raise ImageError(f"{name}: an array of shape {regions.shape} is not an image "
+                         "((H, W) or (H, W, C) with C from 1 to 4)")
+    depth, max_value = depth_of(regions.dtype, name)
     chunks = (chunk, chunk, -1)[:regions.ndim]
     array = da.from_array(regions, chunks=chunks, asarray=False, fancy=False, lock=False,
                           name=f"imgconv-read-{dask.base.tokenize(name, regions._key(), chunk)}")
@@ -211,10 +223,12 @@ def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> Source:
         array, alpha = array[:, :, :-1], array[:, :, -1]
         if array.shape[2] == 1:
             array = array[:, :, 0]
+    if gray and array.ndim == 3 and array.shape[2] >= 3:
+        array = array[:, :, :3].map_blocks(luminance, drop_axis=2, dtype=array.dtype)
     return Source(array, alpha, max_value, depth, notes)
 
 
-def open(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> da.Array:  # noqa: A001
+def open(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> da.Array:
     """A lazy (H, W) or (H, W, C) dask array of a TIFF, ``.npy`` or ``.zarr`` file.
 
     Every sample is a channel (a TIFF's alpha is the last); chunks are
@@ -237,7 +251,7 @@ Progress = Callable[[int], None]
 def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[Any]]:
     """The array's bands of chunk rows, computed one at a time, in order."""
     for i in range(array.numblocks[0]):
-        (band,) = dask.compute(array.blocks[i], scheduler=scheduler)
+        (band,) = dask.base.compute(array.blocks[i], scheduler=scheduler)
         yield band
 
 
@@ -348,8 +362,8 @@ def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
 
     if os.path.lexists(target) and not overwrite:
         raise ImageError(f"{target}: {ALREADY_EXISTS}")
-    if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
-        check_replaceable(target)
+    if os.path.lexists(target):
+        _check_store(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part",
                                 dir=target.parent))
     try:
@@ -365,6 +379,16 @@ def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_store(target: Path) -> None:
+    """Refuse to replace what is not a zarr store: a file, a link, a folder of other things."""
+    if target.is_dir() and not target.is_symlink():
+        if not any((target / n).is_file() for n in ("zarr.json", ".zarray", ".zgroup")):
+            raise ImageError(f"{target}: is a folder that holds no zarr store; "
+                             "refusing to replace it")
+        return
+    check_replaceable(target)
+
+
 def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
     """Rename the folder ``tmp`` to ``target``; an old ``target`` goes only once it is in place."""
     if not os.path.lexists(target):
@@ -376,9 +400,10 @@ def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
                 raise
     if not overwrite:
         raise ImageError(f"{target}: {ALREADY_EXISTS}")
-    if not target.is_dir() or target.is_symlink():
-        check_replaceable(target)
-        os.replace(tmp, target)
+    _check_store(target)
+    if not target.is_dir() or target.is_symlink():  # a regular file (or a link) named .zarr
+        os.unlink(target)
+        os.rename(tmp, target)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old",
                                 dir=target.parent))

@@ -10,7 +10,7 @@ channel pick work block by block.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -21,17 +21,16 @@ from imgconv.core.geometry import extent, normalize_pair
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.pooling import (
     POOL_OPS,
-    activate as activate_block,
     divide_by_counts,
     reduce_windows,
+)
+from imgconv.core.pooling import (
+    activate as activate_block,
 )
 from imgconv.errors import ImageError
 from imgconv.kernels.model import Kernel
 from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
 from imgconv.tiled.windows import Windows, windowed
-
-if TYPE_CHECKING:
-    from imgconv.pipeline.run import Pipeline
 
 
 def check_array(x: Any, name: str = "image") -> da.Array:
@@ -119,21 +118,8 @@ def run_stage(stage: Stage, x: da.Array) -> da.Array:
     if isinstance(stage, PoolStage):
         return pool_stage(stage, x)
     dtype = working_dtype(x.dtype)
-    return x.map_blocks(activate_block, stage.kind, dtype=dtype,
-                        meta=np.zeros((0,) * x.ndim, dtype))
-
-
-def run_pipeline(pipeline: Pipeline, x: da.Array) -> da.Array:
-    """:meth:`Pipeline.run` on a dask array: every stage in turn, then the pick."""
-    pipeline.check_channels(x)
-    for stage in pipeline.stages:
-        x = run_stage(stage, x)
-    if pipeline.pick is not None:
-        if x.ndim != 3 or pipeline.pick >= x.shape[2]:
-            count = x.shape[2] if x.ndim == 3 else 1
-            raise ImageError(f"the result has {count} map(s), no map {pipeline.pick}")
-        x = x[:, :, pipeline.pick]
-    return x
+    return da.map_blocks(activate_block, x, stage.kind, dtype=dtype,
+                         meta=np.zeros((0,) * x.ndim, dtype))
 
 
 def _kernel_stage(kernel: ArrayLike, flip: bool, padding: Padding, pad_mode: str, cval: float,
@@ -157,7 +143,7 @@ def correlate(image: Any, kernel: ArrayLike, *, padding: Padding = "same",
     >>> import dask.array as da, numpy as np
     >>> x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=2)
     >>> correlate(x, [[1, 2, 3]], pad_mode="wrap").compute()[0].tolist()
-    [9.0, 6.0, 12.0, 18.0, 24.0, 15.0]
+    [8.0, 8.0, 14.0, 20.0, 26.0, 14.0]
     """
     x = check_array(image)
     stage = _kernel_stage(kernel, False, padding, pad_mode, cval, stride, dilation)

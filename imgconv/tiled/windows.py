@@ -127,10 +127,11 @@ def windowed(
         for j, (c, d, cols) in enumerate(col_blocks):
             pieces = [[(operator.getitem, (x.name, ri, ci, *tail), (rs, cs))
                        for ci, cs in cols.pieces] for ri, rs in rows.pieces]
-            layer[(out_name, i, j, *out_tail)] = (
+            key = (out_name, i, j, *out_tail)
+            layer[key] = (
                 _block, compute, pieces, rows.takes, cols.takes, fill, x.dtype, x.shape[2:],
                 (a, b, c, d))
-    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[x])
+    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[x])  # type: ignore[list-item]
     out_chunks = (tuple(b - a for a, b, _ in row_blocks),
                   tuple(d - c for c, d, _ in col_blocks),
                   *((n,) for n in meta.shape[2:]))

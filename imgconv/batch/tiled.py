@@ -1,0 +1,280 @@
+"""One input through the tiled path: when it is taken, its plan, and the file it makes.
+
+An input takes the tiled path (:mod:`imgconv.tiled`) when it is a TIFF,
+``.npy`` or ``.zarr`` and ``tiles`` says so, or (``tiles=None``) when its
+float32 working copy would pass ``memory_limit`` or it has more pixels than
+``max_pixels``: its memory is bounded by the chunks, not the image. A ``.zarr``
+is always read and written this way.
+
+Everything here but :func:`wants_tiles`, :func:`chunk_for` and :func:`plan`
+needs the ``scale`` extra, imported when a file takes the path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgconv.errors import ImageError, UsageError
+from imgconv.imageio import ARRAY_FORMATS, STREAM_FORMATS, array_shape, stream_format
+
+if TYPE_CHECKING:
+    from imgconv.batch.tasks import Options, Result, Task
+    from imgconv.pipeline import Pipeline
+
+#: The default ``memory_limit`` is this fraction of the machine's memory, at most MAX_DEFAULT
+MEMORY_FRACTION = 4
+MAX_DEFAULT_LIMIT = 4 << 30
+#: Chunk sides are multiples of this (a TIFF output's tile side) and at most MAX_CHUNK
+CHUNK_STEP = 256
+MAX_CHUNK = 1024
+#: Bytes of working memory a chunk's float32 sample takes at the peak: the gathered
+#: pixels, the response, a bank's accumulator and the mapped block, with slack
+BYTES_PER_SAMPLE = 24
+#: What the process holds before any pixel: Python, numpy, dask, tifffile, the codecs
+BASE_BYTES = 160 << 20
+
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``512MB``, ``2GiB``, ``1.5G`` or ``1000000`` (k, M, G, T: powers of 1000;
+    with ``i``, of 1024).
+
+    >>> parse_size("2GiB"), parse_size("1.5G"), parse_size("512MB")
+    (2147483648, 1500000000, 512000000)
+    """
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise UsageError(f"`memory_limit` must be a size such as 512MB, 2GiB or 1.5G, "
+                         f"got {text!r}")
+    number, unit, binary = float(match[1]), match[2].lower(), match[3]
+    power = "kmgt".index(unit) + 1 if unit else 0
+    size = number * (1024 if binary else 1000) ** power
+    if not math.isfinite(size) or size < 1 or size > 2**62:
+        raise UsageError(f"`memory_limit` must be at least one byte and at most 4 EiB, "
+                         f"got {text!r}")
+    return int(size)
+
+
+def default_memory_limit() -> int:
+    """A quarter of the machine's memory, at most 4 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        total = 8 << 30
+    return min(MAX_DEFAULT_LIMIT, total // MEMORY_FRACTION)
+
+
+def input_shape(path: str) -> tuple[int, ...] | None:
+    """(H, W) or (H, W, C) of a TIFF, ``.npy`` or ``.zarr`` from its header, or None."""
+    kind = stream_format(path)
+    try:
+        if kind == "npy":
+            return array_shape(path, path)
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                h, w = int(page.imagelength), int(page.imagewidth)
+                samples = int(page.samplesperpixel)
+            return (h, w) if samples == 1 else (h, w, samples)
+        if kind == "zarr":
+            import zarr
+
+            return tuple(int(n) for n in zarr.open_array(path, mode="r").shape)
+    except Exception:  # the run says what is wrong with it
+        return None
+    return None
+
+
+def wants_tiles(path: str, fmt: str, options: Options) -> bool:
+    """Whether input ``path``, written as ``fmt``, takes the tiled path."""
+    if path == "-":
+        return False
+    kind = stream_format(path)
+    if kind == "zarr" or fmt == "zarr":
+        return True
+    if options.tiles is False or kind is None:
+        return False
+    if options.tiles:
+        return True
+    shape = input_shape(path)
+    if shape is None:
+        return False
+    pixels = shape[0] * shape[1]
+    channels = shape[2] if len(shape) == 3 else 1
+    return pixels * channels * 4 > options.memory_limit or pixels > options.max_pixels
+
+
+def chunk_for(channels: int, memory_limit: int, threads: int) -> int:
+    """The chunk side that keeps each thread's working chunks within a share of the
+    memory limit: a multiple of 256, from 256 to 1024 pixels."""
+    share = max(memory_limit - BASE_BYTES, memory_limit // 4) / (4 * max(1, threads))
+    side = math.isqrt(int(share // (BYTES_PER_SAMPLE * max(1, channels))))
+    return max(CHUNK_STEP, min(MAX_CHUNK, side // CHUNK_STEP * CHUNK_STEP))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a tiled run goes: chunks, the halo each stage reads, and the memory it needs."""
+
+    chunk: int
+    grid: tuple[int, int]
+    halos: tuple[tuple[str, int, int], ...]  # (stage, rows, columns) read beyond a chunk
+    peak_bytes: int
+
+    def lines(self) -> list[str]:
+        rows, cols = self.grid
+        out = [f"tiled: chunks of {self.chunk}x{self.chunk} pixels, a grid of {rows}x{cols} "
+               f"= {rows * cols:,} chunks, computed a row of chunks at a time"]
+        for stage, hy, hx in self.halos:
+            out.append(f"  {stage}: a chunk reads {hy} rows and {hx} columns beyond itself")
+        out.append(f"  estimated peak memory {self.peak_bytes / 2**20:,.0f} MiB")
+        return out
+
+
+def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: int, threads: int) -> Plan:
+    """The tiled plan for an input of ``shape`` (H, W[, C])."""
+    from imgconv.pipeline.stages import ActivationStage, ConvStage
+
+    h, w = shape[:2]
+    channels = shape[2] if len(shape) == 3 else 1
+    halos: list[tuple[str, int, int]] = []
+    size = (h, w)
+    widest = channels
+    for n, stage in enumerate(pipeline.stages, 1):
+        if isinstance(stage, ActivationStage):
+            continue
+        if isinstance(stage, ConvStage):
+            kernel = stage.members()[0]
+            kh, kw = kernel.matrix.shape[:2]
+            ey, ex = (kh - 1) * stage.dilation[0] + 1, (kw - 1) * stage.dilation[1] + 1
+            name = f"stage {n} ({stage.spec})"
+            widest = max(widest, stage.out_channels(channels))
+            channels = stage.out_channels(channels)
+        else:
+            (kh, kw), (dy, dx) = stage.size, stage.dilation
+            ey, ex = (kh - 1) * dy + 1, (kw - 1) * dx + 1
+            name = f"stage {n} ({stage.op} pool)"
+            (sy, sx) = stage.stride or stage.size
+            ey, ex = max(0, ey - sy) + 1, max(0, ex - sx) + 1
+        halos.append((name, max(0, ey - 1), max(0, ex - 1)))
+        size = stage.out_shape(size)
+    out_h, out_w = size
+    grid = (max(1, -(-out_h // chunk)), max(1, -(-out_w // chunk)))
+    band = chunk * (w + 2 * chunk) * widest * 4  # the band of chunks in flight, float32
+    work = threads * (chunk + 64) ** 2 * widest * BYTES_PER_SAMPLE
+    return Plan(chunk, grid, tuple(halos), BASE_BYTES + band + work)
+
+
+#: ``progress(name, done, total)`` in the process that set it: a tiled image's chunks
+ProgressHook = Callable[[str, int, int], None]
+_progress: tuple[int, ProgressHook] | None = None
+_progress_lock = threading.Lock()
+
+
+def set_progress(hook: ProgressHook | None) -> None:
+    """Report each tiled image's chunks to ``hook`` (in this process only; None: stop)."""
+    global _progress
+    with _progress_lock:
+        _progress = None if hook is None else (os.getpid(), hook)
+
+
+def _report(name: str, total: int) -> Callable[[int], None] | None:
+    """A counter of ``name``'s chunks for the hook, or None when none is set here."""
+    hook = _progress
+    if hook is None or hook[0] != os.getpid():
+        return None
+    done = 0
+
+    def step(blocks: int) -> None:
+        nonlocal done
+        done += blocks
+        hook[1](name, done, total)
+
+    return step
+
+
+def process_tiled(task: Task, options: Options, result: Result, name: str) -> None:
+    """Filter ``task``'s input through the tiled path into its output; raises ImgconvError."""
+    import dask
+
+    from imgconv.core.threads import get_threads, set_threads
+    from imgconv.imageio import load
+    from imgconv.pipeline.mapping import CLIP_WARNING_FRACTION
+    from imgconv.tiled import files, render
+
+    threads = options.threads or get_threads()
+    kind = stream_format(task.source.path)
+    if kind is not None:
+        shape = input_shape(task.source.path)
+        channels = shape[2] if shape is not None and len(shape) == 3 else 1
+        chunk = options.chunk or chunk_for(channels, options.memory_limit, threads)
+        source = files.read(task.source.path, chunk=chunk, gray=options.gray)
+    else:  # a picture that fits, written to .zarr
+        picture = load(task.source.path, gray=options.gray, max_pixels=options.max_pixels)
+        source = render.from_picture(picture, options.chunk or MAX_CHUNK)
+    result.notes.extend(source.notes)
+    result.input_shape = list(source.shape)
+    pipeline = options.pipeline
+    if task.pick is not None:
+        import dataclasses
+
+        pipeline = dataclasses.replace(pipeline, pick=task.pick)
+    out = render.render(source, pipeline, task.fmt, name, alpha=options.alpha,
+                        depth=options.depth)
+    result.output_shape = [int(n) for n in out.pixels.shape]
+    set_threads(1)  # dask's threads run the chunks: one core thread each
+    try:
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            if task.fmt in STREAM_FORMATS:
+                pixels = out.with_alpha()
+                files.write_bands(
+                    pixels, task.target, overwrite=options.overwrite,
+                    compression=options.compression, alpha=out.alpha is not None,
+                    progress=_report(name, pixels.numblocks[0] * pixels.numblocks[1]))
+            else:
+                _write_in_memory(out, task, options, name)
+    finally:
+        set_threads(options.threads)
+        if kind is not None:
+            files.forget(task.source.path)
+    clipped = out.clipped_fraction()
+    remedies = pipeline.clipping_remedies(out.how) if out.how else ()
+    if clipped > CLIP_WARNING_FRACTION and remedies:
+        result.notes.append(
+            f"{name}: {clipped:.1%} of values were clipped by `output_map={out.how}`; "
+            f"try `output_map` {' or '.join(remedies)}")
+    if out.non_finite():
+        result.notes.append(f"{name}: {out.non_finite():,} non-finite values (NaN/inf) in the "
+                            "result; NaN written as 0")
+    result.notes.extend(out.notes)
+
+
+def _write_in_memory(out: Any, task: Task, options: Options, name: str) -> None:
+    """A result small enough to hold, written as a PNG, JPEG, WebP or BMP."""
+    from imgconv.imageio import encode, write_atomic
+
+    h, w = out.pixels.shape[:2]
+    if h * w > options.max_pixels:
+        raise ImageError(
+            f"{name}: the {h}x{w} result is too large to write as {task.fmt} (more than "
+            "`max_pixels`); write .tif, .npy or .zarr, which are written by region")
+    pixels, alpha = out.pixels.compute(), None if out.alpha is None else out.alpha.compute()
+    depth = "16" if pixels.dtype.itemsize == 2 else "8"
+    write_atomic(Path(task.target), lambda stream: encode(
+        pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
+        name=task.target), overwrite=options.overwrite)
+
+
+def raw_output(fmt: str, depth: str | None) -> bool:
+    """Whether ``fmt`` at ``depth`` holds the float values as computed."""
+    return fmt in ARRAY_FORMATS or (fmt == "tiff" and depth == "float")
