@@ -119,6 +119,7 @@ def process(task: Task, options: Options, data: bytes | None = None,
         if data is None and wants_tiles(task.source.path, task.fmt, options):
             from imgconv.batch.tiled import process_tiled
 
+            make_folder(Path(task.target))
             process_tiled(task, options, result, name)
             result.status = Status.WRITTEN
             return result
@@ -159,15 +160,7 @@ def process(task: Task, options: Options, data: bytes | None = None,
                 raise ImageError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
         else:
             target = Path(task.target)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise ImageError(
-                    f"{target}: cannot create the folder {target.parent}: a file is in the way"
-                ) from None
-            except OSError as exc:
-                raise ImageError(f"{target}: cannot create the folder {target.parent} "
-                                 f"({exc.strerror or exc})") from None
+            make_folder(target)
             try:
                 write_atomic(target, write, overwrite=options.overwrite)
             except OSError as exc:  # the output's fault, not the input's: name it
@@ -193,6 +186,19 @@ def process(task: Task, options: Options, data: bytes | None = None,
     finally:
         result.seconds = time.perf_counter() - start
     return result
+
+
+def make_folder(target: Path) -> None:
+    """Create the folder ``target`` goes in; ImageError naming the output if it cannot be."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageError(
+            f"{target}: cannot create the folder {target.parent}: a file is in the way"
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"{target}: cannot create the folder {target.parent} "
+                         f"({exc.strerror or exc})") from None
 
 
 def check_stage_sizes(pipeline: Pipeline, picture: Picture, max_pixels: int,

@@ -150,6 +150,11 @@ def _is_image_file(path: Path) -> bool:
     return os.path.isfile(path) and path.suffix.lower() in INPUT_EXTENSIONS and not hidden
 
 
+def _is_store_name(path: str) -> bool:
+    """A folder named ``*.zarr``: one array (an input or output), not a folder of files."""
+    return path.rstrip("/" + os.sep).lower().endswith(".zarr")
+
+
 def _cannot_read(exc: OSError) -> str:
     return f"{exc.filename}: cannot read the folder ({exc.strerror or exc})"
 
@@ -231,7 +236,7 @@ def expand_inputs(
         errors: list[OSError] = []
         if arg == STDIO:
             sources.append(Source(STDIO))
-        elif os.path.isdir(arg) and not arg.rstrip("/" + os.sep).lower().endswith(".zarr"):
+        elif os.path.isdir(arg) and not _is_store_name(arg):
             found = sorted(_walk(arg, recursive, errors))
             sources.extend(Source(str(p), arg) for p in found if wanted(p, arg))
             for error in [e for e in errors if e.filename == arg]:  # the folder given
@@ -260,7 +265,7 @@ def skipped_subfolders(args: Sequence[str]) -> int:
     """How many sub-folders the folders in ``args`` have (not read unless ``recursive``)."""
     count = 0
     for arg in args:
-        if arg != STDIO and os.path.isdir(arg):
+        if arg != STDIO and os.path.isdir(arg) and not _is_store_name(arg):
             with contextlib.suppress(OSError), os.scandir(arg) as entries:  # reported elsewhere
                 count += sum(1 for e in entries if not e.name.startswith(".") and e.is_dir())
     return count
@@ -393,7 +398,7 @@ def plan(
             if fmt is None or sources[0].path == STDIO:
                 raise UsageError("`output=-` (standard output) needs `format` when the input's "
                                  "extension does not name a format")
-        if os.path.isdir(output):
+        if os.path.isdir(output) and not _is_store_name(output):
             raise UsageError(f"`output` {output}: is a folder; use `out_dir` {output}")
         ext = Path(output).suffix.lower()
         named = EXTENSIONS.get(ext) if output != STDIO else None

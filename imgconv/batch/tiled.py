@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 #: The default ``memory_limit`` is this fraction of the machine's memory, at most MAX_DEFAULT
 MEMORY_FRACTION = 4
 MAX_DEFAULT_LIMIT = 4 << 30
-#: Chunk sides are multiples of this (a TIFF output's tile side) and at most MAX_CHUNK
+#: Chunks are this many rows (a TIFF output's tile side) and at most MAX_CHUNK_WIDTH wide
 CHUNK_STEP = 256
-MAX_CHUNK = 1024
+MAX_CHUNK_WIDTH = 2048
 #: Bytes of working memory a chunk's float32 sample takes at the peak: the gathered
 #: pixels, the response, a bank's accumulator and the mapped block, with slack
 BYTES_PER_SAMPLE = 24
@@ -74,10 +74,20 @@ def default_memory_limit() -> int:
 
 def input_shape(path: str) -> tuple[int, ...] | None:
     """(H, W) or (H, W, C) of a TIFF, ``.npy`` or ``.zarr`` from its header, or None."""
+    header = stream_header(path)
+    return None if header is None else header[0]
+
+
+def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
+    """(shape (H, W[, C]), dtype name) of a TIFF, ``.npy`` or ``.zarr``, read from its
+    header; None if it cannot be read (the run says why)."""
     kind = stream_format(path)
     try:
         if kind == "npy":
-            return array_shape(path, path)
+            import numpy as np
+
+            shape = array_shape(path, path)
+            return shape, str(np.load(path, mmap_mode="r", allow_pickle=False).dtype)
         if kind == "tiff":
             import tifffile
 
@@ -85,11 +95,13 @@ def input_shape(path: str) -> tuple[int, ...] | None:
                 page = tif.pages.first
                 h, w = int(page.imagelength), int(page.imagewidth)
                 samples = int(page.samplesperpixel)
-            return (h, w) if samples == 1 else (h, w, samples)
+                dtype = str(page.dtype)
+            return ((h, w) if samples == 1 else (h, w, samples)), dtype
         if kind == "zarr":
             import zarr
 
-            return tuple(int(n) for n in zarr.open_array(path, mode="r").shape)
+            array = zarr.open_array(path, mode="r")
+            return tuple(int(n) for n in array.shape), str(array.dtype)
     except Exception:  # the run says what is wrong with it
         return None
     return None
@@ -114,39 +126,48 @@ def wants_tiles(path: str, fmt: str, options: Options) -> bool:
     return pixels * channels * 4 > options.memory_limit or pixels > options.max_pixels
 
 
-def chunk_for(channels: int, memory_limit: int, threads: int) -> int:
-    """The chunk side that keeps each thread's working chunks within a share of the
-    memory limit: a multiple of 256, from 256 to 1024 pixels."""
+def chunk_for(channels: int, memory_limit: int, threads: int) -> tuple[int, int]:
+    """The chunks' (rows, columns): a band of :data:`CHUNK_STEP` rows (a TIFF output's row
+    of tiles) at a time, split into chunks as wide as each thread's share of the memory
+    limit allows, a multiple of 256 from 256 to :data:`MAX_CHUNK_WIDTH`."""
     share = max(memory_limit - BASE_BYTES, memory_limit // 4) / (4 * max(1, threads))
-    side = math.isqrt(int(share // (BYTES_PER_SAMPLE * max(1, channels))))
-    return max(CHUNK_STEP, min(MAX_CHUNK, side // CHUNK_STEP * CHUNK_STEP))
+    width = int(share // (BYTES_PER_SAMPLE * max(1, channels) * CHUNK_STEP))
+    return CHUNK_STEP, max(CHUNK_STEP, min(MAX_CHUNK_WIDTH, width // CHUNK_STEP * CHUNK_STEP))
+
+
+def chunk_sides(options: Options, channels: int, threads: int) -> tuple[int, int]:
+    """``chunk`` square, else :func:`chunk_for`'s."""
+    if options.chunk:
+        return options.chunk, options.chunk
+    return chunk_for(channels, options.memory_limit, threads)
 
 
 @dataclass(frozen=True)
 class Plan:
     """How a tiled run goes: chunks, the halo each stage reads, and the memory it needs."""
 
-    chunk: int
+    chunk: tuple[int, int]  # (rows, columns)
     grid: tuple[int, int]
     halos: tuple[tuple[str, int, int], ...]  # (stage, rows, columns) read beyond a chunk
     peak_bytes: int
 
     def lines(self) -> list[str]:
         rows, cols = self.grid
-        out = [f"tiled: chunks of {self.chunk}x{self.chunk} pixels, a grid of {rows}x{cols} "
-               f"= {rows * cols:,} chunks, computed a row of chunks at a time"]
+        out = [f"tiled: chunks of {self.chunk[0]}x{self.chunk[1]} pixels, a grid of "
+               f"{rows}x{cols} = {rows * cols:,} chunks, computed a row of chunks at a time"]
         for stage, hy, hx in self.halos:
             out.append(f"  {stage}: a chunk reads {hy} rows and {hx} columns beyond itself")
         out.append(f"  estimated peak memory {self.peak_bytes / 2**20:,.0f} MiB")
         return out
 
 
-def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: int, threads: int) -> Plan:
+def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: tuple[int, int],
+         threads: int) -> Plan:
     """The tiled plan for an input of ``shape`` (H, W[, C])."""
     from imgconv.pipeline.stages import ActivationStage, ConvStage
 
     h, w = shape[:2]
-    channels = shape[2] if len(shape) == 3 else 1
+    channels = in_channels = shape[2] if len(shape) == 3 else 1
     halos: list[tuple[str, int, int]] = []
     size = (h, w)
     widest = channels
@@ -169,9 +190,12 @@ def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: int, threads: int) -
         halos.append((name, max(0, ey - 1), max(0, ex - 1)))
         size = stage.out_shape(size)
     out_h, out_w = size
-    grid = (max(1, -(-out_h // chunk)), max(1, -(-out_w // chunk)))
-    band = chunk * (w + 2 * chunk) * widest * 4  # the band of chunks in flight, float32
-    work = threads * (chunk + 64) ** 2 * widest * BYTES_PER_SAMPLE
+    rows, cols = chunk
+    grid = (max(1, -(-out_h // rows)), max(1, -(-out_w // cols)))
+    # two bands of input in flight (one computed while the other is written), the
+    # decoded rows above and below, and each thread's chunk at work
+    band = 5 * rows * w * in_channels
+    work = threads * (rows + 64) * (cols + 64) * widest * BYTES_PER_SAMPLE
     return Plan(chunk, grid, tuple(halos), BASE_BYTES + band + work)
 
 
@@ -217,11 +241,12 @@ def process_tiled(task: Task, options: Options, result: Result, name: str) -> No
     if kind is not None:
         shape = input_shape(task.source.path)
         channels = shape[2] if shape is not None and len(shape) == 3 else 1
-        chunk = options.chunk or chunk_for(channels, options.memory_limit, threads)
+        # a band of 256 rows (a TIFF output's row of tiles) at a time, in wide chunks
+        chunk = chunk_sides(options, channels, threads)
         source = files.read(task.source.path, chunk=chunk, gray=options.gray)
     else:  # a picture that fits, written to .zarr
         picture = load(task.source.path, gray=options.gray, max_pixels=options.max_pixels)
-        source = render.from_picture(picture, options.chunk or MAX_CHUNK)
+        source = render.from_picture(picture, chunk_sides(options, 3, threads))
     result.notes.extend(source.notes)
     result.input_shape = list(source.shape)
     pipeline = options.pipeline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -47,6 +48,7 @@ from imgconv.cli.output import (
     flag_words,
     print_error,
     print_warning,
+    printable,
     report_errors,
     silence_stdout,
     stderr,
@@ -652,19 +654,12 @@ def _run_with_progress(
 
     if quiet:
         return run()
-    if not stderr.is_terminal or len(tasks) == 1:
+    if stderr.is_terminal and len(tasks) == 1:
+        with _chunk_progress():
+            return run(_plain_result)
+    if not stderr.is_terminal:
 
-        def plain(result: Result) -> None:
-            note(result)
-            if result.status == batch.Status.WRITTEN and result.output != batch.STDIO:
-                stderr.line(
-                    f"{result.input} {_dims(result.input_shape)} -> {result.output} "
-                    f"{_dims(result.output_shape)}"
-                )
-            elif result.status == batch.Status.SKIPPED:
-                stderr.line(f"skipped {result.input}: {result.output} exists")
-
-        return run(plain)
+        return run(_plain_result)
 
     from rich.progress import (
         BarColumn,
@@ -674,6 +669,8 @@ def _run_with_progress(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from imgconv.batch.tiled import set_progress
 
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -686,6 +683,15 @@ def _run_with_progress(
         transient=False,
     ) as progress:
         bar = progress.add_task("filtering", total=len(tasks), rate="")
+        chunk_bars: dict[str, Any] = {}
+
+        def chunks(name: str, done: int, total: int) -> None:
+            if name not in chunk_bars:
+                chunk_bars[name] = progress.add_task(f"  chunks of {_markup(name)}",
+                                                     total=total, rate="")
+            progress.update(chunk_bars[name], completed=done)
+            if done >= total:
+                progress.remove_task(chunk_bars.pop(name))
 
         def tick(result: Result) -> None:
             note(result)
@@ -694,7 +700,54 @@ def _run_with_progress(
             rate = f"{(task.completed + 1) / elapsed:.1f} files/s" if elapsed > 0 else ""
             progress.update(bar, advance=1, rate=rate)
 
-        return run(tick)
+        set_progress(chunks)
+        try:
+            return run(tick)
+        finally:
+            set_progress(None)
+
+
+def _markup(name: str) -> str:
+    """A file name as rich shows it literally (no [style] read from it)."""
+    from rich.markup import escape
+
+    return escape(printable(name))
+
+
+def _plain_result(result: Result) -> None:
+    """One line for a file done: its notes, then what was written (or skipped)."""
+    from imgconv import batch
+
+    for line in result.notes:
+        print_warning(line)
+    if result.status == batch.Status.WRITTEN and result.output != batch.STDIO:
+        stderr.line(f"{result.input} {_dims(result.input_shape)} -> {result.output} "
+                    f"{_dims(result.output_shape)}")
+    elif result.status == batch.Status.SKIPPED:
+        stderr.line(f"skipped {result.input}: {result.output} exists")
+
+
+@contextmanager
+def _chunk_progress() -> Iterator[None]:
+    """A bar of a tiled image's chunks, while one file runs on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from imgconv.batch.tiled import set_progress
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=stderr.console, transient=True) as progress:
+        bars: dict[str, Any] = {}
+
+        def chunks(name: str, done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(f"chunks of {_markup(name)}", total=total)
+            progress.update(bars[name], completed=done)
+
+        set_progress(chunks)
+        try:
+            yield
+        finally:
+            set_progress(None)
 
 
 def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
@@ -705,14 +758,32 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
     (:func:`imgconv.batch.output_conflict`).
     """
     from imgconv import batch
+    from imgconv.batch.tiled import chunk_sides, stream_header, wants_tiles
+    from imgconv.batch.tiled import plan as tiled_plan
+    from imgconv.core.threads import get_threads
     from imgconv.errors import ImgconvError
-    from imgconv.imageio import read_header
+    from imgconv.imageio import read_header, stream_format
 
     def say(text: str) -> None:
         stdout.line(text)
 
     headers: list[tuple[int, int, float] | str] = []
-    for t in tasks:
+    plans: dict[int, list[str]] = {}  # the tiled plan of each input that streams
+    threads = options.threads or get_threads()
+    for i, t in enumerate(tasks):
+        if wants_tiles(t.source.path, t.fmt, options):
+            found = stream_header(t.source.path)
+            if found is None:
+                headers.append(f"{t.source.path}: not a readable "
+                               f"{stream_format(t.source.path) or 'image'}")
+                continue
+            shape, dtype = found
+            headers.append((shape[0], shape[1], 65535.0 if dtype == "uint16" else 255.0))
+            channels = shape[2] if len(shape) == 3 else 1
+            sides = chunk_sides(options, channels, threads)
+            with contextlib.suppress(ValueError):  # a stage leaves nothing: said below
+                plans[i] = tiled_plan(pipeline, shape, sides, threads).lines()
+            continue
         try:
             source = stdin if t.source.path == "-" and stdin is not None else t.source.path
             headers.append(read_header(source, options.max_pixels))
@@ -724,7 +795,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
     for line in _plan_lines(pipeline, (h, w), full, raw):
         say(line)
     say("files:")
-    for t, header in zip(tasks, headers, strict=True):
+    for i, (t, header) in enumerate(zip(tasks, headers, strict=True)):
         if isinstance(header, str):
             say(f"  {t.source.path} -> {t.target} (cannot read: {flag_words(header)})")
             continue
@@ -749,6 +820,8 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             elif target.exists() or target.is_symlink():
                 exists = " (exists: replaced)"
         say(f"  {t.source.path} ({size[0]}x{size[1]}) -> {t.target} ({out[0]}x{out[1]}){exists}")
+        for line in plans.get(i, ()):
+            say(f"    {line}")
 
 
 def _plan_lines(pipeline: Pipeline, shape: tuple[int, int], full: float = 255.0,

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +74,6 @@ class _Regions:
         array = self._array()
         self.dtype = array.dtype
         self.shape = tuple(int(n) for n in array.shape)
-        self.planar = False
-        if kind == "tiff":
-            self.planar = self._page().planarconfig == 2 and len(self.shape) == 3
-            if self.planar:  # (C, H, W) on disk: read as (H, W, C)
-                self.shape = (*self.shape[1:], self.shape[0])
         self.ndim = len(self.shape)
 
     def _key(self) -> tuple[str, str, float]:
@@ -99,10 +95,6 @@ class _Regions:
     def __getitem__(self, index: Any) -> NDArray[Any]:
         array = self._array()
         try:
-            if self.planar:
-                rows, cols, *rest = index if isinstance(index, tuple) else (index,)
-                channels = rest[0] if rest else slice(None)
-                return np.moveaxis(np.asarray(array[channels, rows, cols]), 0, -1)
             return np.asarray(array[index])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ImageError(f"{self.path}: cannot read a region ({_reason(exc)})") from None
@@ -144,15 +136,100 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
 
             return zarr.open_array(path, mode="r"), None
         import tifffile
-        import zarr
 
         tif = tifffile.TiffFile(path)
         page = tif.pages.first
-        return zarr.open_array(page.aszarr(), mode="r"), page
+        return _TiffSegments(page), page
     except ImageError:
         raise
     except Exception as exc:  # each library says "not mine" in its own way
         raise ImageError(f"{path}: not a readable {kind} ({_reason(exc)})") from None
+
+
+class _TiffSegments:
+    """A TIFF page's pixels by region, (H, W) or (H, W, S), from its tiles or strips.
+
+    Each segment a region touches is read (under the file's lock) and decoded
+    by tifffile's codec for the page (imagecodecs releases the GIL, so threads
+    decode in parallel); a segment with no bytes reads as zeros.
+    """
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.samples = int(page.samplesperpixel)
+        self.planar = page.planarconfig == 2 and self.samples > 1
+        height, width = int(page.imagelength), int(page.imagewidth)
+        self.shape: tuple[int, ...] = (height, width) if self.samples == 1 else (
+            height, width, self.samples)
+        self.dtype = np.dtype(page.dtype)
+        if page.is_tiled:
+            self.segment = (int(page.tilelength), int(page.tilewidth))
+        else:
+            self.segment = (int(page.rowsperstrip) or height, width)
+        self.grid = (-(-height // self.segment[0]), -(-width // self.segment[1]))
+        self.lock = threading.Lock()  # (tifffile's file handle has none by default)
+        # decoded segments, most recent last: three rows of them, so that the rows a
+        # chunk's halo reads above and below are decoded once, not once per chunk
+        self.cache: OrderedDict[int, NDArray[Any] | None] = OrderedDict()
+        self.cache_size = 3 * self.grid[1] * (self.samples if self.planar else 1)
+        self.cache_lock = threading.Lock()
+
+    def __getitem__(self, index: tuple[slice, ...]) -> NDArray[Any]:
+        rows, cols = index[0].indices(self.shape[0]), index[1].indices(self.shape[1])
+        (r0, r1, _), (c0, c1, _) = rows, cols
+        out = np.zeros((r1 - r0, c1 - c0, self.samples), self.dtype)
+        (th, tw), (_, per_row) = self.segment, self.grid
+        planes = range(self.samples) if self.planar else (None,)
+        for i in range(r0 // th, (r1 - 1) // th + 1):
+            for j in range(c0 // tw, (c1 - 1) // tw + 1):
+                for plane in planes:
+                    number = i * per_row + j + (plane or 0) * self.grid[0] * per_row
+                    tile = self._decode(number)
+                    if tile is None:
+                        continue
+                    y0, x0 = i * th, j * tw
+                    ys = slice(max(r0, y0) - y0, min(r1, y0 + tile.shape[0]) - y0)
+                    xs = slice(max(c0, x0) - x0, min(c1, x0 + tile.shape[1]) - x0)
+                    where = (slice(ys.start + y0 - r0, ys.stop + y0 - r0),
+                             slice(xs.start + x0 - c0, xs.stop + x0 - c0))
+                    if plane is None:
+                        out[where] = tile[ys, xs]
+                    else:
+                        out[where[0], where[1], plane] = tile[ys, xs, 0]
+        result = out if self.samples > 1 else out[:, :, 0]
+        if len(index) > 2:  # the channels asked for
+            result = result[:, :, index[2]]
+        return result
+
+    def _decode(self, number: int) -> NDArray[Any] | None:
+        with self.cache_lock:
+            if number in self.cache:
+                self.cache.move_to_end(number)
+                return self.cache[number]
+        segment = self._decode_segment(number)
+        if segment is not None:
+            segment.flags.writeable = False  # shared by every chunk that reads it
+        with self.cache_lock:
+            self.cache[number] = segment
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return segment
+
+    def _decode_segment(self, number: int) -> NDArray[Any] | None:
+        page = self.page
+        offset, count = page.dataoffsets[number], page.databytecounts[number]
+        if not count:
+            return None
+        handle = page.parent.filehandle
+        with self.lock:
+            handle.seek(offset)
+            data = handle.read(count)
+        if len(data) != count:
+            raise OSError(f"segment {number} is cut short: {len(data)} of {count} bytes")
+        segment, _, _ = page.decode(data, number, jpegtables=page.jpegtables)
+        if segment is None:
+            return None
+        return segment.reshape(segment.shape[-3:])  # (rows, columns, samples)
 
 
 def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | None]:
@@ -179,9 +256,10 @@ def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | Non
     return alpha, None
 
 
-def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK,
+def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT_CHUNK,
          gray: bool = False) -> Source:
-    """A TIFF, ``.npy`` or ``.zarr`` file as lazy pixels (and alpha), chunked ``chunk`` square.
+    """A TIFF, ``.npy`` or ``.zarr`` file as lazy pixels (and alpha), in chunks of ``chunk``
+    pixels square (or (rows, columns)).
 
     A TIFF's first page is read; its fourth (or grey's second) sample is alpha
     when the file says so. An array's channels are all pixels. ``gray`` takes
@@ -215,7 +293,8 @@ def read(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK,
         raise ImageError(f"{name}: an array of shape {regions.shape} is not an image "
                          "((H, W) or (H, W, C) with C from 1 to 4)")
     depth, max_value = depth_of(regions.dtype, name)
-    chunks = (chunk, chunk, -1)[:regions.ndim]
+    rows, cols = (chunk, chunk) if isinstance(chunk, int) else chunk
+    chunks = (rows, cols, -1)[:regions.ndim]
     array = da.from_array(regions, chunks=chunks, asarray=False, fancy=False, lock=False,
                           name=f"imgconv-read-{dask.base.tokenize(name, regions._key(), chunk)}")
     alpha = None
@@ -249,10 +328,23 @@ Progress = Callable[[int], None]
 
 
 def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[Any]]:
-    """The array's bands of chunk rows, computed one at a time, in order."""
-    for i in range(array.numblocks[0]):
+    """The array's bands of chunk rows, in order, each computed while the one before is
+    consumed (written and compressed): two bands at most are held."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compute(i: int) -> NDArray[Any]:
         (band,) = dask.base.compute(array.blocks[i], scheduler=scheduler)
-        yield band
+        return band
+
+    count = array.numblocks[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="imgconv-band") as ahead:
+        pending = ahead.submit(compute, 0)
+        for i in range(count):
+            band = pending.result()
+            if i + 1 < count:
+                pending = ahead.submit(compute, i + 1)
+            yield band
+            del band
 
 
 def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,

@@ -30,7 +30,7 @@ from imgconv.core.pooling import (
 from imgconv.errors import ImageError
 from imgconv.kernels.model import Kernel
 from imgconv.pipeline.stages import ActivationStage, ConvStage, PoolStage, Stage
-from imgconv.tiled.windows import Windows, windowed
+from imgconv.tiled.windows import Compute, Windows, windowed
 
 
 def check_array(x: Any, name: str = "image") -> da.Array:
@@ -51,14 +51,13 @@ def _chunk_sides(x: da.Array) -> tuple[int, int]:
     return int(x.chunks[0][0]), int(x.chunks[1][0])
 
 
-def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
-    """A convolution stage (one kernel or a bank) on a dask array."""
-    n = x.shape[:2]
+def conv_readers(stage: ConvStage, n: tuple[int, int]) -> list[tuple[Windows, Windows]]:
+    """Each member's windows over an image of ``n`` (rows, columns); refuses an empty result."""
     members = stage.members()
     out_h, out_w = stage.out_shape(n)
     if out_h < 1 or out_w < 1:
         try:  # the core's message, naming the geometry
-            output_shape(x.shape, members[0].weights.shape, padding=stage.padding_for(members[0]),
+            output_shape(n, members[0].weights.shape, padding=stage.padding_for(members[0]),
                          stride=stage.stride, dilation=stage.dilation)
         except ValueError as exc:
             raise ImageError(f"kernel {members[0].name}: {exc}") from None
@@ -68,6 +67,13 @@ def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
         readers.append((Windows(n[0], top, extent(kh, stage.dilation[0]), stage.stride[0], out_h),
                         Windows(n[1], left, extent(kw, stage.dilation[1]), stage.stride[1],
                                 out_w)))
+    return readers
+
+
+def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
+    """A convolution stage (one kernel or a bank) on a dask array."""
+    readers = conv_readers(stage, x.shape[:2])
+    members = stage.members()
     valid = dataclasses.replace(stage, padding=0)
 
     def compute(regions: list[NDArray[Any]], block: tuple[int, int, int, int]) -> NDArray[Any]:
@@ -76,7 +82,13 @@ def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
         return valid.fold(valid.apply_kernel(valid.bank_input(r), k)
                           for r, k in zip(regions, members, strict=True))
 
-    # the result's dtype and channels: the stage run on one output pixel's worth of zeros
+    return windowed_stage(stage, x, readers, compute)
+
+
+def windowed_stage(stage: ConvStage, x: da.Array, readers: list[tuple[Windows, Windows]],
+                   compute: Compute) -> da.Array:
+    """``compute`` over a convolution stage's windows; the output's dtype and channels are
+    what it gives for one output pixel's worth of zeros."""
     probe = compute([np.zeros((r.extent, c.extent, *x.shape[2:]), x.dtype) for r, c in readers],
                     (0, 1, 0, 1))
     return windowed(x, readers, compute, mode=stage.pad_mode, fill=stage.cval,

@@ -9,6 +9,7 @@ mapped (in this process: the threaded scheduler).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +24,14 @@ from imgconv.pipeline.alpha import choose_alpha, follow_geometry
 from imgconv.pipeline.mapping import map_values, out_dtype
 from imgconv.pipeline.render import output_depth
 from imgconv.pipeline.run import Pipeline
+from imgconv.pipeline.stages import ActivationStage, ConvStage
 from imgconv.tiled.files import Source
+from imgconv.tiled.ops import conv_readers, windowed_stage
 
 
-def from_picture(picture: Picture, chunk: int) -> Source:
-    """A decoded picture as a Source of chunked arrays."""
-    pixels = da.from_array(picture.pixels, chunks=(chunk, chunk, -1)[:picture.pixels.ndim])
+def from_picture(picture: Picture, chunk: tuple[int, int]) -> Source:
+    """A decoded picture as a Source of chunked arrays, (rows, columns) a chunk."""
+    pixels = da.from_array(picture.pixels, chunks=(*chunk, -1)[:picture.pixels.ndim])
     alpha = None if picture.alpha is None else da.from_array(picture.alpha, chunks=chunk)
     return Source(pixels, alpha, picture.max_value, picture.depth, list(picture.notes))
 
@@ -85,6 +88,28 @@ def _mapped(values: da.Array, how: str, scale: float, out_max: int, counts: _Cou
     return da.map_blocks(block, values, dtype=dtype, meta=np.zeros((0,) * values.ndim, dtype))
 
 
+def _fused(pixels: da.Array, pipeline: Pipeline, how: str, scale: float, out_max: int,
+           counts: _Counts) -> da.Array | None:
+    """One kernel (then activations) mapped per value, each chunk filtered and mapped in
+    one pass by :meth:`Pipeline.run_mapped` (its integer path too); None if not that."""
+    conv, *rest = pipeline.stages
+    if not (pipeline.pick is None and isinstance(conv, ConvStage) and conv.bank is None
+            and all(isinstance(s, ActivationStage) for s in rest)
+            and how in ("clip", "abs", "offset")):
+        return None
+    block_pipeline = dataclasses.replace(
+        pipeline, stages=(dataclasses.replace(conv, padding=0), *rest))
+
+    def compute(regions: list[NDArray[Any]], block: tuple[int, int, int, int]) -> NDArray[Any]:
+        mapped, fraction = block_pipeline.run_mapped(regions[0], how, scale=scale,
+                                                     out_max=out_max)
+        if block != (0, 1, 0, 1) or mapped.size != 1:  # (not the probe of the dtype)
+            counts.add(round(fraction * mapped.size), 0, mapped.size)
+        return mapped
+
+    return windowed_stage(conv, pixels, conv_readers(conv, pixels.shape[:2]), compute)
+
+
 def finite_span(values: da.Array, scale: float) -> tuple[float, float]:
     """The (min, max) of the finite values times ``scale`` (a pass over the result)."""
     v = values * np.asarray(scale, values.dtype)
@@ -127,8 +152,13 @@ def render(source: Source, pipeline: Pipeline, fmt: str, name: str, *, alpha: st
             out_alpha = follow_geometry(source.alpha, pipeline)
     if raw:
         return Rendered(values.astype(np.float32), None, None, notes, counts)
-    span = finite_span(values, scale) if how == "normalize" else None
-    mapped = _mapped(values, how, scale, out_max, counts, span)
+    fused = None if alpha_mode == "premultiply" else _fused(pixels, pipeline, how, scale,
+                                                            out_max, counts)
+    if fused is not None:
+        mapped = fused
+    else:
+        span = finite_span(values, scale) if how == "normalize" else None
+        mapped = _mapped(values, how, scale, out_max, counts, span)
     if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None

@@ -1,0 +1,442 @@
+"""apply --tiles writes the files --no-tiles writes, and the tiled path's own options (issue 16).
+
+Each equality case runs the command twice on one input: ``--tiles`` with a tiny
+``--chunk`` (7 or 16 pixels on ~40x50 images, so every halo crosses several
+chunk edges) and ``--no-tiles`` (the in-memory path, the oracle), then reads
+both outputs back. Which path ran is seen in the files themselves: the tiled
+path writes a tiled BigTIFF and a version-2 ``.npy`` header, the in-memory one
+a classic TIFF (Pillow or tifffile) and ``numpy.save``'s version-1 header.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("dask.array", reason="needs the scale extra")
+tifffile = pytest.importorskip("tifffile")
+zarr = pytest.importorskip("zarr")
+
+from imgconv.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+#: An asymmetric 3x4 kernel with distinct taps (sum 0.69), so a misplaced tap or a wrong
+#: border shows. The weights are sevenths, ninths and elevenths: on integer pixels the exact
+#: result is a multiple of 1/693, never within 7e-4 of a rounding boundary (k + 1/2), so the
+#: two paths' float32 sums (whose order may differ) round to the same 8-bit value. (Decimal
+#: weights such as 0.01 hit k + 1/2 exactly on ~1% of the pixels: off by one there.)
+ASYM = "1/7 2/9 -1/11 1/9; -2/7 1/11 3/9 -1/7; 2/11 1/7 -1/9 1/11"
+#: For 16-bit values, where float32 has no bits to spare for ASYM's margin: sixteenths,
+#: summed exactly in float32 on either path, so their exact ties round alike
+DYADIC = "1/16 3/16 -2/16 1/16; -4/16 1/16 5/16 -1/16; 2/16 1/16 -3/16 1/16"
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """The inputs, written once: TIFFs (tiled and striped) and .npy, 8- and 16-bit, RGBA."""
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(16)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (41, 47), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (40, 50), dtype=np.uint8)
+    alpha[:, :12] = 0  # a transparent band and a fully opaque one
+    alpha[:, -12:] = 255
+    paths = {name: folder / name for name in (
+        "rgb-tiled.tif", "rgb-striped.tif", "gray-tiled.tif", "rgba.tif", "gray16.tif",
+        "rgb16.tif", "gray.npy", "rgb.npy")}
+    tifffile.imwrite(paths["rgb-tiled.tif"], rgb, photometric="rgb", tile=(16, 16))
+    tifffile.imwrite(paths["rgb-striped.tif"], rgb, photometric="rgb", rowsperstrip=7)
+    tifffile.imwrite(paths["gray-tiled.tif"], gray, photometric="minisblack", tile=(16, 16))
+    tifffile.imwrite(paths["rgba.tif"], np.dstack([rgb, alpha]), photometric="rgb",
+                     extrasamples=["unassalpha"], tile=(16, 16))
+    tifffile.imwrite(paths["gray16.tif"], rng.integers(0, 65536, (40, 50), dtype=np.uint16),
+                     photometric="minisblack", tile=(16, 16))
+    tifffile.imwrite(paths["rgb16.tif"], rng.integers(0, 65536, (40, 50, 3), dtype=np.uint16),
+                     photometric="rgb", rowsperstrip=9)
+    np.save(paths["gray.npy"], gray)
+    np.save(paths["rgb.npy"], rgb)
+    # layer weights: a (kH, kW, C_in) filter, and PyTorch's (C_out, C_in, kH, kW) with a bias
+    np.save(folder / "filter.npy", rng.standard_normal((3, 5, 3)) / 8)
+    np.save(folder / "conv.npy", rng.standard_normal((4, 3, 3, 3)) / 4)
+    np.save(folder / "bias.npy", np.array([0.5, -1.0, 2.0, 0.0]))
+    (folder / "docs.yaml").write_text(
+        "stages:\n"
+        "  - kernel: gaussian:sigma=1\n"
+        "  - kernel: sobel\n"
+        "    stride: 2\n"
+        "  - activation: relu\n"
+        "  - pool: {op: max, size: 2}\n"
+        "output: normalize\n")
+    (folder / "cnn.yaml").write_text(
+        "stages:\n"
+        "  - conv: {weights: conv.npy, bias: bias.npy, padding: 1, pad_mode: constant}\n"
+        "  - activation: relu\n"
+        "  - pool: {op: avg, size: 3, stride: 2, ceil_mode: true}\n"
+        "  - kernel: box:3\n"
+        "    pad_mode: wrap\n"
+        "    dilation: 2\n")
+    paths["folder"] = folder
+    return paths
+
+
+def read(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".zarr":
+        return zarr.open_array(path, mode="r")[:]
+    return tifffile.imread(path)
+
+
+def streamed(path: Path) -> bool:
+    """Whether the tiled path wrote ``path`` (a tiled BigTIFF, or a version-2 .npy header)."""
+    if path.suffix == ".npy":
+        return path.read_bytes()[6:7] == b"\x02"
+    with tifffile.TiffFile(path) as tif:
+        return tif.is_bigtiff and tif.pages.first.is_tiled
+
+
+def both_paths(tmp_path: Path, source: Path, ext: str, *args: object,
+               chunk: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """(--tiles output, --no-tiles output) of ``apply source *args``, read back."""
+    tiled, memory = tmp_path / f"tiled{ext}", tmp_path / f"memory{ext}"
+    result = invoke("apply", source, *args, "--tiles", "--chunk", chunk, "-o", tiled)
+    assert result.exit_code == 0, result.output
+    result = invoke("apply", source, *args, "--no-tiles", "-o", memory)
+    assert result.exit_code == 0, result.output
+    assert streamed(tiled) and not streamed(memory)
+    return read(tiled), read(memory)
+
+
+def assert_same(tiled: np.ndarray, memory: np.ndarray, off_by_one: int = 0) -> None:
+    """Equal, floats to their last bits; ``off_by_one`` integer values may differ by 1."""
+    assert tiled.shape == memory.shape
+    assert tiled.dtype == memory.dtype
+    if memory.dtype.kind == "f":  # float32 sums over the same taps; allow their last bit
+        np.testing.assert_allclose(tiled, memory, rtol=1e-6,
+                                   atol=1e-6 * max(1.0, float(np.abs(memory).max())))
+    elif off_by_one:
+        diff = np.abs(tiled.astype(np.int64) - memory)
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= off_by_one, np.argwhere(diff)
+    else:
+        np.testing.assert_array_equal(tiled, memory)
+    assert memory.min() != memory.max()  # not a blank image that any path would match
+
+
+# --- --tiles equals --no-tiles ----------------------------------------------------------------
+
+CASES = [
+    # every border mode, an asymmetric 3x4 kernel, 8-bit TIFF out
+    *(pytest.param("rgb-tiled.tif", ".tif", ["-k", ASYM, "--pad-mode", mode,
+                                             "--output-map", "offset"], id=f"pad-{mode}")
+      for mode in ("reflect", "mirror", "nearest", "wrap")),
+    pytest.param("rgb-striped.tif", ".tif", ["-k", ASYM, "--pad-mode", "constant",
+                                             "--cval", "200"], id="pad-constant-cval"),
+    # geometry: padding, stride, dilation (float .npy out: the values themselves)
+    pytest.param("gray.npy", ".npy", ["-k", ASYM, "--padding", "valid"], id="padding-valid"),
+    pytest.param("gray.npy", ".npy", ["-k", ASYM, "--padding", "full", "--pad-mode", "wrap"],
+                 id="padding-full-wrap"),
+    pytest.param("gray-tiled.tif", ".tif", ["-k", ASYM, "--padding", "0,2,5,1", "--pad-mode",
+                                            "mirror", "--output-map", "offset"],
+                 id="padding-explicit"),
+    pytest.param("rgb.npy", ".npy", ["-k", ASYM, "--padding", "3,1", "--stride", "3,2"],
+                 id="stride"),
+    pytest.param("gray.npy", ".npy", ["-k", ASYM, "--dilation", "2,3", "--stride", "2",
+                                      "--pad-mode", "constant", "--cval", "9"], id="dilation"),
+    # activation and pooling
+    pytest.param("rgb-tiled.tif", ".tif", ["-k", "sobel-x", "--activation", "relu", "--pool",
+                                           "max", "--pool-size", "3", "--pool-stride", "2",
+                                           "--pool-padding", "1", "--pool-ceil"],
+                 id="relu-maxpool-ceil"),
+    pytest.param("gray.npy", ".npy", ["-k", ASYM, "--pool", "avg", "--pool-size", "3",
+                                      "--pool-stride", "2", "--pool-padding", "1",
+                                      "--pool-ceil", "--no-pool-count-pad"],
+                 id="avgpool-ceil"),
+    pytest.param("rgb-striped.tif", ".tif", ["-k", "laplacian", "--activation", "relu",
+                                             "--pool", "max", "--pool-size", "2,3",
+                                             "--pool-dilation", "2"], id="maxpool-dilated"),
+    # output maps, 8-bit out (normalize takes the whole result's range in a first pass)
+    *(pytest.param("rgb-tiled.tif", ".tif", ["-k", "sobel-x", "--output-map", how],
+                   id=f"map-{how}") for how in ("clip", "abs", "offset", "normalize")),
+    # chains whose halos add up past the chunk: 6 + 1 + 4 rows beyond a 7-pixel chunk
+    pytest.param("rgb-tiled.tif", ".tif", ["-k", "gaussian:sigma=2", "-k", "sobel-x", "-k",
+                                           "box:9", "--pad-mode", "wrap", "--output-map",
+                                           "normalize"], id="chain-wrap"),
+    pytest.param("gray.npy", ".npy", ["-k", "box:5", "-k", "motion-blur", "-k", ASYM,
+                                      "--stride", "2", "--pad-mode", "mirror"],
+                 id="chain-strided"),
+    # pipeline files: the docs' example, and a CNN layer from .npy weights and bias
+    pytest.param("rgb-striped.tif", ".tif", ["--pipeline", "{folder}/docs.yaml"],
+                 id="pipeline-docs"),
+    pytest.param("rgb-tiled.tif", ".npy", ["--pipeline", "{folder}/cnn.yaml"],
+                 id="pipeline-cnn"),
+    # -k weights.npy
+    pytest.param("rgb-tiled.tif", ".tif", ["-k", "{folder}/filter.npy", "--output-map",
+                                           "normalize", "--pad-mode", "nearest"],
+                 id="weights-filter"),
+    pytest.param("rgb.npy", ".npy", ["-k", "{folder}/conv.npy", "--bias", "{folder}/bias.npy",
+                                     "--padding", "1", "--pad-mode", "constant"],
+                 id="weights-conv2d"),
+    # alpha: the policies, one with stride and pooling for alpha to follow
+    pytest.param("rgba.tif", ".tif", ["-k", "gaussian:sigma=1.5", "--alpha", "premultiply"],
+                 id="alpha-premultiply"),
+    pytest.param("rgba.tif", ".tif", ["-k", "sharpen", "--alpha", "copy", "--stride", "2",
+                                      "--pool", "max", "--pool-size", "2"], id="alpha-copy"),
+    pytest.param("rgba.tif", ".tif", ["-k", "emboss", "--alpha", "drop"], id="alpha-drop"),
+    # --gray
+    pytest.param("rgb-striped.tif", ".tif", ["-k", ASYM, "--gray"], id="gray-tif"),
+    pytest.param("rgb.npy", ".npy", ["-k", "sobel", "--gray"], id="gray-npy"),
+    # 16-bit in, 16-bit out
+    pytest.param("gray16.tif", ".tif", ["-k", DYADIC, "--pad-mode", "wrap"], id="16bit-gray"),
+    pytest.param("rgb16.tif", ".tif", ["-k", "sobel", "--stride", "2"], id="16bit-rgb"),
+    # float outputs
+    pytest.param("rgb-tiled.tif", ".npy", ["-k", "sobel-y", "--pad-mode", "wrap"],
+                 id="float-npy"),
+    pytest.param("rgb-striped.tif", ".tif", ["-k", "laplacian", "--depth", "float"],
+                 id="float-tif"),
+    pytest.param("gray16.tif", ".tif", ["-k", "sobel", "--depth", "float", "--dilation", "3"],
+                 id="float-tif-16bit-in"),
+]
+
+
+@pytest.mark.parametrize("source, ext, args", CASES)
+def test_tiles_equal_no_tiles(images, tmp_path, source, ext, args):
+    args = [a.format(folder=images["folder"]) for a in args]
+    tiled, memory = both_paths(tmp_path, images[source], ext, *args)
+    # premultiply divides the filtered colour by the filtered alpha, a float32 quotient
+    # with no margin to a rounding boundary (as ASYM's sums have): the two paths' last-bit
+    # differences may land a value or two on the other side of k + 1/2 (1 of 8,000 here)
+    assert_same(tiled, memory, off_by_one=5 if "premultiply" in args else 0)
+    if ext == ".npy" or "float" in args:
+        assert memory.dtype == np.float32
+    else:  # the input's depth: 16-bit stays 16-bit
+        assert memory.dtype == (np.uint16 if source.endswith("16.tif") else np.uint8)
+    if source == "rgba.tif":
+        assert memory.shape[2] == (3 if "drop" in args else 4)
+
+
+def test_chunk_sizes_agree(images, tmp_path):
+    """A chunk the size of the tiles of the input, and one that is not: the same file."""
+    args = ["-k", "gaussian:sigma=2", "-k", ASYM, "--pad-mode", "mirror"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    small, memory = both_paths(tmp_path / "a", images["rgb-tiled.tif"], ".tif", *args, chunk=16)
+    large, _ = both_paths(tmp_path / "b", images["rgb-tiled.tif"], ".tif", *args, chunk=33)
+    assert_same(small, memory)
+    assert_same(large, memory)
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+def test_tif_to_zarr_to_tif_and_npy_to_npy(images, tmp_path):
+    store, back = tmp_path / "x.zarr", tmp_path / "back.tif"
+    assert invoke("apply", images["rgb-tiled.tif"], "-k", "identity", "-o", store).exit_code == 0
+    original = tifffile.imread(images["rgb-tiled.tif"])
+    assert read(store).dtype == np.float32
+    np.testing.assert_array_equal(read(store), original)
+    result = invoke("apply", store, "-k", "identity", "-o", back)
+    assert result.exit_code == 0, result.output
+    assert read(back).dtype == np.uint8
+    np.testing.assert_array_equal(read(back), original)
+
+    out = tmp_path / "g.npy"
+    result = invoke("apply", images["gray.npy"], "-k", "identity", "--tiles", "--chunk", 7,
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    assert streamed(out)
+    np.testing.assert_array_equal(np.load(out), np.load(images["gray.npy"]).astype(np.float32))
+
+
+def test_a_zarr_input_is_not_a_folder_of_inputs(images, tmp_path):
+    store = tmp_path / "x.zarr"
+    assert invoke("apply", images["gray.npy"], "-k", "identity", "-o", store).exit_code == 0
+    result = invoke("apply", store, "-k", "identity", "-o", tmp_path / "y.tif")
+    assert result.exit_code == 0, result.output
+    assert "sub-folder" not in result.output
+
+
+def test_compressions_give_readable_files(images, tmp_path):
+    expected = None
+    for compression in ("none", "deflate", "zstd", "lzw"):
+        out = tmp_path / f"{compression}.tif"
+        result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles",
+                        "--chunk", 16, "--compression", compression, "-o", out)
+        assert result.exit_code == 0, result.output
+        with tifffile.TiffFile(out) as tif:
+            assert tif.pages.first.compression.name.lower().startswith(
+                {"none": "none", "deflate": "adobe_deflate", "zstd": "zstd",
+                 "lzw": "lzw"}[compression])
+            pixels = tif.asarray()
+        if expected is None:
+            expected = pixels
+        np.testing.assert_array_equal(pixels, expected)  # lossless: the same pixels
+    # JPEG is lossy: a smooth image (not sobel's noise) comes back close
+    smooth = {}
+    for compression in ("jpeg", "none"):
+        out = tmp_path / f"smooth-{compression}.tif"
+        result = invoke("apply", images["rgb-tiled.tif"], "-k", "gaussian:sigma=3", "--tiles",
+                        "--chunk", 16, "--compression", compression, "-o", out)
+        assert result.exit_code == 0, result.output
+        smooth[compression] = tifffile.imread(out).astype(int)
+    assert smooth["jpeg"].shape == smooth["none"].shape
+    assert np.abs(smooth["jpeg"] - smooth["none"]).mean() < 4
+
+
+def test_bad_compression_is_a_usage_error(images, tmp_path):
+    out = tmp_path / "o.tif"
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--compression", "zip",
+                    "-o", out)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --compression must be one of none, deflate, zstd, lzw, jpeg, got 'zip'"]
+    assert not out.exists()
+
+
+# --- --memory-limit and routing -----------------------------------------------------------------
+
+def test_memory_limit_sizes_are_accepted(images):
+    for size in ("512MB", "2GiB", "1.5G", "2048"):
+        result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--memory-limit", size,
+                        "-o", "unused.tif", "--dry-run")  # nothing is written
+        assert result.exit_code == 0, (size, result.output)
+        # 24 KB of float32 fits in all but 2048 bytes
+        assert ("tiled: chunks of" in result.output) == (size == "2048"), size
+
+
+def test_memory_limit_that_is_no_size_is_refused(images, tmp_path):
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--memory-limit", "lots",
+                    "-o", tmp_path / "o.tif")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --memory-limit ")
+    assert "'lots'" in lines[0]
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_an_image_past_the_memory_limit_takes_the_tiled_path(images, tmp_path):
+    source = images["rgb-striped.tif"]
+    plan = invoke("apply", source, "-k", "sobel", "--memory-limit", "1KB", "-o",
+                  tmp_path / "x.tif", "--dry-run")
+    assert plan.exit_code == 0, plan.output
+    assert "tiled: chunks of" in plan.output
+    auto, default = tmp_path / "auto.tif", tmp_path / "default.tif"
+    result = invoke("apply", source, "-k", "sobel", "--memory-limit", "1KB", "-o", auto)
+    assert result.exit_code == 0, result.output
+    result = invoke("apply", source, "-k", "sobel", "-o", default)  # 24 KB: in memory
+    assert result.exit_code == 0, result.output
+    assert streamed(auto) and not streamed(default)
+    assert_same(read(auto), read(default))
+
+
+# --- a bad file, existing outputs --------------------------------------------------------------
+
+def _corrupt(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        offsets, counts = tif.pages.first.dataoffsets, tif.pages.first.databytecounts
+    if how == "tile-bytes":  # one deflated tile in the middle becomes garbage
+        start = offsets[len(offsets) // 2]
+        data[start:start + counts[len(offsets) // 2]] = b"\xff" * counts[len(offsets) // 2]
+    else:  # the file ends halfway through its tiles
+        data = data[:offsets[len(offsets) // 2] + 10]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["tile-bytes", "truncated"])
+def test_a_corrupt_tiled_tiff_fails_alone_and_leaves_nothing(images, tmp_path, how):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()  # (see test_the_output_folder_is_created for a folder not yet there)
+    rng = np.random.default_rng(5)
+    for name in ("bad.tif", "good.tif"):
+        tifffile.imwrite(inputs / name, rng.integers(0, 256, (40, 50), dtype=np.uint8),
+                         tile=(16, 16), compression="zlib")
+    _corrupt(inputs / "bad.tif", how)
+    result = invoke("apply", inputs / "bad.tif", inputs / "good.tif", "-k", "sobel", "--tiles",
+                    "--chunk", 16, "--jobs", 1, "--out-dir", out)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {inputs / 'bad.tif'}: ")
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    names = sorted(os.listdir(out))
+    assert len(names) == 1 and names[0].startswith("good.")  # no bad.*, no .bad.*.part
+    assert streamed(out / names[0])
+
+
+@pytest.mark.parametrize("tiles", ["--no-tiles", "--tiles"])
+def test_the_output_folder_is_created(images, tmp_path, tiles):
+    out = tmp_path / "new" / "deeper"
+    result = invoke("apply", images["gray-tiled.tif"], "-k", "sobel", tiles, "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 1
+
+
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("ext", [".tif", ".npy", ".zarr"])
+def test_an_existing_output_is_kept_without_overwrite(images, tmp_path, ext):
+    # --out-dir: -o with an existing .zarr is test_o_replaces_an_existing_zarr_store's bug
+    out, name = tmp_path / "out", f"o{ext}"
+    out.mkdir()  # (the tiled path does not make it: test_the_output_folder_is_created)
+    first = invoke("apply", images["gray.npy"], "-k", "sobel", "--tiles", "--out-dir", out,
+                   "--name", name)
+    assert first.exit_code == 0, first.output
+    before, stamps = read(out / name), _stamps(out)
+    result = invoke("apply", images["gray.npy"], "-k", "box:3", "--tiles", "--out-dir", out,
+                    "--name", name)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(out / name) in errors[0]
+    assert "already exists" in errors[0] and "--overwrite" in errors[0]
+    assert _stamps(out) == stamps  # untouched, and no temporary file or folder beside it
+    np.testing.assert_array_equal(read(out / name), before)
+
+
+def test_overwrite_replaces_a_zarr_store(images, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["-k", "box:3", "--stride", "2", "--out-dir", out, "--name", "o.zarr"]
+    assert invoke("apply", images["gray.npy"], "-k", "sobel", *args[4:]).exit_code == 0
+    result = invoke("apply", images["rgb.npy"], *args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    expected = tmp_path / "expected.npy"
+    assert invoke("apply", images["rgb.npy"], *args[:4], "--no-tiles", "-o",
+                  expected).exit_code == 0
+    assert_same(read(out / "o.zarr"), np.load(expected))  # the new store, not a mix
+    assert os.listdir(out) == ["o.zarr"]  # the old store and the temporary one are gone
+
+
+def test_o_replaces_an_existing_zarr_store(images, tmp_path):
+    out = tmp_path / "o.zarr"
+    assert invoke("apply", images["gray.npy"], "-k", "sobel", "-o", out).exit_code == 0
+    result = invoke("apply", images["gray.npy"], "-k", "box:3", "-o", out)
+    assert result.exit_code == 1, result.output
+    assert "already exists" in result.output
+    result = invoke("apply", images["gray.npy"], "-k", "box:3", "--overwrite", "-o", out)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("how", ["-o", "--out-dir"])
+def test_a_folder_that_is_no_zarr_store_is_never_replaced(images, tmp_path, how):
+    out = tmp_path / "photos.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    where = ["-o", out] if how == "-o" else ["--out-dir", tmp_path, "--name", out.name]
+    for extra in ([], ["--overwrite"]):
+        result = invoke("apply", images["gray.npy"], "-k", "sobel", *extra, *where)
+        assert result.exit_code in (1, 2), result.output  # -o: a usage error, up front
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(out) in errors[0]
+        assert os.listdir(out) == ["keep.txt"]
+        assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["photos.zarr"]
