@@ -453,3 +453,26 @@ def test_ctrl_c_cancels_the_tasks(tmp_path, cluster):
     assert 1 <= len(written) <= 3  # the first, and those that were running
     assert all(written[name] == expected[name] for name in written)
     assert parts(out) == []
+
+
+def test_a_tiled_image_runs_on_the_active_client(cluster, tmp_path):
+    """imgconv.tiled on a Client's cluster: workers open the file by path, compute the chunks
+    with imgconv's core, and the saved result equals the in-memory one (issue 16)."""
+    import tifffile
+
+    import imgconv
+    import imgconv.tiled
+
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16), photometric="rgb",
+                     compression="zlib")
+    kernel = np.arange(1.0, 10.0).reshape(3, 3)
+    lazy = imgconv.tiled.correlate(imgconv.tiled.open(tmp_path / "in.tif", chunk=32), kernel,
+                                   pad_mode="wrap")
+    with distributed.get_task_stream(cluster) as stream:
+        imgconv.tiled.save(lazy.astype(np.float32), tmp_path / "out.npy")
+    workers = {task["worker"] for task in stream.data if "imgconv-conv" in str(task["key"])}
+    assert workers, "no chunk ran on the cluster"
+    expected = imgconv.correlate(image, kernel, pad_mode="wrap")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-6)

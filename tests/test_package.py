@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -129,3 +130,26 @@ def test_no_flag_names_outside_the_cli():
              for path in sorted(root.rglob("*.py")) if "cli" not in path.relative_to(root).parts
              for n, line in enumerate(path.read_text().splitlines(), 1) if flag.search(line)]
     assert found == []
+
+
+@pytest.mark.parametrize("output", ["out.png", "out.tif"])
+def test_apply_on_a_photo_imports_no_extra(tmp_path, output):
+    # the scale extra (dask, distributed, zarr, imagecodecs) and the jit one (numba) load
+    # only for what needs them: a tiled input, a cluster, the compiled path
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "in.jpg")
+    code = (
+        "import sys\n"
+        "from imgconv.cli import main\n"
+        f"sys.argv = ['imgconv', 'apply', {str(tmp_path / 'in.jpg')!r}, '-k', 'sobel', "
+        f"'-o', {str(tmp_path / output)!r}, '-q']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "extras = ('dask', 'distributed', 'zarr', 'imagecodecs', 'numba')\n"
+        "print(','.join(sorted(m for m in extras if m in sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCONV_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env=env)
+    assert result.stdout.strip() == ""
+    assert (tmp_path / output).exists()

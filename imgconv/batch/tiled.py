@@ -37,6 +37,8 @@ MAX_CHUNK_WIDTH = 2048
 #: Bytes of working memory a chunk's float32 sample takes at the peak: the gathered
 #: pixels, the response, a bank's accumulator and the mapped block, with slack
 BYTES_PER_SAMPLE = 24
+#: The most chunks an image may be cut into (each is a task of dask's graph, ~1 KB)
+MAX_CHUNKS = 250_000
 #: What the process holds before any pixel: Python, numpy, dask, tifffile, the codecs
 BASE_BYTES = 160 << 20
 
@@ -243,6 +245,12 @@ def process_tiled(task: Task, options: Options, result: Result, name: str) -> No
         channels = shape[2] if shape is not None and len(shape) == 3 else 1
         # a band of 256 rows (a TIFF output's row of tiles) at a time, in wide chunks
         chunk = chunk_sides(options, channels, threads)
+        if shape is not None:
+            count = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
+            if count > MAX_CHUNKS:
+                raise ImageError(
+                    f"{name}: `chunk={chunk[0]}` cuts the {shape[0]}x{shape[1]} image into "
+                    f"{count:,} chunks, more than {MAX_CHUNKS:,}; use larger chunks")
         source = files.read(task.source.path, chunk=chunk, gray=options.gray)
     else:  # a picture that fits, written to .zarr
         picture = load(task.source.path, gray=options.gray, max_pixels=options.max_pixels)

@@ -444,7 +444,10 @@ def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
             "zlib" if compression == "deflate" else compression,
             extrasamples=["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
             iccprofile=icc_profile if photometric == "rgb" else None,
-            maxworkers=os.cpu_count())
+            maxworkers=os.cpu_count(),
+            # tiles are encoded a row of tiles at a time: tifffile's default would gather
+            # 512 MB of them, holding that many bands alive
+            buffersize=TIFF_TILE * array.shape[1] * max(channels, 1) * dtype.itemsize)
 
 
 def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
