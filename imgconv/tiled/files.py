@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,17 +64,26 @@ class Source:
         return tuple(int(n) for n in self.pixels.shape)
 
 
+#: The file regions behind each lazy array that :func:`read` made, by the array's name: a
+#: stage reads the pixels its chunks need from them directly (a halo of one row, not the
+#: whole chunk above; :func:`imgconv.tiled.windows.windowed`)
+SOURCES: weakref.WeakValueDictionary[str, _Regions] = weakref.WeakValueDictionary()
+
+
 class _Regions:
     """A file's array by region, for ``da.from_array``; opened once per process."""
 
     _open: ClassVar[dict[tuple[str, str, float], Any]] = {}
     _lock = threading.Lock()
 
-    def __init__(self, path: str, kind: str) -> None:
-        self.path, self.kind = path, kind
+    def __init__(self, path: str, kind: str, channels: int | slice | None = None) -> None:
+        self.path, self.kind, self.channels = path, kind, channels
         array = self._array()
         self.dtype = array.dtype
-        self.shape = tuple(int(n) for n in array.shape)
+        shape = tuple(int(n) for n in array.shape)
+        if channels is not None:  # a view of some samples: the colour, or the alpha
+            shape = shape[:2] + np.empty(shape[2:])[channels].shape
+        self.shape = shape
         self.ndim = len(self.shape)
 
     def _key(self) -> tuple[str, str, float]:
@@ -92,12 +102,19 @@ class _Regions:
         self._array()
         return self._open[self._key()][1]
 
-    def __getitem__(self, index: Any) -> NDArray[Any]:
+    def __getitem__(self, index: tuple[slice, ...]) -> NDArray[Any]:
+        """The region ``index`` (slices, as ``da.from_array`` asks)."""
+        region = self.read(index[0], index[1])
+        return region[:, :, index[2]] if len(index) > 2 else region
+
+    def read(self, rows: slice, cols: slice) -> NDArray[Any]:
+        """Rows and columns of the image, with every channel of this view."""
         array = self._array()
         try:
-            return np.asarray(array[index])
+            region = np.asarray(array[rows, cols])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ImageError(f"{self.path}: cannot read a region ({_reason(exc)})") from None
+        return region if self.channels is None else region[:, :, self.channels]
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -168,10 +185,10 @@ class _TiffSegments:
             self.segment = (int(page.rowsperstrip) or height, width)
         self.grid = (-(-height // self.segment[0]), -(-width // self.segment[1]))
         self.lock = threading.Lock()  # (tifffile's file handle has none by default)
-        # decoded segments, most recent last: three rows of them, so that the rows a
-        # chunk's halo reads above and below are decoded once, not once per chunk
+        # decoded segments, most recent last: two rows of them, so that the rows a band's
+        # halo reads below it are decoded once, not again as the next band's own
         self.cache: OrderedDict[int, NDArray[Any] | None] = OrderedDict()
-        self.cache_size = 3 * self.grid[1] * (self.samples if self.planar else 1)
+        self.cache_size = 2 * self.grid[1] * (self.samples if self.planar else 1)
         self.cache_lock = threading.Lock()
 
     def __getitem__(self, index: tuple[slice, ...]) -> NDArray[Any]:
@@ -294,14 +311,21 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
                          "((H, W) or (H, W, C) with C from 1 to 4)")
     depth, max_value = depth_of(regions.dtype, name)
     rows, cols = (chunk, chunk) if isinstance(chunk, int) else chunk
-    chunks = (rows, cols, -1)[:regions.ndim]
-    array = da.from_array(regions, chunks=chunks, asarray=False, fancy=False, lock=False,
-                          name=f"imgconv-read-{dask.base.tokenize(name, regions._key(), chunk)}")
+    token = dask.base.tokenize(name, regions._key(), chunk)
+
+    def lazy(view: _Regions, part: str) -> da.Array:
+        array = da.from_array(view, chunks=(rows, cols, -1)[:view.ndim], asarray=False,
+                              fancy=False, lock=False, name=f"imgconv-read-{part}-{token}")
+        SOURCES[array.name] = view
+        return array
+
     alpha = None
     if has_alpha:
-        array, alpha = array[:, :, :-1], array[:, :, -1]
-        if array.shape[2] == 1:
-            array = array[:, :, 0]
+        colour = regions.shape[2] - 1
+        array = lazy(_Regions(name, kind, slice(0, colour) if colour > 1 else 0), "pixels")
+        alpha = lazy(_Regions(name, kind, colour), "alpha")
+    else:
+        array = lazy(regions, "pixels")
     if gray and array.ndim == 3 and array.shape[2] >= 3:
         array = array[:, :, :3].map_blocks(luminance, drop_axis=2, dtype=array.dtype)
     return Source(array, alpha, max_value, depth, notes)

@@ -111,9 +111,12 @@ def windowed(
     """
     if x.ndim == 3 and len(x.chunks[2]) > 1:
         x = x.rechunk({2: -1})  # a block reads every channel of its pixels
+    from imgconv.tiled.files import SOURCES
+
+    source = SOURCES.get(x.name)  # a file's regions: read exactly what each block needs
     rows_out, cols_out = readers[0][0].count, readers[0][1].count
-    row_bounds = np.cumsum((0, *x.chunks[0]))
-    col_bounds = np.cumsum((0, *x.chunks[1]))
+    row_bounds = np.cumsum((0, *x.chunks[0])) if source is None else np.array([0, x.shape[0]])
+    col_bounds = np.cumsum((0, *x.chunks[1])) if source is None else np.array([0, x.shape[1]])
     row_blocks = [(a, b, _axis_block([r for r, _ in readers], a, b, mode, row_bounds))
                   for a, b in blocks(rows_out, chunks[0])]
     col_blocks = [(c, d, _axis_block([c_ for _, c_ in readers], c, d, mode, col_bounds))
@@ -125,13 +128,19 @@ def windowed(
     layer: dict[Any, Any] = {}
     for i, (a, b, rows) in enumerate(row_blocks):
         for j, (c, d, cols) in enumerate(col_blocks):
-            pieces = [[(operator.getitem, (x.name, ri, ci, *tail), (rs, cs))
-                       for ci, cs in cols.pieces] for ri, rs in rows.pieces]
+            pieces: list[list[Any]]
+            if source is None:
+                pieces = [[(operator.getitem, (x.name, ri, ci, *tail), (rs, cs))
+                           for ci, cs in cols.pieces] for ri, rs in rows.pieces]
+            else:
+                pieces = [[(source.read, rs, cs) for _, cs in cols.pieces]
+                          for _, rs in rows.pieces]
             key = (out_name, i, j, *out_tail)
             layer[key] = (
                 _block, compute, pieces, rows.takes, cols.takes, fill, x.dtype, x.shape[2:],
                 (a, b, c, d))
-    graph = HighLevelGraph.from_collections(out_name, layer, dependencies=[x])  # type: ignore[list-item]
+    graph = HighLevelGraph.from_collections(  # a file's regions are read by the layer itself
+        out_name, layer, dependencies=[x] if source is None else [])  # type: ignore[list-item]
     out_chunks = (tuple(b - a for a, b, _ in row_blocks),
                   tuple(d - c for c, d, _ in col_blocks),
                   *((n,) for n in meta.shape[2:]))
