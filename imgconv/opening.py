@@ -86,9 +86,12 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
     w, h = im.size
     if w * h > max_pixels:
         im.close()
+        streams = (" (a TIFF streams without the limit unless `tiles=False`)"
+                   if im.format == "TIFF" else
+                   "; TIFF, .npy and .zarr images are filtered in tiles, without the limit")
         raise ImageError(
             f"{name}: {w}x{h} = {w * h:,} pixels is more than the limit of {max_pixels:,}; "
-            f"raise it with `max_pixels`"
+            f"raise it with `max_pixels`{streams}"
         )
     return im
 

@@ -400,6 +400,20 @@ def test_a_run_removes_stale_temporary_files(tmp_path):
     assert parts(out) == sorted(p.name for p in (fresh, live, other))
 
 
+def test_a_run_removes_a_stale_zarr_store_being_written(tmp_path):
+    pytest.importorskip("zarr", reason="needs the scale extra")
+    x = small_png(tmp_path / "x.png")
+    out = tmp_path / "out"
+    stale = out / f".x.zarr.{2**22 + 1}.k3j_x9q2.part"  # a folder a killed run left
+    (stale / "c").mkdir(parents=True)
+    (stale / "zarr.json").write_text("{}")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    result = invoke("apply", x, "-k", "box-blur", "--out-dir", out, "--format", "zarr")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["x.zarr"]
+
+
 def test_temporary_names_carry_the_pid(tmp_path, monkeypatch):
     seen = []
 

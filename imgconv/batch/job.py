@@ -329,5 +329,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _unlink(path: Path) -> None:
+    """Remove a temporary file, or a temporary folder (a .zarr store being written)."""
     with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
