@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.imageio import ARRAY_FORMATS, STREAM_FORMATS, array_shape, stream_format
+from imgconv.imageio import STREAM_FORMATS, array_shape, stream_format
 
 if TYPE_CHECKING:
     from imgconv.batch.tasks import Options, Result, Task
@@ -307,7 +307,3 @@ def _write_in_memory(out: Any, task: Task, options: Options, name: str) -> None:
         pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
         name=task.target), overwrite=options.overwrite)
 
-
-def raw_output(fmt: str, depth: str | None) -> bool:
-    """Whether ``fmt`` at ``depth`` holds the float values as computed."""
-    return fmt in ARRAY_FORMATS or (fmt == "tiff" and depth == "float")

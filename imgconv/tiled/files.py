@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from imgconv.imageio import (
     stream_format,
     write_atomic,
 )
+from imgconv.tiled.windows import SOURCES
 
 COMPRESSIONS = TIFF_COMPRESSIONS
 #: The side of a TIFF output's tiles
@@ -62,12 +62,6 @@ class Source:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self.pixels.shape)
-
-
-#: The file regions behind each lazy array that :func:`read` made, by the array's name: a
-#: stage reads the pixels its chunks need from them directly (a halo of one row, not the
-#: whole chunk above; :func:`imgconv.tiled.windows.windowed`)
-SOURCES: weakref.WeakValueDictionary[str, _Regions] = weakref.WeakValueDictionary()
 
 
 class _Regions:
@@ -249,8 +243,8 @@ class _TiffSegments:
         return segment.reshape(segment.shape[-3:])  # (rows, columns, samples)
 
 
-def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | None]:
-    """Refuse what the lazy reader would misread; (has alpha, photometric)."""
+def _check_tiff(path: str, page: Any) -> bool:
+    """Refuse what the reader by region would misread; whether the last sample is alpha."""
     import tifffile
 
     photometric = tifffile.PHOTOMETRIC
@@ -270,7 +264,7 @@ def _check_tiff(path: str, page: Any, notes: list[str]) -> tuple[bool, str | Non
     if samples in (2, 4) and not alpha:
         raise ImageError(f"{path}: {samples} samples a pixel with no alpha are not read "
                          "by region")
-    return alpha, None
+    return alpha
 
 
 def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT_CHUNK,
@@ -300,7 +294,7 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
     has_alpha = False
     if kind == "tiff":
         page = regions._page()
-        has_alpha, _ = _check_tiff(name, page, notes)
+        has_alpha = _check_tiff(name, page)
         if len(page.parent.pages) > 1:
             notes.append(f"{name}: has several pages; the first is filtered")
     if regions.ndim not in (2, 3) or 0 in regions.shape:
@@ -316,7 +310,7 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
     def lazy(view: _Regions, part: str) -> da.Array:
         array = da.from_array(view, chunks=(rows, cols, -1)[:view.ndim], asarray=False,
                               fancy=False, lock=False, name=f"imgconv-read-{part}-{token}")
-        SOURCES[array.name] = view
+        SOURCES[array.name] = view  # stages read their chunks' pixels from it directly
         return array
 
     alpha = None

@@ -18,9 +18,10 @@ wrong past one chunk, dask/dask-image#242).
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import dask.array as da
 import numpy as np
@@ -34,6 +35,18 @@ from imgconv.core.padding import map_positions
 #: ``compute(regions, block)``: an output block from one gathered region per reader;
 #: ``block`` is ``(row0, row1, col0, col1)``, the block's place in the whole result
 Compute = Callable[[list[NDArray[Any]], tuple[int, int, int, int]], NDArray[Any]]
+
+
+class Regions(Protocol):
+    """A file's pixels by region (:mod:`imgconv.tiled.files`)."""
+
+    def read(self, rows: slice, cols: slice) -> NDArray[Any]: ...
+
+
+#: The file behind each lazy array :func:`imgconv.tiled.files.read` made, by the array's
+#: name: a stage reads exactly the pixels its blocks need from it (a halo of one row, not the
+#: whole chunk above), with no task per chunk of the file
+SOURCES: weakref.WeakValueDictionary[str, Regions] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -111,8 +124,6 @@ def windowed(
     """
     if x.ndim == 3 and len(x.chunks[2]) > 1:
         x = x.rechunk({2: -1})  # a block reads every channel of its pixels
-    from imgconv.tiled.files import SOURCES
-
     source = SOURCES.get(x.name)  # a file's regions: read exactly what each block needs
     rows_out, cols_out = readers[0][0].count, readers[0][1].count
     row_bounds = np.cumsum((0, *x.chunks[0])) if source is None else np.array([0, x.shape[0]])
