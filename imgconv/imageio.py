@@ -116,6 +116,80 @@ def array_shape(path: str, name: str) -> tuple[int, ...]:
     return tuple(int(n) for n in array.shape)
 
 
+def tiff_alpha(page: Any, name: str) -> str | None:
+    """How a TIFF page (tifffile's) holds alpha: "straight", "associated" (premultiplied) or
+    None; ImageError for what is read neither whole by tifffile nor by region."""
+    import tifffile
+
+    photometric = tifffile.PHOTOMETRIC
+    kind = page.photometric
+    if kind not in (photometric.MINISBLACK, photometric.RGB) and not (
+            kind == photometric.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
+        raise ImageError(f"{name}: a {kind.name.lower()} TIFF is not read here "
+                         "(grey and RGB ones are); convert it, or read it whole with "
+                         "`tiles=False`")
+    if page.dtype is None or page.bitspersample not in (8, 16, 32, 64):
+        raise ImageError(f"{name}: {page.bitspersample}-bit samples are not read here")
+    samples = int(page.samplesperpixel)
+    if samples not in (1, 2, 3, 4):
+        raise ImageError(f"{name}: {samples} samples a pixel are not read (1 to 4 are)")
+    if samples in (1, 3):
+        return None
+    if not page.extrasamples:
+        raise ImageError(f"{name}: {samples} samples a pixel with no alpha are not read")
+    return "associated" if page.extrasamples[-1] == 1 else "straight"
+
+
+def unpremultiply(colour: NDArray[Any], alpha: NDArray[Any]) -> NDArray[Any]:
+    """8-bit colour premultiplied by alpha, divided back as Pillow's RGBa -> RGBA does
+    (``min(255, 255 * c // a)``; untouched where alpha is 0 or 255); other depths as given."""
+    if colour.dtype != np.uint8:
+        return colour
+    a = alpha.astype(np.uint16)
+    if colour.ndim == 3:
+        a = a[:, :, None]
+    divided = np.minimum(255, colour.astype(np.uint16) * 255 // np.maximum(a, 1))
+    return np.where((a == 0) | (a == 255), colour, divided).astype(np.uint8)
+
+
+def load_tiff(path: str, *, gray: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """A TIFF that Pillow does not read (float colour, BigTIFF, zstd...), whole, through
+    tifffile: its first page, alpha split off (and divided out where associated)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            h, w = int(page.imagelength), int(page.imagewidth)
+            if h * w > max_pixels:
+                raise ImageError(
+                    f"{path}: {w}x{h} = {w * h:,} pixels is more than the limit of "
+                    f"{max_pixels:,}; raise it with `max_pixels` (a TIFF streams without the "
+                    "limit unless `tiles=False`)")
+            alpha_kind = tiff_alpha(page, path)
+            array = page.asarray()
+            if page.planarconfig == 2 and array.ndim == 3:
+                array = np.moveaxis(array, 0, -1)
+            icc = page.iccprofile
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile's and the codecs' own errors
+        raise ImageError(f"{path}: not a readable image ({str(exc).splitlines()[0][:200]})"
+                         ) from None
+    depth, max_value = depth_of(array.dtype, path)
+    alpha = None
+    if alpha_kind is not None:
+        array, alpha = array[:, :, :-1], np.ascontiguousarray(array[:, :, -1])
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+        if alpha_kind == "associated":
+            array = unpremultiply(array, alpha)
+    if gray and array.ndim == 3 and array.shape[2] >= 3:
+        array = luminance(array[:, :, :3])
+    return Picture(np.ascontiguousarray(array), alpha, max_value, depth, "tifffile", icc)
+
+
 def load_array(path: str, *, gray: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """A ``.npy`` (H, W) or (H, W, C) array as a Picture: every channel is pixels (no alpha),
@@ -246,7 +320,17 @@ def load(source: str | bytes, *, gray: bool = False,
         return load_array(source, gray=gray, max_pixels=max_pixels)
     name, notes = display_name(source), list[str]()
     with warnings_as_notes(name, notes):
-        picture = decode(open_image(source, max_pixels), name, gray=gray)
+        try:
+            picture = decode(open_image(source, max_pixels), name, gray=gray)
+        except ImageError as exc:
+            # what Pillow cannot open or decode, tifffile may: float colour, BigTIFF, zstd
+            if not (isinstance(source, str) and stream_format(source) == "tiff"
+                    and "more than the limit" not in str(exc) and os.path.isfile(source)):
+                raise
+            try:
+                picture = load_tiff(source, gray=gray, max_pixels=max_pixels)
+            except ImageError:
+                raise exc from None
     picture.notes.extend(n for n in notes if n not in picture.notes)
     return picture
 

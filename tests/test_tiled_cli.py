@@ -440,3 +440,87 @@ def test_a_folder_that_is_no_zarr_store_is_never_replaced(images, tmp_path, how)
         assert os.listdir(out) == ["keep.txt"]
         assert (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["photos.zarr"]
+
+
+# --- found by the new-user run -------------------------------------------------------------
+
+def test_standard_output_gets_the_whole_small_result(images, tmp_path):
+    piped = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "--chunk", 7,
+                   "-o", "-", "--format", "png")
+    assert piped.exit_code == 0, piped.output
+    assert not Path("-").exists()
+    assert invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--no-tiles", "-o",
+                  tmp_path / "o.png").exit_code == 0
+    assert piped.stdout_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+    from io import BytesIO
+
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(BytesIO(piped.stdout_bytes))),
+                                  np.asarray(Image.open(tmp_path / "o.png")))
+    zarr_out = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "-o", "-",
+                      "--format", "zarr")
+    assert zarr_out.exit_code == 2 and "cannot go to standard output" in zarr_out.output
+
+
+def test_format_names_the_tiled_output(images, tmp_path):
+    out = tmp_path / "no-extension"
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "-o", out,
+                    "--format", "zarr")
+    assert result.exit_code == 0, result.output
+    assert zarr.open_array(out, mode="r").shape == (40, 50, 3)
+
+
+def test_premultiplied_alpha_is_divided_out_on_both_paths(tmp_path):
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    rgba[:, :20, 3] = 128
+    rgba[:, :, :3] = (rgba[:, :, :3].astype(int) * rgba[:, :, 3:] // 255).astype(np.uint8)
+    path = tmp_path / "assoc.tif"
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["assocalpha"], tile=(16, 16))
+    outs = []
+    for tiles in ("--tiles", "--no-tiles"):
+        outs.append(tmp_path / f"o{tiles}.png")
+        result = invoke("apply", path, "-k", "box:3", tiles, "--chunk", 7, "-o", outs[-1])
+        assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(p)) for p in outs)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_float_colour_tiff_is_read_whole_too(tmp_path):
+    path = tmp_path / "f.tif"
+    values = np.random.default_rng(4).random((20, 30, 3)).astype(np.float32) * 255
+    tifffile.imwrite(path, values, photometric="rgb")  # Pillow reads no float colour
+    outs = [tmp_path / "t.tif", tmp_path / "m.tif"]
+    for tiles, out in zip(("--tiles", "--no-tiles"), outs, strict=True):
+        result = invoke("apply", path, "-k", "box:3", tiles, "-o", out, "--depth", "float")
+        assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(tifffile.imread(outs[0]), tifffile.imread(outs[1]), rtol=1e-6)
+
+
+def test_without_the_scale_extra_a_tiled_input_says_what_to_install(images, tmp_path,
+                                                                    monkeypatch):
+    from imgconv.batch import tiled
+
+    monkeypatch.setattr(tiled, "has_scale", lambda: False)
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "-o",
+                    tmp_path / "o.tif")
+    assert result.exit_code == 1
+    assert "pip install 'imgconv[scale]'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.tif").exists()
+
+
+def test_dry_run_says_what_the_tiled_run_would_refuse(images, tmp_path):
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "-o",
+                    tmp_path / "o.png", "--max-pixels", 100, "--dry-run")
+    assert result.exit_code == 0
+    assert "would fail" in result.output and "too large to write as png" in result.output
+
+
+def test_compression_of_a_tiff_written_whole_is_noted(images, tmp_path):
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--no-tiles", "-o",
+                    tmp_path / "o.tif", "--compression", "zstd")
+    assert result.exit_code == 0
+    assert "--compression is for TIFFs the tiled path writes" in result.output

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,36 +119,15 @@ def process(task: Task, options: Options, data: bytes | None = None,
         if data is None and wants_tiles(task.source.path, task.fmt, options):
             from imgconv.batch.tiled import process_tiled
 
-            make_folder(Path(task.target))
-            process_tiled(task, options, result, name)
-            result.status = Status.WRITTEN
-            return result
-        picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
-            if prefetch is not None else None
-        if picture is None:
-            picture = load(data if data is not None else task.source.path, gray=options.gray,
-                           max_pixels=options.max_pixels)
-        result.notes.extend(picture.notes)
-        result.input_shape = list(picture.shape)
-        check_stage_sizes(options.pipeline, picture, options.max_pixels, name)
-        pipeline = options.pipeline if task.pick is None else \
-            dataclasses.replace(options.pipeline, pick=task.pick)
-        with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
-            array, alpha, notes = render(picture, pipeline, task.fmt, name,
-                                         alpha=options.alpha, depth=options.depth,
-                                         reuse=not options.verify)
-        result.notes.extend(notes)
-        result.output_shape = list(array.shape)
-        if options.verify:
-            result.max_error = _verify(picture, options, name)
-        icc_profile, exif, qtables = picture.icc_profile, picture.exif, picture.qtables
-        del picture  # the input's pixels are not needed while the output is encoded
-
-        def write(stream: Any) -> None:
-            encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
-                   quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
-                   name="<stdout>" if task.target == STDIO else task.target)
-
+            if task.target != STDIO:
+                make_folder(Path(task.target))
+            # (it says if the extra is missing); None: it wrote the output band by band
+            write = process_tiled(task, options, result, name)
+            if write is None:
+                result.status = Status.WRITTEN
+                return result
+        else:
+            write = _render(task, options, result, name, data, prefetch)
         if task.target == STDIO:
             buffer = io.BytesIO()  # whole before anything reaches stdout
             write(buffer)
@@ -186,6 +165,42 @@ def process(task: Task, options: Options, data: bytes | None = None,
     finally:
         result.seconds = time.perf_counter() - start
     return result
+
+
+def _render(task: Task, options: Options, result: Result, name: str, data: bytes | None,
+            prefetch: Prefetch | None) -> Callable[[Any], None]:
+    """The in-memory path: decode, run the pipeline, and the output's encoder (a function
+    of the stream it writes to)."""
+    picture = prefetch.take(task.source.path, options.max_pixels, options.gray) \
+        if prefetch is not None else None
+    if picture is None:
+        picture = load(data if data is not None else task.source.path, gray=options.gray,
+                       max_pixels=options.max_pixels)
+    result.notes.extend(picture.notes)
+    result.input_shape = list(picture.shape)
+    check_stage_sizes(options.pipeline, picture, options.max_pixels, name)
+    pipeline = options.pipeline if task.pick is None else \
+        dataclasses.replace(options.pipeline, pick=task.pick)
+    with warnings_as_notes(name, result.notes):  # numpy's, e.g. from NaN in a float TIFF
+        array, alpha, notes = render(picture, pipeline, task.fmt, name,
+                                     alpha=options.alpha, depth=options.depth,
+                                     reuse=not options.verify)
+    result.notes.extend(notes)
+    if options.compression is not None and task.fmt == "tiff":
+        result.notes.append(f"{name}: `compression` is for TIFFs the tiled path writes "
+                            "(`tiles=True`); this one is written whole, uncompressed")
+    result.output_shape = list(array.shape)
+    if options.verify:
+        result.max_error = _verify(picture, options, name)
+    icc_profile, exif, qtables = picture.icc_profile, picture.exif, picture.qtables
+    del picture  # the input's pixels are not needed while the output is encoded
+
+    def write(stream: Any) -> None:
+        encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
+               quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
+               name="<stdout>" if task.target == STDIO else task.target)
+
+    return write
 
 
 def make_folder(target: Path) -> None:

@@ -80,7 +80,7 @@ class Options:
     tiles: bool | None = None
     memory_limit: int = 4 << 30  # bytes: a larger working copy takes the tiled path
     chunk: int | None = None  # the tiled path's chunk side (None: from memory_limit)
-    compression: str = "deflate"  # a tiled TIFF output's
+    compression: str | None = None  # a tiled TIFF output's (None: deflate)
 
 
 class Status(str, Enum):
@@ -398,6 +398,9 @@ def plan(
             if fmt is None or sources[0].path == STDIO:
                 raise UsageError("`output=-` (standard output) needs `format` when the input's "
                                  "extension does not name a format")
+        if output == STDIO and format_for("", fmt) == "zarr":
+            raise UsageError("`output=-`: a .zarr store is a folder; it cannot go to standard "
+                             "output")
         if os.path.isdir(output) and not _is_store_name(output):
             raise UsageError(f"`output` {output}: is a folder; use `out_dir` {output}")
         ext = Path(output).suffix.lower()

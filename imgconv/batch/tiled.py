@@ -18,7 +18,6 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgconv.errors import ImageError, UsageError
@@ -229,8 +228,50 @@ def _report(name: str, total: int) -> Callable[[int], None] | None:
     return step
 
 
-def process_tiled(task: Task, options: Options, result: Result, name: str) -> None:
-    """Filter ``task``'s input through the tiled path into its output; raises ImgconvError."""
+NEEDS_SCALE = ("{name}: this TIFF, .npy or .zarr is filtered in tiles, which needs the scale "
+               "extra: pip install 'imgconv[scale]'")
+
+
+def has_scale() -> bool:
+    """Whether the scale extra (dask) is installed, told without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("dask") is not None
+
+
+def tiled_problem(name: str, shape: tuple[int, ...], task: Task, options: Options,
+                  chunk: tuple[int, int]) -> str | None:
+    """Why ``task``'s input of ``shape`` cannot be filtered in tiles as asked, or None: the
+    run and ``dry_run`` say the same."""
+    if not has_scale():
+        return NEEDS_SCALE.format(name=name)
+    count = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
+    if count > MAX_CHUNKS:
+        return (f"{name}: `chunk={chunk[0]}` cuts the {shape[0]}x{shape[1]} image into "
+                f"{count:,} chunks, more than {MAX_CHUNKS:,}; use larger chunks")
+    if task.fmt not in STREAM_FORMATS or task.target == "-":
+        try:
+            h, w = options.pipeline.shapes((shape[0], shape[1]))[-1] \
+                if options.pipeline.stages else (shape[0], shape[1])
+        except ValueError:
+            return None  # the run says why
+        if h * w > options.max_pixels:
+            where = "to standard output" if task.target == "-" else f"as {task.fmt}"
+            return (f"{name}: the {h}x{w} result (= {h * w:,} pixels) is too large to write "
+                    f"{where}, more than the limit of {options.max_pixels:,} (`max_pixels`); "
+                    "write a .tif, .npy or .zarr file, which are written by region")
+    return None
+
+
+def process_tiled(task: Task, options: Options, result: Result,
+                  name: str) -> Callable[[Any], None] | None:
+    """Filter ``task``'s input through the tiled path; raises ImgconvError.
+
+    A TIFF, ``.npy`` or ``.zarr`` file is written here, band by band (None is returned);
+    any other output (or standard output) gets its encoder, for the caller to deliver.
+    """
+    if not has_scale():
+        raise ImageError(NEEDS_SCALE.format(name=name))
     import dask
 
     from imgconv.core.threads import get_threads, set_threads
@@ -243,14 +284,11 @@ def process_tiled(task: Task, options: Options, result: Result, name: str) -> No
     if kind is not None:
         shape = input_shape(task.source.path)
         channels = shape[2] if shape is not None and len(shape) == 3 else 1
-        # a band of 256 rows (a TIFF output's row of tiles) at a time, in wide chunks
         chunk = chunk_sides(options, channels, threads)
         if shape is not None:
-            count = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
-            if count > MAX_CHUNKS:
-                raise ImageError(
-                    f"{name}: `chunk={chunk[0]}` cuts the {shape[0]}x{shape[1]} image into "
-                    f"{count:,} chunks, more than {MAX_CHUNKS:,}; use larger chunks")
+            problem = tiled_problem(name, shape, task, options, chunk)
+            if problem is not None:
+                raise ImageError(problem)
         source = files.read(task.source.path, chunk=chunk, gray=options.gray)
     else:  # a picture that fits, written to .zarr
         picture = load(task.source.path, gray=options.gray, max_pixels=options.max_pixels)
@@ -268,14 +306,16 @@ def process_tiled(task: Task, options: Options, result: Result, name: str) -> No
     set_threads(1)  # dask's threads run the chunks: one core thread each
     try:
         with dask.config.set(scheduler="threads", num_workers=threads):
-            if task.fmt in STREAM_FORMATS:
+            if task.fmt in STREAM_FORMATS and task.target != "-":
                 pixels = out.with_alpha()
                 files.write_bands(
                     pixels, task.target, overwrite=options.overwrite,
-                    compression=options.compression, alpha=out.alpha is not None,
+                    compression=options.compression or "deflate",
+                    alpha=out.alpha is not None, fmt=task.fmt,
                     progress=_report(name, pixels.numblocks[0] * pixels.numblocks[1]))
+                write = None
             else:
-                _write_in_memory(out, task, options, name)
+                write = _encoder(out, task, options)
     finally:
         set_threads(options.threads)
         if kind is not None:
@@ -290,20 +330,24 @@ def process_tiled(task: Task, options: Options, result: Result, name: str) -> No
         result.notes.append(f"{name}: {out.non_finite():,} non-finite values (NaN/inf) in the "
                             "result; NaN written as 0")
     result.notes.extend(out.notes)
+    if options.verify:
+        result.notes.append(f"{name}: `verify` checks whole images in memory; not done on the "
+                            "tiled path")
+    return write
 
 
-def _write_in_memory(out: Any, task: Task, options: Options, name: str) -> None:
-    """A result small enough to hold, written as a PNG, JPEG, WebP or BMP."""
-    from imgconv.imageio import encode, write_atomic
+def _encoder(out: Any, task: Task, options: Options) -> Callable[[Any], None]:
+    """A result small enough to hold (:func:`tiled_problem` checked it), computed whole: its
+    encoder, a function of the stream it writes to (a PNG, JPEG, WebP or BMP file, or any
+    format to standard output)."""
+    from imgconv.imageio import encode
 
-    h, w = out.pixels.shape[:2]
-    if h * w > options.max_pixels:
-        raise ImageError(
-            f"{name}: the {h}x{w} result is too large to write as {task.fmt} (more than "
-            "`max_pixels`); write .tif, .npy or .zarr, which are written by region")
     pixels, alpha = out.pixels.compute(), None if out.alpha is None else out.alpha.compute()
-    depth = "16" if pixels.dtype.itemsize == 2 else "8"
-    write_atomic(Path(task.target), lambda stream: encode(
-        pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
-        name=task.target), overwrite=options.overwrite)
+    kind = pixels.dtype
+    depth = "float" if kind.kind == "f" else "16" if kind.itemsize == 2 else "8"
 
+    def write(stream: Any) -> None:
+        encode(pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
+               name="<stdout>" if task.target == "-" else task.target)
+
+    return write

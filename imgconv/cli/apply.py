@@ -151,7 +151,7 @@ def apply_command(
         typer.Option(
             "--format",
             metavar="FORMAT",
-            help="png, jpg, tiff, webp, bmp or npy (default: from the extension).",
+            help="png, jpg, tiff, webp, bmp, npy or zarr (default: from the extension).",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -173,7 +173,7 @@ def apply_command(
         typer.Option(
             "--depth",
             metavar="DEPTH",
-            help="8, 16 (png/tiff) or float (tiff, one channel). \\[default: the input's]",
+            help="8, 16 (png/tiff) or float (tiff: one sample per map). \\[default: the input's]",
             rich_help_panel=PANEL_OUT,
             show_default=False,
         ),
@@ -340,14 +340,16 @@ def apply_command(
         ),
     ] = None,
     compression: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--compression",
-            metavar="none|deflate|zstd|lzw|jpeg",
-            help="Compression of tiled TIFF outputs (jpeg: 8-bit only).",
+            metavar="NAME",
+            help="none, deflate, zstd, lzw or jpeg (8-bit): the compression of TIFFs the "
+                 "tiled path writes. \\[default: deflate]",
             rich_help_panel=PANEL_LARGE,
+            show_default=False,
         ),
-    ] = "deflate",
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -396,7 +398,7 @@ def apply_command(
             limit = _memory_limit(memory_limit)
             from imgconv.imageio import TIFF_COMPRESSIONS
 
-            if compression not in TIFF_COMPRESSIONS:
+            if compression is not None and compression not in TIFF_COMPRESSIONS:
                 raise UsageError(f"--compression must be one of {', '.join(TIFF_COMPRESSIONS)}, "
                                  f"got {compression!r}")
             if inputs.count(batch.STDIO) > 1:
@@ -758,7 +760,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
     (:func:`imgconv.batch.output_conflict`).
     """
     from imgconv import batch
-    from imgconv.batch.tiled import chunk_sides, stream_header, wants_tiles
+    from imgconv.batch.tiled import chunk_sides, stream_header, tiled_problem, wants_tiles
     from imgconv.batch.tiled import plan as tiled_plan
     from imgconv.core.threads import get_threads
     from imgconv.errors import ImgconvError
@@ -769,6 +771,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
 
     headers: list[tuple[int, int, float] | str] = []
     plans: dict[int, list[str]] = {}  # the tiled plan of each input that streams
+    failures: dict[int, str] = {}  # why a tiled input would fail
     threads = options.threads or get_threads()
     for i, t in enumerate(tasks):
         if wants_tiles(t.source.path, t.fmt, options):
@@ -783,6 +786,9 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             sides = chunk_sides(options, channels, threads)
             with contextlib.suppress(ValueError):  # a stage leaves nothing: said below
                 plans[i] = tiled_plan(pipeline, shape, sides, threads).lines()
+            problem = tiled_problem(t.source.path, shape, t, options, sides)
+            if problem is not None:
+                failures[i] = problem
             continue
         try:
             source = stdin if t.source.path == "-" and stdin is not None else t.source.path
@@ -810,7 +816,9 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             continue
         out = shapes[-1]
         exists = ""
-        if t.target != "-":
+        if i in failures:
+            exists = f" (would fail: {flag_words(failures[i])})"
+        elif t.target != "-":
             target = Path(t.target)
             conflict = batch.output_conflict(target, t.source.path, options)
             if conflict is not None and conflict.skip:

@@ -199,7 +199,8 @@ MaxPixels = Annotated[
         "--max-pixels",
         metavar="N",
         min=1,
-        help="Refuse larger images (decompression bombs) without decoding them.",
+        help="Refuse larger images (decompression bombs) without decoding them; a TIFF, "
+             ".npy or .zarr streams instead (see --tiles).",
         rich_help_panel=PANEL_RUN,
     ),
 ]

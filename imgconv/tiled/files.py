@@ -38,6 +38,8 @@ from imgconv.imageio import (
     depth_of,
     luminance,
     stream_format,
+    tiff_alpha,
+    unpremultiply,
     write_atomic,
 )
 from imgconv.tiled.windows import SOURCES
@@ -243,30 +245,6 @@ class _TiffSegments:
         return segment.reshape(segment.shape[-3:])  # (rows, columns, samples)
 
 
-def _check_tiff(path: str, page: Any) -> bool:
-    """Refuse what the reader by region would misread; whether the last sample is alpha."""
-    import tifffile
-
-    photometric = tifffile.PHOTOMETRIC
-    kind = page.photometric
-    if kind not in (photometric.MINISBLACK, photometric.RGB) and not (
-            kind == photometric.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
-        raise ImageError(
-            f"{path}: a {kind.name.lower()} TIFF is not read by region (grey and RGB are); "
-            f"convert it, or read it whole with `tiles=False`")
-    if page.dtype is None or page.bitspersample not in (8, 16, 32, 64):
-        raise ImageError(f"{path}: {page.bitspersample}-bit samples are not read by region")
-    samples = page.samplesperpixel
-    alpha = bool(page.extrasamples) and samples in (2, 4)
-    if samples not in (1, 2, 3, 4):
-        raise ImageError(f"{path}: {samples} samples a pixel are not read by region "
-                         "(1 to 4 are)")
-    if samples in (2, 4) and not alpha:
-        raise ImageError(f"{path}: {samples} samples a pixel with no alpha are not read "
-                         "by region")
-    return alpha
-
-
 def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT_CHUNK,
          gray: bool = False) -> Source:
     """A TIFF, ``.npy`` or ``.zarr`` file as lazy pixels (and alpha), in chunks of ``chunk``
@@ -291,10 +269,10 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
             raise ImageError(f"{name}: no such file")
     notes: list[str] = []
     regions = _Regions(name, kind)
-    has_alpha = False
+    alpha_kind = None
     if kind == "tiff":
         page = regions._page()
-        has_alpha = _check_tiff(name, page)
+        alpha_kind = tiff_alpha(page, name)
         if len(page.parent.pages) > 1:
             notes.append(f"{name}: has several pages; the first is filtered")
     if regions.ndim not in (2, 3) or 0 in regions.shape:
@@ -314,15 +292,22 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
         return array
 
     alpha = None
-    if has_alpha:
+    if alpha_kind is not None:
         colour = regions.shape[2] - 1
         array = lazy(_Regions(name, kind, slice(0, colour) if colour > 1 else 0), "pixels")
         alpha = lazy(_Regions(name, kind, colour), "alpha")
+        if alpha_kind == "associated":  # premultiplied colour, divided back as Pillow does
+            plane = alpha if array.ndim == 2 else alpha[:, :, None]  # blocks line up by axis
+            array = da.map_blocks(_unpremultiply, array, plane, dtype=array.dtype)
     else:
         array = lazy(regions, "pixels")
     if gray and array.ndim == 3 and array.shape[2] >= 3:
         array = array[:, :, :3].map_blocks(luminance, drop_axis=2, dtype=array.dtype)
     return Source(array, alpha, max_value, depth, notes)
+
+
+def _unpremultiply(colour: NDArray[Any], alpha: NDArray[Any]) -> NDArray[Any]:
+    return unpremultiply(colour, alpha if alpha.ndim == 2 else alpha[:, :, 0])
 
 
 def open(path: str | os.PathLike[str], *, chunk: int = DEFAULT_CHUNK) -> da.Array:
@@ -382,10 +367,11 @@ def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
 def write_bands(array: da.Array, path: str | os.PathLike[str], *, overwrite: bool = False,
                 compression: str = "deflate", alpha: bool = False,
                 progress: Progress | None = None, scheduler: str | None = None,
-                icc_profile: bytes | None = None) -> None:
-    """:func:`save`, reporting each band's chunk count to ``progress``."""
+                icc_profile: bytes | None = None, fmt: str | None = None) -> None:
+    """:func:`save`, reporting each band's chunk count to ``progress``; ``fmt`` (tiff, npy
+    or zarr) instead of the name's extension."""
     target = Path(path)
-    kind = stream_format(target)
+    kind = fmt or stream_format(target)
     if kind is None:
         raise UsageError(f"{target}: writes by region only to {', '.join(STREAM_FORMATS)}")
     if compression not in COMPRESSIONS:
@@ -488,8 +474,19 @@ def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
             y += band.shape[0]
         _replace_folder(tmp, target, overwrite=overwrite)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_folder(tmp)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove a half-written store, again while zarr's own threads, interrupted, may still
+    be finishing chunk files in it (for up to about a second)."""
+    import time
+
+    for _ in range(40):
+        if not os.path.lexists(folder):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.025)
 
 
 def _check_store(target: Path) -> None:

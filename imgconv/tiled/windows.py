@@ -65,10 +65,6 @@ class Windows:
         start = a * self.stride - self.before
         return np.arange(start, (b - 1) * self.stride - self.before + self.extent, dtype=np.intp)
 
-    def halo(self) -> int:
-        """The places a window reads beyond its stride: ``extent - stride`` (or 0)."""
-        return max(0, self.extent - self.stride)
-
 
 def blocks(count: int, side: int) -> list[tuple[int, int]]:
     """``[0, count)`` in pieces of ``side`` (the last may be shorter)."""
