@@ -300,19 +300,23 @@ def process_tiled(task: Task, options: Options, result: Result,
         import dataclasses
 
         pipeline = dataclasses.replace(pipeline, pick=task.pick)
-    out = render.render(source, pipeline, task.fmt, name, alpha=options.alpha,
-                        depth=options.depth)
-    result.output_shape = [int(n) for n in out.pixels.shape]
     set_threads(1)  # dask's threads run the chunks: one core thread each
     try:
         with dask.config.set(scheduler="threads", num_workers=threads):
+            out = render.render(source, pipeline, task.fmt, name, alpha=options.alpha,
+                                depth=options.depth)  # (normalize's first pass runs here)
+            result.output_shape = [int(n) for n in out.pixels.shape]
             if task.fmt in STREAM_FORMATS and task.target != "-":
                 pixels = out.with_alpha()
-                files.write_bands(
-                    pixels, task.target, overwrite=options.overwrite,
-                    compression=options.compression or "deflate",
-                    alpha=out.alpha is not None, fmt=task.fmt,
-                    progress=_report(name, pixels.numblocks[0] * pixels.numblocks[1]))
+                try:
+                    files.write_bands(
+                        pixels, task.target, overwrite=options.overwrite,
+                        compression=options.compression or "deflate",
+                        alpha=out.alpha is not None, fmt=task.fmt,
+                        progress=_report(name, pixels.numblocks[0] * pixels.numblocks[1]))
+                except OSError as exc:  # the output's fault (a full disk): name it
+                    raise ImageError(f"{task.target}: cannot write ({exc.strerror or exc})"
+                                     ) from None
                 write = None
             else:
                 write = _encoder(out, task, options)
