@@ -71,6 +71,25 @@ def stream_format(path: str | os.PathLike[str]) -> str | None:
     return fmt if fmt in STREAM_FORMATS else None
 
 
+def zarr_node(path: str | os.PathLike[str]) -> str | None:
+    """"array" or "group" for a folder (not a link) holding a zarr store (v2 or v3), else None."""
+    folder = Path(path)
+    if not folder.is_dir() or folder.is_symlink():
+        return None
+    if (folder / ".zarray").is_file():
+        return "array"
+    if (folder / ".zgroup").is_file():
+        return "group"
+    try:
+        import json
+
+        with open(folder / "zarr.json", "rb") as stream:
+            node = json.loads(stream.read(1 << 20)).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return node if node in ("array", "group") else None
+
+
 def depth_of(dtype: Any, name: str) -> tuple[str, float]:
     """(depth, full-intensity value) of an array's samples, as an image file's would be:
     uint8 "8" and 255, uint16 "16" and 65535, float "float" and 255 (Pillow's mode F)."""
@@ -117,8 +136,9 @@ def array_shape(path: str, name: str) -> tuple[int, ...]:
 
 
 def tiff_alpha(page: Any, name: str) -> str | None:
-    """How a TIFF page (tifffile's) holds alpha: "straight", "associated" (premultiplied) or
-    None; ImageError for what is read neither whole by tifffile nor by region."""
+    """How a TIFF page (tifffile's) holds alpha: "straight", "associated" (premultiplied),
+    "unused" (an extra sample that is not alpha) or None; ImageError for what is read
+    neither whole by tifffile nor by region."""
     import tifffile
 
     photometric = tifffile.PHOTOMETRIC
@@ -137,7 +157,8 @@ def tiff_alpha(page: Any, name: str) -> str | None:
         return None
     if not page.extrasamples:
         raise ImageError(f"{name}: {samples} samples a pixel with no alpha are not read")
-    return "associated" if page.extrasamples[-1] == 1 else "straight"
+    # EXTRASAMPLE: 0 unspecified (RGBX: dropped, as Pillow does), 1 associated, 2 straight
+    return {0: "unused", 1: "associated"}.get(int(page.extrasamples[-1]), "straight")
 
 
 def unpremultiply(colour: NDArray[Any], alpha: NDArray[Any]) -> NDArray[Any]:
@@ -171,6 +192,7 @@ def load_tiff(path: str, *, gray: bool = False,
             array = page.asarray()
             if page.planarconfig == 2 and array.ndim == 3:
                 array = np.moveaxis(array, 0, -1)
+            array = upright(array, tiff_orientation(page))
             icc = page.iccprofile
     except ImageError:
         raise
@@ -185,6 +207,8 @@ def load_tiff(path: str, *, gray: bool = False,
             array = array[:, :, 0]
         if alpha_kind == "associated":
             array = unpremultiply(array, alpha)
+        elif alpha_kind == "unused":
+            alpha = None
     if gray and array.ndim == 3 and array.shape[2] >= 3:
         array = luminance(array[:, :, :3])
     return Picture(np.ascontiguousarray(array), alpha, max_value, depth, "tifffile", icc)
@@ -390,8 +414,11 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
         im = im.convert("LA")
     elif mode == "RGBa":
         im = im.convert("RGBA")
-    elif mode.startswith("I;16"):
-        im = im.convert("I;16") if mode != "I;16" else im
+    elif mode.startswith("I;16") and mode != "I;16":
+        from PIL import Image
+
+        # Pillow's convert("I;16") from big-endian I;16B clips every value to 255
+        im = Image.fromarray(np.asarray(im).astype(np.uint16))
     if gray and im.mode in ("RGB", "RGBA"):
         im = im.convert("LA" if im.mode == "RGBA" else "L")
 
@@ -421,6 +448,22 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
 
 
 #: Pillow's transposition for each EXIF orientation, as numpy's: (H, W, C) -> upright
+def tiff_orientation(page: Any) -> int:
+    """A TIFF page's (tifffile's) orientation tag, 1 (top left) when absent."""
+    tag = page.tags.get(274)
+    try:
+        return int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def upright(array: Any, orientation: int) -> Any:
+    """``array`` (numpy or dask, (H, W) or (H, W, C)) turned as its EXIF/TIFF
+    ``orientation`` (1-8) says, so that its first row is the top."""
+    turn = _UPRIGHT.get(int(orientation))
+    return array if turn is None else turn(array)
+
+
 _UPRIGHT = {
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
     5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),

@@ -177,6 +177,35 @@ def thread_warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
                                    warning.lineno)
 
 
+@contextmanager
+def pool_warnings_as_notes(name: str, notes: list[str], threads: int) -> Iterator[Any]:
+    """A thread pool (for dask's ``pool`` setting) whose threads' warnings become ``notes``,
+    as :func:`thread_warnings_as_notes` does for one thread; the pool ends with the block."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    if warnings.showwarning is not _dispatch:
+        _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _dispatch
+    caught: list[Any] = []
+    idents: list[int] = []
+
+    def register() -> None:
+        idents.append(threading.get_ident())
+        _sinks[idents[-1]] = caught
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="imgconv-chunk", initializer=register)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for ident in idents:
+            _sinks.pop(ident, None)
+        for warning in _to_notes(caught, name, notes):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
 def wide_colour(im: Any) -> str | None:
     """"PNG" or "TIFF" for an image of 16-bit colour, which Pillow would narrow to 8 bits."""
     tile = getattr(im, "tile", None) or [None]

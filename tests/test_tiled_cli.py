@@ -524,3 +524,91 @@ def test_compression_of_a_tiff_written_whole_is_noted(images, tmp_path):
                     tmp_path / "o.tif", "--compression", "zstd")
     assert result.exit_code == 0
     assert "--compression is for TIFFs the tiled path writes" in result.output
+
+
+# --- found by the adversarial run ------------------------------------------------------------
+
+def test_overwrite_never_replaces_a_store_that_holds_an_input(images, tmp_path):
+    store = tmp_path / "st.zarr"
+    assert invoke("apply", images["rgb.npy"], "-k", "identity", "-o", store).exit_code == 0
+    inside = store / "img.tif"
+    inside.write_bytes(images["rgb-tiled.tif"].read_bytes())
+    result = invoke("apply", inside, "-k", "sobel", "-o", store, "--overwrite")
+    assert result.exit_code == 1 and "holds an input" in result.output
+    assert inside.exists()
+
+
+def test_a_zarr_group_or_a_file_named_zarr_is_never_replaced(images, tmp_path):
+    group = tmp_path / "g.zarr"
+    zarr.open_group(group, mode="w").create_array("labels", shape=(2, 2), dtype="u1")
+    plain = tmp_path / "f.zarr"
+    plain.write_text("important")
+    for target, why in ((group, "zarr group"), (plain, "not a zarr store")):
+        result = invoke("apply", images["rgb.npy"], "-k", "sobel", "-o", target, "--overwrite")
+        assert result.exit_code == 1 and why in result.output, result.output
+    assert (group / "labels").exists() and plain.read_text() == "important"
+
+
+def test_a_fifo_named_like_a_tiff_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    for extra in ((), ("--tiles",), ("--dry-run",)):
+        result = invoke("apply", fifo, "-k", "sobel", "-o", tmp_path / "o.tif", *extra)
+        assert "FIFO" in result.output or "fifo" in result.output, result.output
+
+
+def test_manifest_hashes_a_zarr_input_and_stdin_reaches_a_zarr_output(images, tmp_path):
+    store = tmp_path / "in.zarr"
+    assert invoke("apply", images["rgb.npy"], "-k", "identity", "-o", store).exit_code == 0
+    result = invoke("apply", store, "-k", "sobel", "-o", tmp_path / "o.tif", "--manifest",
+                    tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    entry = json.loads((tmp_path / "m.json").read_text())["inputs"][0]
+    assert len(entry["sha256"]) == 64
+    piped = runner.invoke(app, ["apply", "-", "-k", "sobel", "-o", str(tmp_path / "s.zarr")],
+                          input=images["rgb-tiled.tif"].read_bytes())
+    assert piped.exit_code == 0, piped.output
+    assert zarr.open_array(tmp_path / "s.zarr", mode="r").shape == (40, 50, 3)
+
+
+@pytest.mark.parametrize("kind", ["rgbx", "orientation-6", "big-endian-16"])
+def test_tiff_variants_equal_on_both_paths(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    path = tmp_path / f"{kind}.tif"
+    if kind == "rgbx":  # an extra sample that is not alpha: dropped
+        tifffile.imwrite(path, np.dstack([rgb, rgb[:, :, 0]]), photometric="rgb",
+                         extrasamples=["unspecified"], tile=(16, 16))
+    elif kind == "orientation-6":  # turned upright on both paths
+        tifffile.imwrite(path, rgb, photometric="rgb", tile=(16, 16),
+                         extratags=[(274, "H", 1, 6, True)])
+    else:  # Pillow's I;16B read at full depth
+        tifffile.imwrite(path, rng.integers(0, 65536, (37, 29), dtype=np.uint16),
+                         byteorder=">")
+    outs = []
+    for tiles in ("--tiles", "--no-tiles"):
+        outs.append(tmp_path / f"o{tiles}.tif")
+        result = invoke("apply", path, "-k", DYADIC, tiles, "--chunk", 7, "-o", outs[-1],
+                        "--depth", "float")
+        assert result.exit_code == 0, result.output
+    a, b = (tifffile.imread(p) for p in outs)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_library_warnings_on_the_tiled_path_are_notes(tmp_path):
+    values = np.random.default_rng(6).random((40, 50)).astype(np.float32) * 255
+    values[3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", values)
+    result = invoke("apply", tmp_path / "nan.npy", "-k", "sobel-x", "--tiles", "--chunk", 16,
+                    "--output-map", "clip", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0
+    assert "RuntimeWarning" not in result.output and "warning: " in result.output
+
+
+def test_chunks_too_large_for_the_memory_limit_are_refused(images, tmp_path):
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "--chunk",
+                    4096, "--memory-limit", "1MB", "-o", tmp_path / "o.tif")
+    assert result.exit_code == 1 and "use a smaller --chunk" in result.output

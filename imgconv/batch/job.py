@@ -28,6 +28,7 @@ from imgconv.imageio import (
     encode,
     load,
     write_atomic,
+    zarr_node,
 )
 from imgconv.opening import check_regular, warnings_as_notes
 from imgconv.pipeline import Pipeline
@@ -45,12 +46,23 @@ def _sha256(path: str, data: bytes | None = None) -> str:
 
     if data is not None:
         return hashlib.sha256(data).hexdigest()
-    check_regular(path)  # a FIFO would block the open below
     digest = hashlib.sha256()
+    if os.path.isdir(path) and not os.path.islink(path):  # a .zarr store: its files, in order
+        for top, _, files in sorted(os.walk(path)):
+            for file in sorted(files):
+                name = os.path.join(top, file)
+                digest.update(os.path.relpath(name, path).encode("utf-8", "surrogateescape"))
+                _hash_file(digest, name)
+        return digest.hexdigest()
+    check_regular(path)  # a FIFO would block the open below
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: str) -> None:
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,14 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
             return Conflict("output exists", skip=True)
         if not options.overwrite:
             return Conflict(f"{target}: {ALREADY_EXISTS}")
-        if is_zarr_store(target):
-            return None  # replaced whole, once the new one is written
+        node = zarr_node(target)
+        if node == "group":  # arrays beside the one that would replace them all
+            return Conflict(f"{target}: is a zarr group, not an array; refusing to replace it")
+        if node == "array":  # replaced whole, once the new one is written
+            if _holds(target, options.protected):
+                return Conflict(f"{name}: output {target} holds an input; refusing to "
+                                "replace it")
+            return None
         try:
             check_replaceable(target)  # a FIFO or a device is never replaced
         except ImageError as exc:
@@ -83,10 +101,13 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
     return None
 
 
-def is_zarr_store(path: Path) -> bool:
-    """A folder (not a link) holding a zarr array or group: what a .zarr output replaces."""
-    return (path.suffix.lower() == ".zarr" and path.is_dir() and not path.is_symlink()
-            and any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")))
+def _holds(folder: Path, protected: frozenset[tuple[int, int]]) -> bool:
+    """Whether an input (by :func:`file_id`) is inside ``folder``, links not followed."""
+    for top, dirs, files in os.walk(folder):
+        for entry in (*dirs, *files):
+            if file_id(os.path.join(top, entry)) in protected:
+                return True
+    return False
 
 
 def process(task: Task, options: Options, data: bytes | None = None,
@@ -116,13 +137,14 @@ def process(task: Task, options: Options, data: bytes | None = None,
                 raise ImageError(conflict.reason)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
-        if data is None and wants_tiles(task.source.path, task.fmt, options):
+        if (data is None or task.fmt == "zarr") and wants_tiles(task.source.path, task.fmt,
+                                                                options):
             from imgconv.batch.tiled import process_tiled
 
             if task.target != STDIO:
                 make_folder(Path(task.target))
             # (it says if the extra is missing); None: it wrote the output band by band
-            write = process_tiled(task, options, result, name)
+            write = process_tiled(task, options, result, name, data)
             if write is None:
                 result.status = Status.WRITTEN
                 return result

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imgconv.errors import ImageError, UsageError
-from imgconv.imageio import STREAM_FORMATS, array_shape, stream_format
+from imgconv.imageio import STREAM_FORMATS, array_shape, stream_format, tiff_orientation
+from imgconv.pipeline.stages import ActivationStage
 
 if TYPE_CHECKING:
     from imgconv.batch.tasks import Options, Result, Task
@@ -84,6 +85,10 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
     header; None if it cannot be read (the run says why)."""
     kind = stream_format(path)
     try:
+        if kind != "zarr":
+            from imgconv.opening import check_regular
+
+            check_regular(path)  # a FIFO would block the open below
         if kind == "npy":
             import numpy as np
 
@@ -95,6 +100,8 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 h, w = int(page.imagelength), int(page.imagewidth)
+                if tiff_orientation(page) in (5, 6, 7, 8):  # read turned upright
+                    h, w = w, h
                 samples = int(page.samplesperpixel)
                 dtype = str(page.dtype)
             return ((h, w) if samples == 1 else (h, w, samples)), dtype
@@ -110,11 +117,11 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
 
 def wants_tiles(path: str, fmt: str, options: Options) -> bool:
     """Whether input ``path``, written as ``fmt``, takes the tiled path."""
-    if path == "-":
-        return False
     kind = stream_format(path)
     if kind == "zarr" or fmt == "zarr":
         return True
+    if path == "-":
+        return False
     if options.tiles is False or kind is None:
         return False
     if options.tiles:
@@ -240,15 +247,26 @@ def has_scale() -> bool:
 
 
 def tiled_problem(name: str, shape: tuple[int, ...], task: Task, options: Options,
-                  chunk: tuple[int, int]) -> str | None:
+                  chunk: tuple[int, int], threads: int) -> str | None:
     """Why ``task``'s input of ``shape`` cannot be filtered in tiles as asked, or None: the
     run and ``dry_run`` say the same."""
     if not has_scale():
         return NEEDS_SCALE.format(name=name)
+    layers = 1 + sum(not isinstance(s, ActivationStage) for s in options.pipeline.stages)
     count = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
-    if count > MAX_CHUNKS:
-        return (f"{name}: `chunk={chunk[0]}` cuts the {shape[0]}x{shape[1]} image into "
-                f"{count:,} chunks, more than {MAX_CHUNKS:,}; use larger chunks")
+    if count * layers > MAX_CHUNKS:  # each stage is a layer of tasks, one a chunk
+        return (f"{name}: chunks of {chunk[0]}x{chunk[1]} pixels cut the {shape[0]}x{shape[1]} "
+                f"image into {count:,} chunks a stage, more than {MAX_CHUNKS // layers:,} for "
+                f"{layers - 1} stage(s); use a larger `chunk`")
+    if options.chunk:
+        try:
+            need = plan(options.pipeline, shape, chunk, threads).peak_bytes - BASE_BYTES
+        except ValueError:
+            return None  # the run says why
+        if need > options.memory_limit:
+            return (f"{name}: chunks of {chunk[0]}x{chunk[1]} pixels need about "
+                    f"{need / 2**20:,.0f} MiB, more than `memory_limit` "
+                    f"({options.memory_limit / 2**20:,.0f} MiB); use a smaller `chunk`")
     if task.fmt not in STREAM_FORMATS or task.target == "-":
         try:
             h, w = options.pipeline.shapes((shape[0], shape[1]))[-1] \
@@ -263,8 +281,8 @@ def tiled_problem(name: str, shape: tuple[int, ...], task: Task, options: Option
     return None
 
 
-def process_tiled(task: Task, options: Options, result: Result,
-                  name: str) -> Callable[[Any], None] | None:
+def process_tiled(task: Task, options: Options, result: Result, name: str,
+                  data: bytes | None = None) -> Callable[[Any], None] | None:
     """Filter ``task``'s input through the tiled path; raises ImgconvError.
 
     A TIFF, ``.npy`` or ``.zarr`` file is written here, band by band (None is returned);
@@ -276,6 +294,7 @@ def process_tiled(task: Task, options: Options, result: Result,
 
     from imgconv.core.threads import get_threads, set_threads
     from imgconv.imageio import load
+    from imgconv.opening import pool_warnings_as_notes, warnings_as_notes
     from imgconv.pipeline.mapping import CLIP_WARNING_FRACTION
     from imgconv.tiled import files, render
 
@@ -286,12 +305,13 @@ def process_tiled(task: Task, options: Options, result: Result,
         channels = shape[2] if shape is not None and len(shape) == 3 else 1
         chunk = chunk_sides(options, channels, threads)
         if shape is not None:
-            problem = tiled_problem(name, shape, task, options, chunk)
+            problem = tiled_problem(name, shape, task, options, chunk, threads)
             if problem is not None:
                 raise ImageError(problem)
         source = files.read(task.source.path, chunk=chunk, gray=options.gray)
-    else:  # a picture that fits, written to .zarr
-        picture = load(task.source.path, gray=options.gray, max_pixels=options.max_pixels)
+    else:  # a picture that fits (a file, or standard input's ``data``), written to .zarr
+        picture = load(data if data is not None else task.source.path, gray=options.gray,
+                       max_pixels=options.max_pixels)
         source = render.from_picture(picture, chunk_sides(options, 3, threads))
     result.notes.extend(source.notes)
     result.input_shape = list(source.shape)
@@ -302,7 +322,9 @@ def process_tiled(task: Task, options: Options, result: Result,
         pipeline = dataclasses.replace(pipeline, pick=task.pick)
     set_threads(1)  # dask's threads run the chunks: one core thread each
     try:
-        with dask.config.set(scheduler="threads", num_workers=threads):
+        with warnings_as_notes(name, result.notes), \
+                pool_warnings_as_notes(name, result.notes, threads) as pool, \
+                dask.config.set(scheduler="threads", pool=pool):
             out = render.render(source, pipeline, task.fmt, name, alpha=options.alpha,
                                 depth=options.depth)  # (normalize's first pass runs here)
             result.output_shape = [int(n) for n in out.pixels.shape]

@@ -786,7 +786,7 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
             sides = chunk_sides(options, channels, threads)
             with contextlib.suppress(ValueError):  # a stage leaves nothing: said below
                 plans[i] = tiled_plan(pipeline, shape, sides, threads).lines()
-            problem = tiled_problem(t.source.path, shape, t, options, sides)
+            problem = tiled_problem(t.source.path, shape, t, options, sides, threads)
             if problem is not None:
                 failures[i] = problem
             continue

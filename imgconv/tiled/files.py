@@ -34,13 +34,15 @@ from imgconv.imageio import (
     ALREADY_EXISTS,
     STREAM_FORMATS,
     TIFF_COMPRESSIONS,
-    check_replaceable,
     depth_of,
     luminance,
     stream_format,
     tiff_alpha,
+    tiff_orientation,
     unpremultiply,
+    upright,
     write_atomic,
+    zarr_node,
 )
 from imgconv.tiled.windows import SOURCES
 
@@ -295,12 +297,17 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
     if alpha_kind is not None:
         colour = regions.shape[2] - 1
         array = lazy(_Regions(name, kind, slice(0, colour) if colour > 1 else 0), "pixels")
-        alpha = lazy(_Regions(name, kind, colour), "alpha")
-        if alpha_kind == "associated":  # premultiplied colour, divided back as Pillow does
+        alpha = None if alpha_kind == "unused" else lazy(_Regions(name, kind, colour), "alpha")
+        if alpha is not None and alpha_kind == "associated":
+            # premultiplied colour, divided back as Pillow does
             plane = alpha if array.ndim == 2 else alpha[:, :, None]  # blocks line up by axis
             array = da.map_blocks(_unpremultiply, array, plane, dtype=array.dtype)
     else:
         array = lazy(regions, "pixels")
+    turn = tiff_orientation(page) if kind == "tiff" else 1
+    if turn != 1:  # as Pillow's exif_transpose turns it
+        array = upright(array, turn)
+        alpha = None if alpha is None else upright(alpha, turn)
     if gray and array.ndim == 3 and array.shape[2] >= 3:
         array = array[:, :, :3].map_blocks(luminance, drop_axis=2, dtype=array.dtype)
     return Source(array, alpha, max_value, depth, notes)
@@ -490,13 +497,13 @@ def _remove_folder(folder: Path) -> None:
 
 
 def _check_store(target: Path) -> None:
-    """Refuse to replace what is not a zarr store: a file, a link, a folder of other things."""
-    if target.is_dir() and not target.is_symlink():
-        if not any((target / n).is_file() for n in ("zarr.json", ".zarray", ".zgroup")):
-            raise ImageError(f"{target}: is a folder that holds no zarr store; "
-                             "refusing to replace it")
-        return
-    check_replaceable(target)
+    """Refuse to replace what is not one zarr array: a file, a link, a group, other folders."""
+    node = zarr_node(target)
+    if node != "array":
+        what = ("a zarr group, not an array" if node == "group" else
+                "a folder that holds no zarr array" if target.is_dir() and not target.is_symlink()
+                else "not a zarr store")
+        raise ImageError(f"{target}: is {what}; refusing to replace it")
 
 
 def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
@@ -511,10 +518,6 @@ def _replace_folder(tmp: Path, target: Path, *, overwrite: bool) -> None:
     if not overwrite:
         raise ImageError(f"{target}: {ALREADY_EXISTS}")
     _check_store(target)
-    if not target.is_dir() or target.is_symlink():  # a regular file (or a link) named .zarr
-        os.unlink(target)
-        os.rename(tmp, target)
-        return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old",
                                 dir=target.parent))
     os.rename(target, old / "store")
