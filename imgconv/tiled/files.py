@@ -472,28 +472,23 @@ def _write_zarr(array: da.Array, target: Path, rows: Iterator[NDArray[Any]], *,
         _check_store(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part",
                                 dir=target.parent))
+    # Each band is stored by a thread of its own, which this one waits for: zarr writes
+    # through an event loop that an interrupted wait would leave writing chunk files into
+    # the folder after it is removed. Here the band in flight always ends first.
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = ThreadPoolExecutor(1, thread_name_prefix="imgconv-zarr")
     try:
         chunks = (int(array.chunks[0][0]), int(array.chunks[1][0]), *array.shape[2:])
         z = zarr.open_array(tmp, mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype)
         y = 0
         for band in rows:
-            z[y:y + band.shape[0]] = band
+            writer.submit(z.__setitem__, slice(y, y + band.shape[0]), band).result()
             y += band.shape[0]
         _replace_folder(tmp, target, overwrite=overwrite)
     finally:
-        _remove_folder(tmp)
-
-
-def _remove_folder(folder: Path) -> None:
-    """Remove a half-written store, again while zarr's own threads, interrupted, may still
-    be finishing chunk files in it (for up to about a second)."""
-    import time
-
-    for _ in range(40):
-        if not os.path.lexists(folder):
-            return
-        shutil.rmtree(folder, ignore_errors=True)
-        time.sleep(0.025)
+        writer.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_store(target: Path) -> None:
