@@ -26,7 +26,9 @@ def __getattr__(name: str) -> Any:
     if name in _CORE_NAMES:
         from imgconv import core
 
-        return getattr(core, name)
+        value = getattr(core, name)
+        globals()[name] = value  # later lookups skip this function (a microsecond a call)
+        return value
     raise AttributeError(f"module 'imgconv' has no attribute {name!r}")
 
 
