@@ -184,6 +184,9 @@ def pool_warnings_as_notes(name: str, notes: list[str], threads: int) -> Iterato
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
+    # put back as found: inside a catch_warnings block showwarning is a stand-in, which
+    # must not become what _dispatch passes other threads' warnings to afterwards
+    saved = warnings.showwarning, getattr(_dispatch, "previous", None)
     if warnings.showwarning is not _dispatch:
         _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
         warnings.showwarning = _dispatch
@@ -201,6 +204,9 @@ def pool_warnings_as_notes(name: str, notes: list[str], threads: int) -> Iterato
         pool.shutdown(wait=True, cancel_futures=True)
         for ident in idents:
             _sinks.pop(ident, None)
+        warnings.showwarning = saved[0]
+        if saved[1] is not None:
+            _dispatch.previous = saved[1]  # type: ignore[attr-defined]
         for warning in _to_notes(caught, name, notes):
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)

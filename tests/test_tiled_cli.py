@@ -612,3 +612,32 @@ def test_chunks_too_large_for_the_memory_limit_are_refused(images, tmp_path):
     result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--tiles", "--chunk",
                     4096, "--memory-limit", "1MB", "-o", tmp_path / "o.tif")
     assert result.exit_code == 1 and "use a smaller --chunk" in result.output
+
+
+# --- found by the code review ----------------------------------------------------------------
+
+def test_a_turned_tiff_keeps_its_chunk_sides(tmp_path):
+    from imgconv.tiled import files, ops
+
+    path = tmp_path / "turned.tif"
+    tifffile.imwrite(path, np.zeros((257, 45), np.uint8), extratags=[(274, "H", 1, 3, True)])
+    lazy = ops.correlate(files.read(path, chunk=(256, 256)).pixels, [[1.0, 2.0]])
+    assert lazy.numblocks == (2, 1)  # not 257 one-row bands from the edge's leftover chunk
+
+
+def test_clipping_of_a_one_pixel_image_is_noted_on_both_paths(tmp_path):
+    np.save(tmp_path / "one.npy", np.full((1, 1), 200, np.uint8))
+    notes = []
+    for tiles in ("--tiles", "--no-tiles"):
+        result = invoke("apply", tmp_path / "one.npy", "-k", "laplacian", "--pad-mode",
+                        "constant", tiles, "-o", tmp_path / f"o{tiles}.png")
+        assert result.exit_code == 0, result.output
+        notes.append([line for line in result.output.splitlines() if "clipped" in line])
+    assert notes[0] == notes[1] and notes[0]
+
+
+def test_save_with_alpha_needs_a_channel_for_it(tmp_path):
+    import imgconv.tiled
+
+    with pytest.raises(ValueError, match="alpha"):
+        imgconv.tiled.save(np.zeros((4, 4), np.uint8), tmp_path / "a.tif", alpha=True)

@@ -78,9 +78,25 @@ class Options:
     protected: frozenset[tuple[int, int]] = frozenset()  # inputs' file_id(): never written
     #: the tiled path (imgconv.batch.tiled): True always, False never, None by size
     tiles: bool | None = None
-    memory_limit: int = 4 << 30  # bytes: a larger working copy takes the tiled path
+    #: bytes: a larger working copy takes the tiled path (default: a quarter of RAM, <= 4 GiB)
+    memory_limit: int = field(default_factory=lambda: default_memory_limit())
     chunk: int | None = None  # the tiled path's chunk side (None: from memory_limit)
     compression: str | None = None  # a tiled TIFF output's (None: deflate)
+
+
+#: The default ``memory_limit`` is the machine's memory divided by this, at most
+#: MAX_DEFAULT_LIMIT
+MEMORY_DIVISOR = 4
+MAX_DEFAULT_LIMIT = 4 << 30
+
+
+def default_memory_limit() -> int:
+    """A quarter of the machine's memory, at most 4 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        total = 8 << 30
+    return min(MAX_DEFAULT_LIMIT, total // MEMORY_DIVISOR)
 
 
 class Status(str, Enum):

@@ -6,8 +6,8 @@ float32 working copy would pass ``memory_limit`` or it has more pixels than
 ``max_pixels``: its memory is bounded by the chunks, not the image. A ``.zarr``
 is always read and written this way.
 
-Everything here but :func:`wants_tiles`, :func:`chunk_for` and :func:`plan`
-needs the ``scale`` extra, imported when a file takes the path.
+Only :func:`process_tiled` needs the ``scale`` extra, imported when a file
+takes the path; what decides the path and plans it reads headers alone.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imgconv.batch.tasks import default_memory_limit
 from imgconv.errors import ImageError, UsageError
 from imgconv.imageio import STREAM_FORMATS, array_shape, stream_format, tiff_orientation
 from imgconv.pipeline.stages import ActivationStage
+
+__all__ = ["default_memory_limit", "parse_size", "process_tiled", "wants_tiles"]
 
 if TYPE_CHECKING:
     from imgconv.batch.tasks import Options, Result, Task
     from imgconv.pipeline import Pipeline
 
-#: The default ``memory_limit`` is this fraction of the machine's memory, at most MAX_DEFAULT
-MEMORY_FRACTION = 4
-MAX_DEFAULT_LIMIT = 4 << 30
 #: Chunks are this many rows (a TIFF output's tile side) and at most MAX_CHUNK_WIDTH wide
 CHUNK_STEP = 256
 MAX_CHUNK_WIDTH = 2048
@@ -63,15 +63,6 @@ def parse_size(text: str) -> int:
         raise UsageError(f"`memory_limit` must be at least one byte and at most 4 EiB, "
                          f"got {text!r}")
     return int(size)
-
-
-def default_memory_limit() -> int:
-    """A quarter of the machine's memory, at most 4 GiB."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        total = 8 << 30
-    return min(MAX_DEFAULT_LIMIT, total // MEMORY_FRACTION)
 
 
 def input_shape(path: str) -> tuple[int, ...] | None:
@@ -240,10 +231,12 @@ NEEDS_SCALE = ("{name}: this TIFF, .npy or .zarr is filtered in tiles, which nee
 
 
 def has_scale() -> bool:
-    """Whether the scale extra (dask) is installed, told without importing it."""
+    """Whether the scale extra (dask, zarr, imagecodecs) is installed, told without
+    importing it."""
     import importlib.util
 
-    return importlib.util.find_spec("dask") is not None
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("dask", "zarr", "imagecodecs"))
 
 
 def tiled_problem(name: str, shape: tuple[int, ...], task: Task, options: Options,
@@ -312,7 +305,12 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
     else:  # a picture that fits (a file, or standard input's ``data``), written to .zarr
         picture = load(data if data is not None else task.source.path, gray=options.gray,
                        max_pixels=options.max_pixels)
-        source = render.from_picture(picture, chunk_sides(options, 3, threads))
+        shape = picture.shape
+        chunk = chunk_sides(options, shape[2] if len(shape) == 3 else 1, threads)
+        problem = tiled_problem(name, shape, task, options, chunk, threads)
+        if problem is not None:
+            raise ImageError(problem)
+        source = render.from_picture(picture, chunk)
     result.notes.extend(source.notes)
     result.input_shape = list(source.shape)
     pipeline = options.pipeline
@@ -334,14 +332,15 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
                     files.write_bands(
                         pixels, task.target, overwrite=options.overwrite,
                         compression=options.compression or "deflate",
-                        alpha=out.alpha is not None, fmt=task.fmt,
+                        alpha=out.alpha is not None, fmt=task.fmt, threads=threads,
+                        icc_profile=source.icc_profile,
                         progress=_report(name, pixels.numblocks[0] * pixels.numblocks[1]))
                 except OSError as exc:  # the output's fault (a full disk): name it
                     raise ImageError(f"{task.target}: cannot write ({exc.strerror or exc})"
                                      ) from None
                 write = None
             else:
-                write = _encoder(out, task, options)
+                write = _encoder(out, task, options, source.icc_profile)
     finally:
         set_threads(options.threads)
         if kind is not None:
@@ -362,18 +361,21 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
     return write
 
 
-def _encoder(out: Any, task: Task, options: Options) -> Callable[[Any], None]:
+def _encoder(out: Any, task: Task, options: Options,
+             icc_profile: bytes | None) -> Callable[[Any], None]:
     """A result small enough to hold (:func:`tiled_problem` checked it), computed whole: its
     encoder, a function of the stream it writes to (a PNG, JPEG, WebP or BMP file, or any
     format to standard output)."""
+    import dask.base
+
     from imgconv.imageio import encode
 
-    pixels, alpha = out.pixels.compute(), None if out.alpha is None else out.alpha.compute()
+    pixels, alpha = dask.base.compute(out.pixels, out.alpha)  # type: ignore[no-untyped-call]
     kind = pixels.dtype
     depth = "float" if kind.kind == "f" else "16" if kind.itemsize == 2 else "8"
 
     def write(stream: Any) -> None:
         encode(pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
-               name="<stdout>" if task.target == "-" else task.target)
+               icc_profile=icc_profile, name="<stdout>" if task.target == "-" else task.target)
 
     return write

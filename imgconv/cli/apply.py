@@ -367,6 +367,7 @@ def apply_command(
     # one file: decode it while numpy and the kernels are imported
     single = len(inputs) == 1 and inputs[0] != "-" and not dry_run and os.path.isfile(inputs[0])
     single = single and not on_cluster and not _may_stream(inputs[0], tiles)
+    single = single and "zarr" not in (fmt or "", Path(output or "").suffix.lstrip(".").lower())
     with report_errors(debug), _signals_interrupt():
         # started inside report_errors: the decoding thread's warnings block nests in its own
         prefetch = Prefetch(inputs[0], max_pixels, gray) if single else None

@@ -165,6 +165,8 @@ FLAGS = {
             "pool_ceil", "pool_dilation", "pool_padding", "pool_size", "pool_stride",
             "quality", "quiet", "recursive", "scheduler", "scheduler_file", "scheduler_timeout",
             "skip_existing", "stride", "threads", "tol", "verify")}}
+#: The flags with a --no- form, which `name=False` becomes
+NEGATABLE = ("--tiles", "--jit")
 _PARAMETER = re.compile("`(" + "|".join(sorted(FLAGS)) + ")(?:=([^`]*))?`")
 
 
@@ -178,7 +180,7 @@ def flag_words(text: str) -> str:
     """
     def flag(match: re.Match[str]) -> str:
         option, value = FLAGS[match[1]], match[2]
-        if value == "False" and option.startswith("--"):
+        if value == "False" and option in NEGATABLE:
             return "--no-" + option[2:]
         return option if value is None or value == "True" else f"{option} {value}"
 

@@ -1,15 +1,15 @@
 """Files that stream: TIFF/BigTIFF, ``.npy`` and ``.zarr``, read by region and written by band.
 
 Reading is lazy: a dask array whose chunks read their own region of the file
-(tifffile's zarr view of a TIFF's tiles or strips, a memory map of a
-``.npy``, a zarr array), opened once per process, so the array also runs on a
-``dask.distributed`` cluster that shares the file system.
+(a TIFF's tiles or strips decoded by tifffile's codecs, a memory map of a
+``.npy``, a zarr array), opened once per process by path, so the array also
+runs on a ``dask.distributed`` cluster that shares the file system.
 
 Writing goes through :func:`write_bands`: the array is computed one band of
-chunk rows at a time, in order, and each band is written before the next is
-computed; a TIFF gets tiles, a ``.npy`` its rows, a ``.zarr`` its chunks. The
-output is made as a temporary file (or folder) beside the target and renamed
-when whole, so an interrupted run leaves no partial output.
+chunk rows at a time, in order (the next while one is written); a TIFF gets
+tiles, a ``.npy`` its rows, a ``.zarr`` its chunks. The output is made as a
+temporary file (or folder) beside the target and renamed when whole, so an
+interrupted run leaves no partial output.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from imgconv.imageio import (
 )
 from imgconv.tiled.windows import SOURCES
 
-COMPRESSIONS = TIFF_COMPRESSIONS
 #: The side of a TIFF output's tiles
 TIFF_TILE = 256
 #: The default chunk side for reading
@@ -62,6 +61,7 @@ class Source:
     max_value: float
     depth: str
     notes: list[str] = field(default_factory=list)
+    icc_profile: bytes | None = None  # a TIFF's, kept in a TIFF or image output
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -90,9 +90,11 @@ class _Regions:
     def _array(self) -> Any:
         key = self._key()
         with self._lock:
-            if key not in self._open:
-                while len(self._open) >= OPEN_FILES:  # the oldest goes, its file closed
-                    _close(self._open.pop(next(iter(self._open))))
+            if key in self._open:
+                self._open[key] = self._open.pop(key)  # the most recently used, last
+            else:
+                while len(self._open) >= OPEN_FILES:  # the least recently used goes; its
+                    self._open.pop(next(iter(self._open)))  # file closes once unread
                 self._open[key] = _open_array(self.path, self.kind)
             return self._open[key][0]
 
@@ -107,15 +109,11 @@ class _Regions:
 
     def read(self, rows: slice, cols: slice) -> NDArray[Any]:
         """Rows and columns of the image, with every channel of this view."""
-        array = self._array()
         try:
-            region = np.asarray(array[rows, cols])
+            region = np.asarray(self._array()[rows, cols])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ImageError(f"{self.path}: cannot read a region ({_reason(exc)})") from None
         return region if self.channels is None else region[:, :, self.channels]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 #: How many files a process keeps open for reading by region
@@ -161,6 +159,10 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
         raise ImageError(f"{path}: not a readable {kind} ({_reason(exc)})") from None
 
 
+#: Image rows of decoded segments a TIFF reader keeps, at least two rows of segments
+CACHED_ROWS = 512
+
+
 class _TiffSegments:
     """A TIFF page's pixels by region, (H, W) or (H, W, S), from its tiles or strips.
 
@@ -183,10 +185,12 @@ class _TiffSegments:
             self.segment = (int(page.rowsperstrip) or height, width)
         self.grid = (-(-height // self.segment[0]), -(-width // self.segment[1]))
         self.lock = threading.Lock()  # (tifffile's file handle has none by default)
-        # decoded segments, most recent last: two rows of them, so that the rows a band's
-        # halo reads below it are decoded once, not again as the next band's own
+        # decoded segments, most recent last: two rows of tiles, or the strips of 512 rows
+        # (a band and its halos), so that the rows a band's halo reads below it are decoded
+        # once, not again as the next band's own
+        rows = max(2, -(-CACHED_ROWS // self.segment[0]))
         self.cache: OrderedDict[int, NDArray[Any] | None] = OrderedDict()
-        self.cache_size = 2 * self.grid[1] * (self.samples if self.planar else 1)
+        self.cache_size = rows * self.grid[1] * (self.samples if self.planar else 1)
         self.cache_lock = threading.Lock()
 
     def __getitem__(self, index: tuple[slice, ...]) -> NDArray[Any]:
@@ -211,10 +215,7 @@ class _TiffSegments:
                         out[where] = tile[ys, xs]
                     else:
                         out[where[0], where[1], plane] = tile[ys, xs, 0]
-        result = out if self.samples > 1 else out[:, :, 0]
-        if len(index) > 2:  # the channels asked for
-            result = result[:, :, index[2]]
-        return result
+        return out if self.samples > 1 else out[:, :, 0]
 
     def _decode(self, number: int) -> NDArray[Any] | None:
         with self.cache_lock:
@@ -285,6 +286,9 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
                          "((H, W) or (H, W, C) with C from 1 to 4)")
     depth, max_value = depth_of(regions.dtype, name)
     rows, cols = (chunk, chunk) if isinstance(chunk, int) else chunk
+    turn = tiff_orientation(page) if kind == "tiff" else 1
+    if turn in (5, 6, 7, 8):  # the file's rows are the picture's columns
+        rows, cols = cols, rows
     token = dask.base.tokenize(name, regions._key(), chunk)
 
     def lazy(view: _Regions, part: str) -> da.Array:
@@ -304,13 +308,14 @@ def read(path: str | os.PathLike[str], *, chunk: int | tuple[int, int] = DEFAULT
             array = da.map_blocks(_unpremultiply, array, plane, dtype=array.dtype)
     else:
         array = lazy(regions, "pixels")
-    turn = tiff_orientation(page) if kind == "tiff" else 1
     if turn != 1:  # as Pillow's exif_transpose turns it
         array = upright(array, turn)
         alpha = None if alpha is None else upright(alpha, turn)
     if gray and array.ndim == 3 and array.shape[2] >= 3:
-        array = array[:, :, :3].map_blocks(luminance, drop_axis=2, dtype=array.dtype)
-    return Source(array, alpha, max_value, depth, notes)
+        array = array[:, :, :3].map_blocks(
+            luminance, drop_axis=2, dtype=array.dtype if array.dtype.kind != "f" else np.float32)
+    icc = page.iccprofile if kind == "tiff" else None
+    return Source(array, alpha, max_value, depth, notes, icc)
 
 
 def _unpremultiply(colour: NDArray[Any], alpha: NDArray[Any]) -> NDArray[Any]:
@@ -362,7 +367,7 @@ def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
     """Write a dask (or numpy) array to a TIFF, ``.npy`` or ``.zarr``, band by band, atomically.
 
     A TIFF is a tiled BigTIFF (:data:`TIFF_TILE` square) of the array's dtype
-    (uint8, uint16 or float32; ``compression`` one of :data:`COMPRESSIONS`);
+    (uint8, uint16 or float32; ``compression`` one of :data:`imgconv.imageio.TIFF_COMPRESSIONS`);
     with ``alpha`` its last channel is alpha. ``.npy`` and ``.zarr`` keep the
     dtype. Refuses to replace an existing output unless ``overwrite``.
     """
@@ -374,15 +379,16 @@ def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
 def write_bands(array: da.Array, path: str | os.PathLike[str], *, overwrite: bool = False,
                 compression: str = "deflate", alpha: bool = False,
                 progress: Progress | None = None, scheduler: str | None = None,
-                icc_profile: bytes | None = None, fmt: str | None = None) -> None:
+                icc_profile: bytes | None = None, fmt: str | None = None,
+                threads: int | None = None) -> None:
     """:func:`save`, reporting each band's chunk count to ``progress``; ``fmt`` (tiff, npy
     or zarr) instead of the name's extension."""
     target = Path(path)
     kind = fmt or stream_format(target)
     if kind is None:
         raise UsageError(f"{target}: writes by region only to {', '.join(STREAM_FORMATS)}")
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"`compression` must be one of {', '.join(COMPRESSIONS)}, "
+    if compression not in TIFF_COMPRESSIONS:
+        raise UsageError(f"`compression` must be one of {', '.join(TIFF_COMPRESSIONS)}, "
                          f"got {compression!r}")
     if array.ndim not in (2, 3):
         raise ValueError(f"array must be 2-D (H, W) or 3-D (H, W, C), got shape {array.shape}")
@@ -401,7 +407,8 @@ def write_bands(array: da.Array, path: str | os.PathLike[str], *, overwrite: boo
     else:
         write_atomic(target, lambda stream: _write_tiff(
             array, stream, each_band(), compression=compression, alpha=alpha,
-            icc_profile=icc_profile), overwrite=overwrite)
+            icc_profile=icc_profile, threads=threads or os.cpu_count() or 1),
+            overwrite=overwrite)
 
 
 def _write_npy(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]]) -> None:
@@ -432,7 +439,8 @@ def _tiles(shape: tuple[int, ...], rows: Iterator[NDArray[Any]],
 
 
 def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
-                compression: str, alpha: bool, icc_profile: bytes | None) -> None:
+                compression: str, alpha: bool, icc_profile: bytes | None,
+                threads: int) -> None:
     import tifffile
 
     dtype = np.dtype(array.dtype)
@@ -441,6 +449,8 @@ def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
     if compression == "jpeg" and (dtype != np.uint8 or alpha):
         raise UsageError("`compression=jpeg` holds 8-bit images without alpha only")
     channels = array.shape[2] if array.ndim == 3 else 1
+    if alpha and channels < 2:
+        raise ValueError(f"`alpha=True` needs a last channel to be alpha, got shape {array.shape}")
     colour = channels - int(alpha)
     photometric = "rgb" if colour == 3 else "minisblack"
     extras = channels - (3 if colour == 3 else 1)  # samples past the colour ones
@@ -455,7 +465,7 @@ def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
             "zlib" if compression == "deflate" else compression,
             extrasamples=["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
             iccprofile=icc_profile if photometric == "rgb" else None,
-            maxworkers=os.cpu_count(),
+            maxworkers=threads,
             # tiles are encoded a row of tiles at a time: tifffile's default would gather
             # 512 MB of them, holding that many bands alive
             buffersize=TIFF_TILE * array.shape[1] * max(channels, 1) * dtype.itemsize)

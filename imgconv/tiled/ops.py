@@ -47,8 +47,9 @@ def check_array(x: Any, name: str = "image") -> da.Array:
 
 
 def _chunk_sides(x: da.Array) -> tuple[int, int]:
-    """The output blocks' sides: the input's own (first) chunk sides."""
-    return int(x.chunks[0][0]), int(x.chunks[1][0])
+    """The output blocks' sides: the input's own (largest) chunk sides; the first may be
+    an edge's leftover in an array turned upright."""
+    return int(max(x.chunks[0])), int(max(x.chunks[1]))
 
 
 def conv_readers(stage: ConvStage, n: tuple[int, int]) -> list[tuple[Windows, Windows]]:
@@ -75,12 +76,17 @@ def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
     readers = conv_readers(stage, x.shape[:2])
     members = stage.members()
     valid = dataclasses.replace(stage, padding=0)
+    # every block sums as the whole image would (the core's choice for the whole shape),
+    # so that blocks of different sizes round alike
+    whole = np.broadcast_to(np.zeros((), x.dtype), x.shape)
+    strategies = [stage.strategy_for(whole, k) if k.channels is None else None
+                  for k in members]  # (a (kh, kw, C) filter's channels choose their own)
 
     def compute(regions: list[NDArray[Any]], block: tuple[int, int, int, int]) -> NDArray[Any]:
         if valid.bank is None:
-            return valid.apply_kernel(regions[0], members[0])
-        return valid.fold(valid.apply_kernel(valid.bank_input(r), k)
-                          for r, k in zip(regions, members, strict=True))
+            return valid.apply_kernel(regions[0], members[0], strategy=strategies[0])
+        return valid.fold(valid.apply_kernel(valid.bank_input(r), k, strategy=s)
+                          for r, k, s in zip(regions, members, strategies, strict=True))
 
     return windowed_stage(stage, x, readers, compute)
 

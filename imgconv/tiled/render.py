@@ -33,7 +33,8 @@ def from_picture(picture: Picture, chunk: tuple[int, int]) -> Source:
     """A decoded picture as a Source of chunked arrays, (rows, columns) a chunk."""
     pixels = da.from_array(picture.pixels, chunks=(*chunk, -1)[:picture.pixels.ndim])
     alpha = None if picture.alpha is None else da.from_array(picture.alpha, chunks=chunk)
-    return Source(pixels, alpha, picture.max_value, picture.depth, list(picture.notes))
+    return Source(pixels, alpha, picture.max_value, picture.depth, list(picture.notes),
+                  picture.icc_profile)
 
 
 @dataclass
@@ -100,14 +101,18 @@ def _fused(pixels: da.Array, pipeline: Pipeline, how: str, scale: float, out_max
     block_pipeline = dataclasses.replace(
         pipeline, stages=(dataclasses.replace(conv, padding=0), *rest))
 
+    probed = False  # the first call is windowed_stage's probe of the dtype: not counted
+
     def compute(regions: list[NDArray[Any]], block: tuple[int, int, int, int]) -> NDArray[Any]:
         mapped, fraction = block_pipeline.run_mapped(regions[0], how, scale=scale,
                                                      out_max=out_max)
-        if block != (0, 1, 0, 1) or mapped.size != 1:  # (not the probe of the dtype)
+        if probed:
             counts.add(round(fraction * mapped.size), 0, mapped.size)
         return mapped
 
-    return windowed_stage(conv, pixels, conv_readers(conv, pixels.shape[:2]), compute)
+    result = windowed_stage(conv, pixels, conv_readers(conv, pixels.shape[:2]), compute)
+    probed = True
+    return result
 
 
 def finite_span(values: da.Array, scale: float) -> tuple[float, float]:

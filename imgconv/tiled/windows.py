@@ -18,6 +18,7 @@ wrong past one chunk, dask/dask-image#242).
 from __future__ import annotations
 
 import operator
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def windowed(
                   for a, b in blocks(rows_out, chunks[0])]
     col_blocks = [(c, d, _axis_block([c_ for _, c_ in readers], c, d, mode, col_bounds))
                   for c, d in blocks(cols_out, chunks[1])]
-    token = tokenize(x.name, readers, mode, fill, chunks, name, id(compute))
+    token = tokenize(x.name, readers, mode, fill, chunks, name, uuid.uuid4().hex)  # (compute
+    # is a closure over its stage: each call is a computation of its own)
     out_name = f"{name}-{token}"
     tail = (0,) if x.ndim == 3 else ()
     out_tail = (0,) * (meta.ndim - 2)
