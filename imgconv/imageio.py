@@ -447,7 +447,12 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
     return Picture(np.ascontiguousarray(arr), alpha, max_value, depth, mode, icc, notes, **kept)
 
 
-#: Pillow's transposition for each EXIF orientation, as numpy's: (H, W, C) -> upright
+def array_depth(array: Any) -> str:
+    """The depth an array of results is written at: "float", "16" or "8", by its dtype."""
+    kind = array.dtype
+    return "float" if kind.kind == "f" else "16" if kind.itemsize == 2 else "8"
+
+
 def tiff_orientation(page: Any) -> int:
     """A TIFF page's (tifffile's) orientation tag, 1 (top left) when absent."""
     tag = page.tags.get(274)
@@ -464,6 +469,7 @@ def upright(array: Any, orientation: int) -> Any:
     return array if turn is None else turn(array)
 
 
+#: Pillow's transposition for each EXIF orientation, as numpy's: (H, W, C) -> upright
 _UPRIGHT = {
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
     5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),

@@ -24,6 +24,7 @@ from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
     ALREADY_EXISTS,
     Picture,
+    array_depth,
     check_replaceable,
     encode,
     load,
@@ -218,7 +219,7 @@ def _render(task: Task, options: Options, result: Result, name: str, data: bytes
     del picture  # the input's pixels are not needed while the output is encoded
 
     def write(stream: Any) -> None:
-        encode(array, task.fmt, stream, alpha=alpha, depth=_depth_of(array),
+        encode(array, task.fmt, stream, alpha=alpha, depth=array_depth(array),
                quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
                name="<stdout>" if task.target == STDIO else task.target)
 
@@ -283,11 +284,6 @@ def _wait_writable(stream: Any) -> None:
         select.select([], [stream.fileno()], [], 1.0)
     except (AttributeError, OSError, ValueError):
         time.sleep(0.01)  # no file descriptor to wait on
-
-
-def _depth_of(array: Any) -> str:
-    kind = array.dtype.kind
-    return "float" if kind == "f" else "16" if array.dtype.itemsize == 2 else "8"
 
 
 def _verify(picture: Picture, options: Options, name: str) -> float:

@@ -163,7 +163,7 @@ class Plan:
 def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: tuple[int, int],
          threads: int) -> Plan:
     """The tiled plan for an input of ``shape`` (H, W[, C])."""
-    from imgconv.pipeline.stages import ActivationStage, ConvStage
+    from imgconv.pipeline.stages import ConvStage
 
     h, w = shape[:2]
     channels = in_channels = shape[2] if len(shape) == 3 else 1
@@ -288,7 +288,7 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
     from imgconv.core.threads import get_threads, set_threads
     from imgconv.imageio import load
     from imgconv.opening import pool_warnings_as_notes, warnings_as_notes
-    from imgconv.pipeline.mapping import CLIP_WARNING_FRACTION
+    from imgconv.pipeline.render import clipping_note
     from imgconv.tiled import files, render
 
     threads = options.threads or get_threads()
@@ -345,12 +345,8 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
         set_threads(options.threads)
         if kind is not None:
             files.forget(task.source.path)
-    clipped = out.clipped_fraction()
-    remedies = pipeline.clipping_remedies(out.how) if out.how else ()
-    if clipped > CLIP_WARNING_FRACTION and remedies:
-        result.notes.append(
-            f"{name}: {clipped:.1%} of values were clipped by `output_map={out.how}`; "
-            f"try `output_map` {' or '.join(remedies)}")
+    if out.how:
+        result.notes.extend(clipping_note(pipeline, out.how, out.clipped_fraction(), name))
     if out.non_finite():
         result.notes.append(f"{name}: {out.non_finite():,} non-finite values (NaN/inf) in the "
                             "result; NaN written as 0")
@@ -368,11 +364,10 @@ def _encoder(out: Any, task: Task, options: Options,
     format to standard output)."""
     import dask.base
 
-    from imgconv.imageio import encode
+    from imgconv.imageio import array_depth, encode
 
     pixels, alpha = dask.base.compute(out.pixels, out.alpha)  # type: ignore[no-untyped-call]
-    kind = pixels.dtype
-    depth = "float" if kind.kind == "f" else "16" if kind.itemsize == 2 else "8"
+    depth = array_depth(pixels)
 
     def write(stream: Any) -> None:
         encode(pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,

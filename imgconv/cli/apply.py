@@ -686,15 +686,7 @@ def _run_with_progress(
         transient=False,
     ) as progress:
         bar = progress.add_task("filtering", total=len(tasks), rate="")
-        chunk_bars: dict[str, Any] = {}
-
-        def chunks(name: str, done: int, total: int) -> None:
-            if name not in chunk_bars:
-                chunk_bars[name] = progress.add_task(f"  chunks of {_markup(name)}",
-                                                     total=total, rate="")
-            progress.update(chunk_bars[name], completed=done)
-            if done >= total:
-                progress.remove_task(chunk_bars.pop(name))
+        chunks = _chunk_bars(progress, "  ", rate="")
 
         def tick(result: Result) -> None:
             note(result)
@@ -708,6 +700,22 @@ def _run_with_progress(
             return run(tick)
         finally:
             set_progress(None)
+
+
+def _chunk_bars(progress: Any, indent: str, **fields: Any) -> Callable[[str, int, int], None]:
+    """The tiled path's progress hook: a bar of each image's chunks in ``progress``, gone
+    when the image is done."""
+    bars: dict[str, Any] = {}
+
+    def chunks(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            bars[name] = progress.add_task(f"{indent}chunks of {_markup(name)}", total=total,
+                                           **fields)
+        progress.update(bars[name], completed=done)
+        if done >= total:
+            progress.remove_task(bars.pop(name))
+
+    return chunks
 
 
 def _markup(name: str) -> str:
@@ -739,14 +747,7 @@ def _chunk_progress() -> Iterator[None]:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=stderr.console, transient=True) as progress:
-        bars: dict[str, Any] = {}
-
-        def chunks(name: str, done: int, total: int) -> None:
-            if name not in bars:
-                bars[name] = progress.add_task(f"chunks of {_markup(name)}", total=total)
-            progress.update(bars[name], completed=done)
-
-        set_progress(chunks)
+        set_progress(_chunk_bars(progress, ""))
         try:
             yield
         finally:

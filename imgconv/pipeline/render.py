@@ -58,6 +58,16 @@ def maps_problem(maps: int, fmt: str) -> str:
             f"`montage` FILE.png, or every map to .npy or a float TIFF (`depth=float`)")
 
 
+def clipping_note(pipeline: Pipeline, how: str, clipped: float, name: str) -> list[str]:
+    """A note when ``how`` clipped more than :data:`CLIP_WARNING_FRACTION` of the values,
+    with the maps that would keep them (:meth:`Pipeline.clipping_remedies`); else none."""
+    remedies = pipeline.clipping_remedies(how)
+    if clipped <= CLIP_WARNING_FRACTION or not remedies:
+        return []
+    return [f"{name}: {clipped:.1%} of values were clipped by `output_map={how}`; "
+            f"try `output_map` {' or '.join(remedies)}"]
+
+
 class Rendered(NamedTuple):
     """A picture run through the pipeline: what :func:`imgconv.imageio.encode` takes."""
 
@@ -115,12 +125,7 @@ def render(picture: Picture, pipeline: Pipeline, fmt: str, name: str, *, alpha: 
         if alpha_mode == "copy":
             out_alpha = follow_geometry(picture.alpha, pipeline)
 
-    remedies = pipeline.clipping_remedies(how)
-    if clipped > CLIP_WARNING_FRACTION and remedies:
-        notes.append(
-            f"{name}: {clipped:.1%} of values were clipped by `output_map={how}`; "
-            f"try `output_map` {' or '.join(remedies)}"
-        )
+    notes.extend(clipping_note(pipeline, how, clipped, name))
     if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None

@@ -88,10 +88,10 @@ def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
         return valid.fold(valid.apply_kernel(valid.bank_input(r), k, strategy=s)
                           for r, k, s in zip(regions, members, strategies, strict=True))
 
-    return windowed_stage(stage, x, readers, compute)
+    return conv_windowed(stage, x, readers, compute)
 
 
-def windowed_stage(stage: ConvStage, x: da.Array, readers: list[tuple[Windows, Windows]],
+def conv_windowed(stage: ConvStage, x: da.Array, readers: list[tuple[Windows, Windows]],
                    compute: Compute) -> da.Array:
     """``compute`` over a convolution stage's windows; the output's dtype and channels are
     what it gives for one output pixel's worth of zeros."""
@@ -131,6 +131,7 @@ def pool_stage(stage: PoolStage, x: da.Array) -> da.Array:
 
 
 def run_stage(stage: Stage, x: da.Array) -> da.Array:
+    """One pipeline stage on a dask array, block by block (:meth:`Pipeline.run`'s)."""
     if isinstance(stage, ConvStage):
         return conv_stage(stage, x)
     if isinstance(stage, PoolStage):

@@ -26,7 +26,7 @@ from imgconv.pipeline.render import output_depth
 from imgconv.pipeline.run import Pipeline
 from imgconv.pipeline.stages import ActivationStage, ConvStage
 from imgconv.tiled.files import Source
-from imgconv.tiled.ops import conv_readers, windowed_stage
+from imgconv.tiled.ops import conv_readers, conv_windowed
 
 
 def from_picture(picture: Picture, chunk: tuple[int, int]) -> Source:
@@ -101,7 +101,7 @@ def _fused(pixels: da.Array, pipeline: Pipeline, how: str, scale: float, out_max
     block_pipeline = dataclasses.replace(
         pipeline, stages=(dataclasses.replace(conv, padding=0), *rest))
 
-    probed = False  # the first call is windowed_stage's probe of the dtype: not counted
+    probed = False  # the first call is conv_windowed's probe of the dtype: not counted
 
     def compute(regions: list[NDArray[Any]], block: tuple[int, int, int, int]) -> NDArray[Any]:
         mapped, fraction = block_pipeline.run_mapped(regions[0], how, scale=scale,
@@ -110,12 +110,12 @@ def _fused(pixels: da.Array, pipeline: Pipeline, how: str, scale: float, out_max
             counts.add(round(fraction * mapped.size), 0, mapped.size)
         return mapped
 
-    result = windowed_stage(conv, pixels, conv_readers(conv, pixels.shape[:2]), compute)
+    result = conv_windowed(conv, pixels, conv_readers(conv, pixels.shape[:2]), compute)
     probed = True
     return result
 
 
-def finite_span(values: da.Array, scale: float) -> tuple[float, float]:
+def result_span(values: da.Array, scale: float) -> tuple[float, float]:
     """The (min, max) of the finite values times ``scale`` (a pass over the result)."""
     v = values * np.asarray(scale, values.dtype)
     finite = da.isfinite(v)
@@ -162,7 +162,7 @@ def render(source: Source, pipeline: Pipeline, fmt: str, name: str, *, alpha: st
     if fused is not None:
         mapped = fused
     else:
-        span = finite_span(values, scale) if how == "normalize" else None
+        span = result_span(values, scale) if how == "normalize" else None
         mapped = _mapped(values, how, scale, out_max, counts, span)
     if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
