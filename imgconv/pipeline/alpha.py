@@ -90,6 +90,27 @@ def follow_geometry(alpha: Any, pipeline: Pipeline) -> Any:
     return a
 
 
+def premultiplied(pipeline: Pipeline, pixels: Any, alpha: Any, max_value: float,
+                  out_max: int) -> tuple[Any, Any]:
+    """Filter colour weighted by alpha and alpha itself, then divide: (values, alpha), both
+    in the input's units. numpy arrays or dask arrays (block by block) alike.
+    """
+    import numpy as np
+
+    a = alpha.astype(np.float32) / np.float32(max_value)
+    weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
+    filtered = pipeline.run(weighted)
+    filtered_alpha = pipeline.run(a)
+    # float rounding leaves ~1e-7 where the blurred alpha is really 0; dividing by it
+    # would blow colour up, so alpha under half an output level counts as transparent
+    covered = filtered_alpha > 0.5 / out_max
+    divisor = np.where(covered, filtered_alpha, 1)
+    if filtered.ndim == 3:
+        covered, divisor = covered[:, :, None], divisor[:, :, None]
+    values = np.where(covered, filtered / divisor, 0).astype(filtered.dtype)
+    return values, filtered_alpha * np.float32(max_value)
+
+
 def has_multichannel_filter(pipeline: Pipeline) -> bool:
     """Whether a stage sums channels (a (kh, kw, C) filter) or stacks maps: the result's
     channels are not the input's, so no alpha goes with each."""

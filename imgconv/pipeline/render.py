@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, UsageError
 from imgconv.imageio import SIXTEEN_BIT, Picture, output_array
-from imgconv.pipeline.alpha import choose_alpha, follow_geometry
+from imgconv.pipeline.alpha import choose_alpha, follow_geometry, premultiplied
 from imgconv.pipeline.mapping import CLIP_WARNING_FRACTION, map_output
 from imgconv.pipeline.run import Pipeline
 
@@ -99,18 +99,8 @@ def render(picture: Picture, pipeline: Pipeline, fmt: str, name: str, *, alpha: 
 
     out_alpha = None
     if alpha_mode == "premultiply":
-        a = np.asarray(picture.alpha, dtype=np.float32) / np.float32(picture.max_value)
-        weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
-        filtered = pipeline.run(weighted)
-        filtered_alpha = pipeline.run(a)
-        # float rounding leaves ~1e-7 where the blurred alpha is really 0; dividing by it
-        # would blow colour up, so alpha under half an output level counts as transparent
-        covered = filtered_alpha > 0.5 / out_max
-        divisor = np.where(covered, filtered_alpha, 1)
-        if filtered.ndim == 3:
-            covered, divisor = covered[:, :, None], divisor[:, :, None]
-        values = np.where(covered, filtered / divisor, 0).astype(filtered.dtype)
-        out_alpha = filtered_alpha * np.float32(picture.max_value)
+        values, out_alpha = premultiplied(pipeline, pixels, np.asarray(picture.alpha),
+                                          picture.max_value, out_max)
         if raw:
             return Rendered(values.astype(np.float32), None, notes)
         mapped, clipped = map_output(values, how, scale=scale, out_max=out_max)

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.imageio import ARRAY_FORMATS, Picture
-from imgconv.pipeline.alpha import choose_alpha, follow_geometry
+from imgconv.pipeline.alpha import choose_alpha, follow_geometry, premultiplied
 from imgconv.pipeline.mapping import map_values, out_dtype
 from imgconv.pipeline.render import output_depth
 from imgconv.pipeline.run import Pipeline
@@ -140,17 +140,8 @@ def render(source: Source, pipeline: Pipeline, fmt: str, name: str, *, alpha: st
 
     out_alpha = None
     if alpha_mode == "premultiply":
-        assert source.alpha is not None
-        a = source.alpha.astype(np.float32) / np.float32(source.max_value)
-        weighted = pixels * (a[:, :, None] if pixels.ndim == 3 else a)
-        filtered = pipeline.run(weighted)
-        filtered_alpha = pipeline.run(a)
-        covered = filtered_alpha > 0.5 / out_max
-        divisor = da.where(covered, filtered_alpha, 1)
-        if filtered.ndim == 3:
-            covered, divisor = covered[:, :, None], divisor[:, :, None]
-        values = da.where(covered, filtered / divisor, 0).astype(filtered.dtype)
-        out_alpha = filtered_alpha * np.float32(source.max_value)
+        values, out_alpha = premultiplied(pipeline, pixels, source.alpha, source.max_value,
+                                          out_max)
     else:
         values = pipeline.run(pixels)
         if alpha_mode == "copy":
