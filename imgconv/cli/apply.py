@@ -779,8 +779,9 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
         if wants_tiles(t.source.path, t.fmt, options):
             found = stream_header(t.source.path)
             if found is None:
-                headers.append(f"{t.source.path}: not a readable "
-                               f"{stream_format(t.source.path) or 'image'}")
+                headers.append(f"{t.source.path}: no such file" if not os.path.lexists(
+                    t.source.path) else f"{t.source.path}: not a readable "
+                    f"{stream_format(t.source.path) or 'image'}")
                 continue
             shape, dtype = found
             headers.append((shape[0], shape[1], 65535.0 if dtype == "uint16" else 255.0))
