@@ -37,6 +37,9 @@ MAX_CHUNK_WIDTH = 2048
 #: Bytes of working memory a chunk's float32 sample takes at the peak: the gathered
 #: pixels, the response, a bank's accumulator and the mapped block, with slack
 BYTES_PER_SAMPLE = 24
+#: The samples the tiled path reads (:func:`imgconv.imageio.depth_of`); others (int16 TIFFs)
+#: stay on the in-memory path, which reads or refuses them
+TILED_DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
 #: The most chunks an image may be cut into (each is a task of dask's graph, ~1 KB)
 MAX_CHUNKS = 250_000
 #: What the process holds before any pixel: Python, numpy, dask, tifffile, the codecs
@@ -117,9 +120,10 @@ def wants_tiles(path: str, fmt: str, options: Options) -> bool:
         return False
     if options.tiles:
         return True
-    shape = input_shape(path)
-    if shape is None:
+    header = stream_header(path)
+    if header is None or header[1] not in TILED_DTYPES:  # the in-memory path says why
         return False
+    shape = header[0]
     pixels = shape[0] * shape[1]
     channels = shape[2] if len(shape) == 3 else 1
     return pixels * channels * 4 > options.memory_limit or pixels > options.max_pixels
