@@ -199,7 +199,11 @@ def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: tuple[int, int],
     # decoded rows above and below, and each thread's chunk at work
     band = 5 * rows * w * in_channels
     work = threads * (rows + 64) * (cols + 64) * widest * BYTES_PER_SAMPLE
-    return Plan(chunk, grid, tuple(halos), BASE_BYTES + band + work)
+    # a chain of n stages keeps, for the next band, the rows of earlier stages its halos
+    # reach again: 2d + 1 rows of float32 for the stage d from the end (files.bands)
+    n = len(halos)
+    kept = (n * n - 1) * rows * w * widest * 4
+    return Plan(chunk, grid, tuple(halos), BASE_BYTES + band + work + kept)
 
 
 #: ``progress(name, done, total)`` in the process that set it: a tiled image's chunks

@@ -344,12 +344,36 @@ Progress = Callable[[int], None]
 
 def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[Any]]:
     """The array's bands of chunk rows, in order, each computed while the one before is
-    consumed (written and compressed): two bands at most are held."""
+    consumed (written and compressed): two bands at most are held.
+
+    Each band is one computation, and dask keeps nothing between two of them. So the
+    blocks of earlier stages that a band computed are kept for the next one (those its
+    halos reach again), and a chain's stages compute each block once; what the next band
+    does not read is let go.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    from dask.optimization import cull
+
+    if array.ndim == 3 and len(array.chunks[2]) > 1:
+        array = array.rechunk({2: -1})  # (pixels and alpha): one block a place
+    graph = dict(array.__dask_graph__())
+    get = dask.base.get_scheduler(scheduler=scheduler, collections=[array])
+    kept: dict[Any, Any] = {}  # earlier stages' blocks, by key
+
     def compute(i: int) -> NDArray[Any]:
-        (band,) = dask.base.compute(array.blocks[i], scheduler=scheduler)
-        return band
+        keys = [(array.name, i, *rest) for rest in np.ndindex(*array.numblocks[1:])]  # by column
+        needed, _ = cull(graph, keys)
+        reused = {k: kept[k] for k in needed if k in kept}
+        needed, _ = cull({**needed, **reused}, keys)
+        fresh = [k for k in needed if k not in reused and k not in keys and _is_stage(k)]
+        values = get(needed, [*keys, *fresh])
+        kept.clear()
+        kept.update((k, v) for k, v in zip([*reused, *fresh], [*(reused[k] for k in reused),
+                                                                 *values[len(keys):]],
+                                           strict=True))
+        blocks = values[:len(keys)]
+        return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
     count = array.numblocks[0]
     with ThreadPoolExecutor(1, thread_name_prefix="imgconv-band") as ahead:
@@ -360,6 +384,12 @@ def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[
                 pending = ahead.submit(compute, i + 1)
             yield band
             del band
+
+
+def _is_stage(key: Any) -> bool:
+    """Whether ``key`` is a block a stage computes (not a read of the file, nor the file)."""
+    name = key[0] if isinstance(key, tuple) else key
+    return isinstance(name, str) and not name.startswith(("imgconv-read", "original-array"))
 
 
 def save(array: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
