@@ -29,6 +29,17 @@ class ImageError(ImgconvError):
     exit_code = 1
 
 
+class PixelLimitError(ImageError):
+    """An image with more pixels than ``max_pixels``, refused before it is decoded."""
+
+    @classmethod
+    def of(cls, name: str, width: int, height: int, max_pixels: int,
+           advice: str = "") -> PixelLimitError:
+        """The one message for it: the size, the limit, and how to go past it."""
+        return cls(f"{name}: {width}x{height} = {width * height:,} pixels is more than the "
+                   f"limit of {max_pixels:,}; raise it with `max_pixels`{advice}")
+
+
 class ImgconvWarning(UserWarning):
     """Something skipped that the user should hear of (an unreadable kernel folder or file).
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from imgconv.errors import ImageError, UsageError
+from imgconv.errors import ImageError, PixelLimitError, UsageError
 from imgconv.opening import (
     EXIF_ORIENTATION,
     decode_into_buffer,
@@ -184,10 +184,8 @@ def load_tiff(path: str, *, gray: bool = False,
             page = tif.pages.first
             h, w = int(page.imagelength), int(page.imagewidth)
             if h * w > max_pixels:
-                raise ImageError(
-                    f"{path}: {w}x{h} = {w * h:,} pixels is more than the limit of "
-                    f"{max_pixels:,}; raise it with `max_pixels` (a TIFF streams without the "
-                    "limit unless `tiles=False`)")
+                raise PixelLimitError.of(path, w, h, max_pixels, " (a TIFF streams without "
+                                         "the limit unless `tiles=False`)")
             alpha_kind = tiff_alpha(page, path)
             array = page.asarray()
             if page.planarconfig == 2 and array.ndim == 3:
@@ -221,9 +219,8 @@ def load_array(path: str, *, gray: bool = False,
     the first three channels."""
     shape = array_shape(path, path)
     if shape[0] * shape[1] > max_pixels:
-        raise ImageError(
-            f"{path}: {shape[1]}x{shape[0]} = {shape[0] * shape[1]:,} pixels is more than the "
-            f"limit of {max_pixels:,}; raise it with `max_pixels`, or let it stream (`tiles`)")
+        raise PixelLimitError.of(path, shape[1], shape[0], max_pixels,
+                                 ", or let it stream (`tiles=True`)")
     array = np.load(path, allow_pickle=False)
     depth, max_value = depth_of(array.dtype, path)
     if gray and array.ndim == 3 and array.shape[2] >= 3:
@@ -346,10 +343,12 @@ def load(source: str | bytes, *, gray: bool = False,
     with warnings_as_notes(name, notes):
         try:
             picture = decode(open_image(source, max_pixels), name, gray=gray)
+        except PixelLimitError:
+            raise
         except ImageError as exc:
             # what Pillow cannot open or decode, tifffile may: float colour, BigTIFF, zstd
             if not (isinstance(source, str) and stream_format(source) == "tiff"
-                    and "more than the limit" not in str(exc) and os.path.isfile(source)):
+                    and os.path.isfile(source)):
                 raise
             try:
                 picture = load_tiff(source, gray=gray, max_pixels=max_pixels)

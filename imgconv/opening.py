@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from imgconv.errors import ImageError, ImgconvWarning
+from imgconv.errors import ImageError, ImgconvWarning, PixelLimitError
 
 #: Pillow's bomb check is a global that :func:`open_image` sets aside for a moment.
 _limit_lock = threading.Lock()
@@ -89,10 +89,7 @@ def open_image(source: str | bytes, max_pixels: int) -> Any:
         streams = (" (a TIFF streams without the limit unless `tiles=False`)"
                    if im.format == "TIFF" else
                    "; TIFF, .npy and .zarr images are filtered in tiles, without the limit")
-        raise ImageError(
-            f"{name}: {w}x{h} = {w * h:,} pixels is more than the limit of {max_pixels:,}; "
-            f"raise it with `max_pixels`{streams}"
-        )
+        raise PixelLimitError.of(name, w, h, max_pixels, streams)
     return im
 
 
