@@ -91,21 +91,8 @@ def pool(
     sy, sx = normalize_pair(size if stride is None else stride, "pool stride")
     py, px = normalize_pair(padding, "pool padding", minimum=0)
     dy, dx = normalize_pair(dilation, "pool dilation")
-    if op == "avg" and (dy, dx) != (1, 1):
-        raise ValueError(f"pool dilation applies to max pooling only, got {(dy, dx)} for avg")
-    if py > kh // 2 or px > kw // 2:
-        raise ValueError(
-            f"pool padding must be at most half the pool size ({kh // 2}, {kw // 2}), "
-            f"got ({py}, {px})")
     h, w = img.shape[:2]
-    oh = pool_size_out(h, kh, sy, py, dy, ceil_mode)
-    ow = pool_size_out(w, kw, sx, px, dx, ceil_mode)
-    if oh < 1 or ow < 1:
-        extra = "".join(f" {word} {pair}" for word, pair, plain in (
-            ("with dilation", (dy, dx), (1, 1)), ("and padding", (py, px), (0, 0)))
-            if pair != plain)
-        raise ValueError(
-            f"pool size ({kh}, {kw}){extra} is larger than the image ({h}, {w})")
+    oh, ow = check_pool((h, w), (kh, kw), (py, px), (dy, dx), (sy, sx), op, ceil_mode)
     dtype = working_dtype(img.dtype)
     x = np.asarray(img, dtype=dtype)
     # every window's taps inside the array: the padding, and past it what ceil_mode reaches
@@ -120,6 +107,29 @@ def pool(
     if op == "avg":
         divide_by_counts(out, (h, w), (kh, kw), (sy, sx), (py, px), count_include_pad)
     return out
+
+
+def check_pool(shape: tuple[int, int], size: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], stride: tuple[int, int], op: str,
+               ceil_mode: bool) -> tuple[int, int]:
+    """The pooled (rows, columns) of an image of ``shape``; ValueError for windows PyTorch
+    refuses (avg with dilation, padding over half the window) or none that fit."""
+    (h, w), (kh, kw), (py, px), (dy, dx), (sy, sx) = shape, size, padding, dilation, stride
+    if op == "avg" and (dy, dx) != (1, 1):
+        raise ValueError(f"pool dilation applies to max pooling only, got {(dy, dx)} for avg")
+    if py > kh // 2 or px > kw // 2:
+        raise ValueError(
+            f"pool padding must be at most half the pool size ({kh // 2}, {kw // 2}), "
+            f"got ({py}, {px})")
+    oh = pool_size_out(h, kh, sy, py, dy, ceil_mode)
+    ow = pool_size_out(w, kw, sx, px, dx, ceil_mode)
+    if oh < 1 or ow < 1:
+        extra = "".join(f" {word} {pair}" for word, pair, plain in (
+            ("with dilation", (dy, dx), (1, 1)), ("and padding", (py, px), (0, 0)))
+            if pair != plain)
+        raise ValueError(
+            f"pool size ({kh}, {kw}){extra} is larger than the image ({h}, {w})")
+    return oh, ow
 
 
 def reduce_windows(x: NDArray[Any], size: tuple[int, int], stride: tuple[int, int],

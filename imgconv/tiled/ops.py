@@ -21,6 +21,7 @@ from imgconv.core.geometry import extent, normalize_pair
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.pooling import (
     POOL_OPS,
+    check_pool,
     divide_by_counts,
     reduce_windows,
 )
@@ -106,11 +107,11 @@ def pool_stage(stage: PoolStage, x: da.Array) -> da.Array:
     n = x.shape[:2]
     (kh, kw), (sy, sx) = stage.size, stage.stride or stage.size
     (py, px), (dy, dx) = stage.padding, stage.dilation
-    out_h, out_w = stage.out_shape(n)
-    if out_h < 1 or out_w < 1 or py > kh // 2 or px > kw // 2 or (
-            stage.op == "avg" and (dy, dx) != (1, 1)):
-        stage.run(np.broadcast_to(np.float32(0), n))  # raises the core's message, allocating
-        raise AssertionError("unreachable: the core refuses this pooling")  # nothing
+    try:
+        out_h, out_w = check_pool(n, (kh, kw), (py, px), (dy, dx), (sy, sx), stage.op,
+                                  stage.ceil_mode)
+    except ValueError as exc:
+        raise ImageError(f"pooling: {exc}") from None
     readers = [(Windows(n[0], py, extent(kh, dy), sy, out_h),
                 Windows(n[1], px, extent(kw, dx), sx, out_w))]
     dtype = working_dtype(x.dtype)
@@ -201,10 +202,10 @@ def activate(image: Any, kind: str = "relu") -> da.Array:
 
 
 def _as_value_error(build: Any, stage: Any, x: da.Array) -> da.Array:
-    """The library's ValueError (not the pipeline's ImageError) for a geometry that fails."""
+    """The library's ValueError (not the pipeline's ImageError) for a geometry that fails:
+    the core's own message, which the ImageError wraps as its cause."""
     try:
         result: da.Array = build(stage, x)
     except ImageError as exc:
-        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        raise ValueError(str(exc.__context__ or exc)) from None
     return result
-
