@@ -135,6 +135,34 @@ def array_shape(path: str, name: str) -> tuple[int, ...]:
     return tuple(int(n) for n in array.shape)
 
 
+def tiff_layout(shape: tuple[int, ...], dtype: Any, alpha: bool,
+                compression: str) -> dict[str, Any]:
+    """tifffile's write arguments for samples of ``shape`` (H, W[, C]): photometric, extra
+    samples (the last one alpha with ``alpha``) and ``compression`` (one of
+    :data:`TIFF_COMPRESSIONS`); UsageError where the compression cannot hold them."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f"a TIFF holds uint8, uint16 or float32 samples, got {dtype}")
+    if compression not in TIFF_COMPRESSIONS:
+        raise UsageError(f"`compression` must be one of {', '.join(TIFF_COMPRESSIONS)}, "
+                         f"got {compression!r}")
+    if compression == "jpeg" and (dtype != np.uint8 or alpha):
+        raise UsageError("`compression=jpeg` holds 8-bit images without alpha only")
+    channels = shape[2] if len(shape) == 3 else 1
+    if alpha and channels < 2:
+        raise ValueError(f"`alpha=True` needs a last channel to be alpha, got shape {shape}")
+    colour = channels - int(alpha)
+    photometric = "rgb" if colour == 3 else "minisblack"
+    extras = channels - (3 if colour == 3 else 1)  # samples past the colour ones
+    return {
+        "photometric": photometric,
+        "planarconfig": "contig" if len(shape) == 3 else None,
+        "compression": None if compression == "none" else
+        "zlib" if compression == "deflate" else compression,
+        "extrasamples": ["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
+    }
+
+
 def tiff_alpha(page: Any, name: str) -> str | None:
     """How a TIFF page (tifffile's) holds alpha: "straight", "associated" (premultiplied),
     "unused" (an extra sample that is not alpha) or None; ImageError for what is read
@@ -708,14 +736,21 @@ def encode(
     exif: bytes | None = None,
     qtables: Any = None,
     name: str = "<output>",
+    compression: str | None = None,
 ) -> None:
     """Write ``array`` (already mapped to the output dtype, or float for npy) to ``stream``.
+
+    A TIFF with ``compression`` (other than none) is written by tifffile; LZW, zstd and
+    JPEG need imagecodecs (the ``scale`` extra).
 
     ``name`` is the output's, for messages. ``exif`` is kept in JPEG, PNG and
     WebP. A JPEG's quality is ``quality``, else that of a JPEG input's
     ``qtables`` (its quantization), else :data:`JPEG_QUALITY`.
     """
     check_format_limits(array.shape, fmt, name)
+    if fmt == "tiff" and compression not in (None, "none"):
+        _write_tiff(stream, array, alpha, depth, compression, icc_profile, name)
+        return
     if fmt == "npy":
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
         return
@@ -761,6 +796,26 @@ def encode(
             and im.mode in ("L", "RGB", "RGBX", "RGBA")):
         options["icc_profile"] = icc_profile
     im.save(stream, format=FORMATS[fmt][0], **options)
+
+
+def _write_tiff(stream: IO[bytes], array: NDArray[Any], alpha: NDArray[Any] | None,
+                depth: str, compression: str, icc_profile: bytes | None, name: str) -> None:
+    """A compressed TIFF of the whole result, through tifffile."""
+    import tifffile
+
+    dtype = {"float": np.float32, "16": np.uint16}.get(depth, np.uint8)
+    data = np.asarray(array, dtype)
+    if alpha is not None:
+        data = np.dstack([data, np.asarray(alpha, dtype)])
+    layout = tiff_layout(data.shape, dtype, alpha is not None, compression)
+    buffer = io.BytesIO()  # tifffile wants a named file, which os.fdopen's is not
+    try:
+        tifffile.imwrite(buffer, data, iccprofile=icc_profile
+                         if layout["photometric"] == "rgb" else None, **layout)
+    except (ValueError, ImportError, RuntimeError) as exc:  # a codec that is not installed
+        raise ImageError(f"{name}: cannot write a {compression} TIFF ({exc}); LZW, zstd and "
+                         "JPEG need imagecodecs: pip install 'imgconv[scale]'") from None
+    stream.write(buffer.getbuffer())
 
 
 def _umask() -> int:

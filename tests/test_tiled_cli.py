@@ -519,11 +519,19 @@ def test_dry_run_says_what_the_tiled_run_would_refuse(images, tmp_path):
     assert "would fail" in result.output and "too large to write as png" in result.output
 
 
-def test_compression_of_a_tiff_written_whole_is_noted(images, tmp_path):
-    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--no-tiles", "-o",
-                    tmp_path / "o.tif", "--compression", "zstd")
-    assert result.exit_code == 0
-    assert "--compression is for TIFFs the tiled path writes" in result.output
+@pytest.mark.parametrize("compression", ["zstd", "deflate", "lzw"])
+def test_compression_applies_to_a_tiff_written_whole(images, tmp_path, compression):
+    out = tmp_path / "o.tif"
+    result = invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--no-tiles", "-o", out,
+                    "--compression", compression)
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(out) as tif:
+        written = tif.pages.first.compression.name.lower()
+    assert written == {"deflate": "adobe_deflate"}.get(compression, compression)
+    plain = tmp_path / "plain.tif"
+    assert invoke("apply", images["rgb-tiled.tif"], "-k", "sobel", "--no-tiles", "-o",
+                  plain).exit_code == 0
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(plain))
 
 
 # --- found by the adversarial run ------------------------------------------------------------

@@ -209,9 +209,6 @@ def _render(task: Task, options: Options, result: Result, name: str, data: bytes
                                      alpha=options.alpha, depth=options.depth,
                                      reuse=not options.verify)
     result.notes.extend(notes)
-    if options.compression is not None and task.fmt == "tiff":
-        result.notes.append(f"{name}: `compression` is for TIFFs the tiled path writes "
-                            "(`tiles=True`); this one is written whole, uncompressed")
     result.output_shape = list(array.shape)
     if options.verify:
         result.max_error = _verify(picture, options, name)
@@ -221,7 +218,8 @@ def _render(task: Task, options: Options, result: Result, name: str, data: bytes
     def write(stream: Any) -> None:
         encode(array, task.fmt, stream, alpha=alpha, depth=array_depth(array),
                quality=options.quality, icc_profile=icc_profile, exif=exif, qtables=qtables,
-               name="<stdout>" if task.target == STDIO else task.target)
+               name="<stdout>" if task.target == STDIO else task.target,
+               compression=options.compression)
 
     return write
 

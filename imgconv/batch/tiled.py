@@ -379,6 +379,7 @@ def _encoder(out: Any, task: Task, options: Options,
 
     def write(stream: Any) -> None:
         encode(pixels, task.fmt, stream, alpha=alpha, depth=depth, quality=options.quality,
-               icc_profile=icc_profile, name="<stdout>" if task.target == "-" else task.target)
+               icc_profile=icc_profile, name="<stdout>" if task.target == "-" else task.target,
+               compression=options.compression)
 
     return write

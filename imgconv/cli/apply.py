@@ -344,8 +344,8 @@ def apply_command(
         typer.Option(
             "--compression",
             metavar="NAME",
-            help="none, deflate, zstd, lzw or jpeg (8-bit): the compression of TIFFs the "
-                 "tiled path writes. \\[default: deflate]",
+            help="none, deflate, zstd, lzw or jpeg (8-bit): TIFF outputs' compression. "
+                 "\\[default: deflate for TIFFs written in tiles, none for others]",
             rich_help_panel=PANEL_LARGE,
             show_default=False,
         ),

@@ -33,11 +33,11 @@ from imgconv.errors import ImageError, UsageError
 from imgconv.imageio import (
     ALREADY_EXISTS,
     STREAM_FORMATS,
-    TIFF_COMPRESSIONS,
     depth_of,
     luminance,
     stream_format,
     tiff_alpha,
+    tiff_layout,
     tiff_orientation,
     unpremultiply,
     upright,
@@ -417,9 +417,6 @@ def write_bands(array: da.Array, path: str | os.PathLike[str], *, overwrite: boo
     kind = fmt or stream_format(target)
     if kind is None:
         raise UsageError(f"{target}: writes by region only to {', '.join(STREAM_FORMATS)}")
-    if compression not in TIFF_COMPRESSIONS:
-        raise UsageError(f"`compression` must be one of {', '.join(TIFF_COMPRESSIONS)}, "
-                         f"got {compression!r}")
     if array.ndim not in (2, 3):
         raise ValueError(f"array must be 2-D (H, W) or 3-D (H, W, C), got shape {array.shape}")
 
@@ -474,27 +471,15 @@ def _write_tiff(array: da.Array, stream: Any, rows: Iterator[NDArray[Any]], *,
     import tifffile
 
     dtype = np.dtype(array.dtype)
-    if dtype not in (np.uint8, np.uint16, np.float32):
-        raise ValueError(f"a TIFF holds uint8, uint16 or float32 samples, got {dtype}")
-    if compression == "jpeg" and (dtype != np.uint8 or alpha):
-        raise UsageError("`compression=jpeg` holds 8-bit images without alpha only")
+    layout = tiff_layout(array.shape, dtype, alpha, compression)
     channels = array.shape[2] if array.ndim == 3 else 1
-    if alpha and channels < 2:
-        raise ValueError(f"`alpha=True` needs a last channel to be alpha, got shape {array.shape}")
-    colour = channels - int(alpha)
-    photometric = "rgb" if colour == 3 else "minisblack"
-    extras = channels - (3 if colour == 3 else 1)  # samples past the colour ones
     # a stream from os.fdopen is named by its number, which tifffile cannot split
     with tifffile.TiffWriter(tifffile.FileHandle(stream, mode="wb", name="output.tif",
                                                  size=0), bigtiff=True) as tif:
         tif.write(
             _tiles(array.shape, rows, TIFF_TILE), shape=array.shape, dtype=dtype,
-            tile=(TIFF_TILE, TIFF_TILE), photometric=photometric,
-            planarconfig="contig" if array.ndim == 3 else None,
-            compression=None if compression == "none" else
-            "zlib" if compression == "deflate" else compression,
-            extrasamples=["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
-            iccprofile=icc_profile if photometric == "rgb" else None,
+            tile=(TIFF_TILE, TIFF_TILE), **layout,
+            iccprofile=icc_profile if layout["photometric"] == "rgb" else None,
             maxworkers=threads,
             # tiles are encoded a row of tiles at a time: tifffile's default would gather
             # 512 MB of them, holding that many bands alive
