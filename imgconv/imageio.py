@@ -22,10 +22,12 @@ from numpy.typing import NDArray
 from imgconv.errors import ImageError, PixelLimitError, UsageError
 from imgconv.opening import (
     EXIF_ORIENTATION,
+    STREAM_SUFFIXES,
     decode_into_buffer,
     display_name,
     file_kind,
     open_image,
+    stream_format,
     warnings_as_notes,
     wide_colour,
 )
@@ -58,17 +60,11 @@ MAX_SIDE = {"webp": 16383, "jpg": 65500}
 DEPTHS = ("8", "16", "float")
 SIXTEEN_BIT = ("png", "tiff")
 #: The formats read by region and written band by band (:mod:`imgconv.tiled`)
-STREAM_FORMATS = ("tiff", "npy", "zarr")
+STREAM_FORMATS = tuple(dict.fromkeys(STREAM_SUFFIXES.values()))  # tiff, npy, zarr
 #: The compressions of a TIFF written band by band (``jpeg`` for 8-bit only)
 TIFF_COMPRESSIONS = ("none", "deflate", "zstd", "lzw", "jpeg")
 #: The formats that hold the float values as computed, never mapped
 ARRAY_FORMATS = ("npy", "zarr")
-
-
-def stream_format(path: str | os.PathLike[str]) -> str | None:
-    """``tiff``, ``npy`` or ``zarr`` by the name's extension (a ``.zarr`` is a folder)."""
-    fmt = EXTENSIONS.get(Path(path).suffix.lower())
-    return fmt if fmt in STREAM_FORMATS else None
 
 
 def zarr_node(path: str | os.PathLike[str]) -> str | None:
@@ -88,6 +84,13 @@ def zarr_node(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return node if node in ("array", "group") else None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first line, at most 200 characters
+    (a library's own message, or its type's name when it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def depth_of(dtype: Any, name: str) -> tuple[str, float]:
@@ -116,8 +119,9 @@ def luminance(rgb: NDArray[Any]) -> NDArray[Any]:
     return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
 
 
-def array_shape(path: str, name: str) -> tuple[int, ...]:
-    """The shape of a ``.npy`` file, from its header; ImageError if it is not an image's."""
+def array_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and dtype of a ``.npy`` file, from its header; ImageError if they are not
+    an image's."""
     from imgconv.opening import check_regular
 
     check_regular(path)
@@ -132,7 +136,7 @@ def array_shape(path: str, name: str) -> tuple[int, ...]:
         raise ImageError(f"{name}: an array of shape {array.shape} is not an image "
                          "((H, W) or (H, W, C) with C from 1 to 4)")
     depth_of(array.dtype, name)
-    return tuple(int(n) for n in array.shape)
+    return tuple(int(n) for n in array.shape), array.dtype
 
 
 def tiff_layout(shape: tuple[int, ...], dtype: Any, alpha: bool,
@@ -223,8 +227,7 @@ def load_tiff(path: str, *, gray: bool = False,
     except ImageError:
         raise
     except Exception as exc:  # tifffile's and the codecs' own errors
-        raise ImageError(f"{path}: not a readable image ({str(exc).splitlines()[0][:200]})"
-                         ) from None
+        raise ImageError(f"{path}: not a readable image ({first_line(exc)})") from None
     depth, max_value = depth_of(array.dtype, path)
     alpha = None
     if alpha_kind is not None:
@@ -245,7 +248,7 @@ def load_array(path: str, *, gray: bool = False,
     """A ``.npy`` (H, W) or (H, W, C) array as a Picture: every channel is pixels (no alpha),
     the depth and full intensity as :func:`depth_of` says; ``gray`` takes the luma of
     the first three channels."""
-    shape = array_shape(path, path)
+    shape, _ = array_header(path, path)
     if shape[0] * shape[1] > max_pixels:
         raise PixelLimitError.of(path, shape[1], shape[0], max_pixels,
                                  ", or let it stream (`tiles=True`)")

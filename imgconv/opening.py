@@ -22,6 +22,16 @@ from imgconv.errors import ImageError, ImgconvWarning, PixelLimitError
 #: Pillow's bomb check is a global that :func:`open_image` sets aside for a moment.
 _limit_lock = threading.Lock()
 
+#: The formats read by region and written band by band (:mod:`imgconv.tiled`), by suffix
+STREAM_SUFFIXES = {".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".zarr": "zarr"}
+
+
+def stream_format(path: str | os.PathLike[str]) -> str | None:
+    """``tiff``, ``npy`` or ``zarr`` by the name's extension (a ``.zarr`` is a folder); told
+    without numpy, so the command line can decide before importing it."""
+    return STREAM_SUFFIXES.get(os.path.splitext(os.fspath(path))[1].lower())
+
+
 def display_name(source: str | bytes) -> str:
     """How messages name an input: its path, or ``<stdin>`` for bytes read from it."""
     return "<stdin>" if isinstance(source, bytes) else source
@@ -147,6 +157,24 @@ def _dispatch(message: Any, category: type[Warning], filename: str, lineno: int,
         sink.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
 
+def _install_dispatch() -> None:
+    """Make :func:`_dispatch` ``warnings.showwarning``, keeping what it replaces."""
+    import warnings
+
+    if warnings.showwarning is not _dispatch:
+        _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _dispatch
+
+
+def _pass_on(caught: list[Any], name: str, notes: list[str]) -> None:
+    """The users' warnings of ``caught`` into ``notes``; the others issued again."""
+    import warnings
+
+    for warning in _to_notes(caught, name, notes):
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+
+
 @contextmanager
 def thread_warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
     """:func:`warnings_as_notes` for a thread other than the main one.
@@ -158,20 +186,14 @@ def thread_warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
     thread's to what was there before; nothing is restored. (Python's filters
     still apply: a warning shown once per place is noted once per process.)
     """
-    import warnings
-
-    if warnings.showwarning is not _dispatch:
-        _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
-        warnings.showwarning = _dispatch
+    _install_dispatch()
     caught: list[Any] = []
     _sinks[threading.get_ident()] = caught
     try:
         yield
     finally:
         del _sinks[threading.get_ident()]
-        for warning in _to_notes(caught, name, notes):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+        _pass_on(caught, name, notes)
 
 
 @contextmanager
@@ -184,9 +206,7 @@ def pool_warnings_as_notes(name: str, notes: list[str], threads: int) -> Iterato
     # put back as found: inside a catch_warnings block showwarning is a stand-in, which
     # must not become what _dispatch passes other threads' warnings to afterwards
     saved = warnings.showwarning, getattr(_dispatch, "previous", None)
-    if warnings.showwarning is not _dispatch:
-        _dispatch.previous = warnings.showwarning  # type: ignore[attr-defined]
-        warnings.showwarning = _dispatch
+    _install_dispatch()
     caught: list[Any] = []
     idents: list[int] = []
 
@@ -204,9 +224,7 @@ def pool_warnings_as_notes(name: str, notes: list[str], threads: int) -> Iterato
         warnings.showwarning = saved[0]
         if saved[1] is not None:
             _dispatch.previous = saved[1]  # type: ignore[attr-defined]
-        for warning in _to_notes(caught, name, notes):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+        _pass_on(caught, name, notes)
 
 
 def wide_colour(im: Any) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgconv.batch.tasks import STDIO, Options, Result, Status, Task, file_id
-from imgconv.batch.tiled import wants_tiles
+from imgconv.batch.tiled import process_tiled, wants_tiles
 from imgconv.errors import ImageError, ImgconvError
 from imgconv.imageio import (
     ALREADY_EXISTS,
@@ -138,10 +138,7 @@ def process(task: Task, options: Options, data: bytes | None = None,
                 raise ImageError(conflict.reason)
         if options.hash_inputs:
             result.sha256 = _sha256(task.source.path, data)
-        if (data is None or task.fmt == "zarr") and wants_tiles(task.source.path, task.fmt,
-                                                                options):
-            from imgconv.batch.tiled import process_tiled
-
+        if wants_tiles(task.source.path, task.fmt, options):  # (standard input: to .zarr)
             if task.target != STDIO:
                 make_folder(Path(task.target))
             # (it says if the extra is missing); None: it wrote the output band by band

@@ -12,6 +12,7 @@ takes the path; what decides the path and plans it reads headers alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -20,12 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from imgconv.batch.tasks import default_memory_limit
 from imgconv.errors import ImageError, UsageError
-from imgconv.imageio import STREAM_FORMATS, array_shape, stream_format, tiff_orientation
+from imgconv.imageio import STREAM_FORMATS, array_header, tiff_orientation
+from imgconv.opening import stream_format
 from imgconv.pipeline.stages import ActivationStage
-
-__all__ = ["default_memory_limit", "parse_size", "process_tiled", "wants_tiles"]
 
 if TYPE_CHECKING:
     from imgconv.batch.tasks import Options, Result, Task
@@ -84,10 +83,8 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
 
             check_regular(path)  # a FIFO would block the open below
         if kind == "npy":
-            import numpy as np
-
-            shape = array_shape(path, path)
-            return shape, str(np.load(path, mmap_mode="r", allow_pickle=False).dtype)
+            shape, npy_dtype = array_header(path, path)
+            return shape, str(npy_dtype)
         if kind == "tiff":
             import tifffile
 
@@ -167,6 +164,7 @@ class Plan:
 def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: tuple[int, int],
          threads: int) -> Plan:
     """The tiled plan for an input of ``shape`` (H, W[, C])."""
+    from imgconv.core.geometry import extent
     from imgconv.pipeline.stages import ConvStage
 
     h, w = shape[:2]
@@ -178,18 +176,16 @@ def plan(pipeline: Pipeline, shape: tuple[int, ...], chunk: tuple[int, int],
         if isinstance(stage, ActivationStage):
             continue
         if isinstance(stage, ConvStage):
-            kernel = stage.members()[0]
-            kh, kw = kernel.matrix.shape[:2]
-            ey, ex = (kh - 1) * stage.dilation[0] + 1, (kw - 1) * stage.dilation[1] + 1
+            kh, kw = stage.members()[0].matrix.shape[:2]
+            ey, ex = extent(kh, stage.dilation[0]), extent(kw, stage.dilation[1])
             name = f"stage {n} ({stage.spec})"
             widest = max(widest, stage.out_channels(channels))
             channels = stage.out_channels(channels)
         else:
-            (kh, kw), (dy, dx) = stage.size, stage.dilation
-            ey, ex = (kh - 1) * dy + 1, (kw - 1) * dx + 1
+            (kh, kw), (dy, dx), (sy, sx) = stage.size, stage.dilation, stage.stride or stage.size
             name = f"stage {n} ({stage.op} pool)"
-            (sy, sx) = stage.stride or stage.size
-            ey, ex = max(0, ey - sy) + 1, max(0, ex - sx) + 1
+            # a window starts each stride: what it reads past the next one's start
+            ey, ex = max(0, extent(kh, dy) - sy) + 1, max(0, extent(kw, dx) - sx) + 1
         halos.append((name, max(0, ey - 1), max(0, ex - 1)))
         size = stage.out_shape(size)
     out_h, out_w = size
@@ -301,30 +297,23 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
 
     threads = options.threads or get_threads()
     kind = stream_format(task.source.path)
-    if kind is not None:
-        shape = input_shape(task.source.path)
-        channels = shape[2] if shape is not None and len(shape) == 3 else 1
-        chunk = chunk_sides(options, channels, threads)
-        if shape is not None:
-            problem = tiled_problem(name, shape, task, options, chunk, threads)
-            if problem is not None:
-                raise ImageError(problem)
-        source = files.read(task.source.path, chunk=chunk, gray=options.gray)
-    else:  # a picture that fits (a file, or standard input's ``data``), written to .zarr
+    picture = None
+    if kind is None:  # a picture that fits (a file, or standard input's ``data``), to .zarr
         picture = load(data if data is not None else task.source.path, gray=options.gray,
                        max_pixels=options.max_pixels)
-        shape = picture.shape
-        chunk = chunk_sides(options, shape[2] if len(shape) == 3 else 1, threads)
-        problem = tiled_problem(name, shape, task, options, chunk, threads)
-        if problem is not None:
-            raise ImageError(problem)
-        source = render.from_picture(picture, chunk)
+    shape = picture.shape if picture is not None else input_shape(task.source.path)
+    chunk = chunk_sides(options, shape[2] if shape is not None and len(shape) == 3 else 1,
+                        threads)
+    problem = None if shape is None else tiled_problem(name, shape, task, options, chunk,
+                                                       threads)
+    if problem is not None:
+        raise ImageError(problem)
+    source = (render.from_picture(picture, chunk) if picture is not None
+              else files.read(task.source.path, chunk=chunk, gray=options.gray))
     result.notes.extend(source.notes)
     result.input_shape = list(source.shape)
     pipeline = options.pipeline
     if task.pick is not None:
-        import dataclasses
-
         pipeline = dataclasses.replace(pipeline, pick=task.pick)
     set_threads(1)  # dask's threads run the chunks: one core thread each
     try:

@@ -541,13 +541,14 @@ def _print_cluster(scheduler: str | None, scheduler_file: str | None,
 
 def _may_stream(path: str, tiles: bool | None) -> bool:
     """Whether ``path`` may take the tiled path (it is not then decoded ahead)."""
-    from imgconv.imageio import stream_format
+    from imgconv.opening import stream_format  # (no numpy yet: the prefetch starts first)
 
     return tiles is not False and stream_format(path) is not None
 
 
 def _memory_limit(text: str | None) -> int:
-    from imgconv.batch.tiled import default_memory_limit, parse_size
+    from imgconv.batch.tasks import default_memory_limit
+    from imgconv.batch.tiled import parse_size
 
     return default_memory_limit() if text is None else parse_size(text)
 
@@ -766,7 +767,8 @@ def _print_plan(tasks: list[Task], pipeline: Pipeline, stdin: bytes | None,
     from imgconv.batch.tiled import plan as tiled_plan
     from imgconv.core.threads import get_threads
     from imgconv.errors import ImgconvError
-    from imgconv.imageio import read_header, stream_format
+    from imgconv.imageio import read_header
+    from imgconv.opening import stream_format
 
     def say(text: str) -> None:
         stdout.line(text)

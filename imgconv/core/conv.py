@@ -29,13 +29,19 @@ def working_dtype(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
 def as_image(image: ArrayLike, name: str = "image") -> NDArray[Any]:
     """Check that ``image`` is a real 2-D (H, W) or 3-D (H, W, C) array and return it."""
     arr = np.asarray(image)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    check_image(arr.shape, arr.dtype, name)
     return arr
+
+
+def check_image(shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "image") -> None:
+    """Refuse what is not an image: a dtype of no real numbers, a shape not (H, W) or
+    (H, W, C), or an empty one (for any array, numpy's or dask's)."""
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"{name} must not be empty, got shape {shape}")
 
 
 def as_kernel(kernel: ArrayLike) -> NDArray[np.float64]:

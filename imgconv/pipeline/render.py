@@ -58,6 +58,12 @@ def maps_problem(maps: int, fmt: str) -> str:
             f"`montage` FILE.png, or every map to .npy or a float TIFF (`depth=float`)")
 
 
+def holds_alpha(fmt: str, depth: str, ndim: int) -> bool:
+    """Whether a ``fmt`` image at ``depth`` of an ``ndim`` result keeps an alpha plane
+    (not JPEG or BMP, nor 16-bit grey)."""
+    return fmt not in ("jpg", "bmp") and not (depth == "16" and ndim == 2)
+
+
 def clipping_note(pipeline: Pipeline, how: str, clipped: float, name: str) -> list[str]:
     """A note when ``how`` clipped more than :data:`CLIP_WARNING_FRACTION` of the values,
     with the maps that would keep them (:meth:`Pipeline.clipping_remedies`); else none."""
@@ -116,7 +122,7 @@ def render(picture: Picture, pipeline: Pipeline, fmt: str, name: str, *, alpha: 
             out_alpha = follow_geometry(picture.alpha, pipeline)
 
     notes.extend(clipping_note(pipeline, how, clipped, name))
-    if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
+    if out_alpha is not None and not holds_alpha(fmt, depth, mapped.ndim):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None
     if out_alpha is not None:

@@ -176,14 +176,7 @@ class Pipeline:
         """
         self.check_channels(x)
         conv, *rest = self.stages
-        fusable = (
-            self.pick is None
-            and isinstance(conv, ConvStage)
-            and conv.bank is None
-            and all(isinstance(s, ActivationStage) for s in rest)
-            and how in ("clip", "abs", "offset")
-        )
-        if not fusable:
+        if not self.fuses(how):
             return self._run_mapped_by_channel(x, how, scale=scale, out_max=out_max,
                                                allocate=allocate)
         assert isinstance(conv, ConvStage)
@@ -222,6 +215,14 @@ class Pipeline:
         except ValueError as exc:
             raise ImageError(f"kernel {kernel.name}: {exc}") from None
         return out, sum(clipped) / max(out.size, 1)
+
+    def fuses(self, how: str) -> bool:
+        """Whether the stages and the output map ``how`` filter and map in one pass per tile
+        (:meth:`run_mapped`): one plain kernel, then activations only, mapped value by value."""
+        conv, *rest = self.stages
+        return (self.pick is None and isinstance(conv, ConvStage) and conv.bank is None
+                and all(isinstance(s, ActivationStage) for s in rest)
+                and how in ("clip", "abs", "offset"))
 
     def _run_mapped_by_channel(
         self, x: NDArray[Any], how: str, *, scale: float, out_max: int, allocate: Allocate

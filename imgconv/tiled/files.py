@@ -34,8 +34,8 @@ from imgconv.imageio import (
     ALREADY_EXISTS,
     STREAM_FORMATS,
     depth_of,
+    first_line,
     luminance,
-    stream_format,
     tiff_alpha,
     tiff_layout,
     tiff_orientation,
@@ -44,6 +44,7 @@ from imgconv.imageio import (
     write_atomic,
     zarr_node,
 )
+from imgconv.opening import stream_format
 from imgconv.tiled.windows import SOURCES
 
 #: The side of a TIFF output's tiles
@@ -112,7 +113,7 @@ class _Regions:
         try:
             region = np.asarray(self._array()[rows, cols])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ImageError(f"{self.path}: cannot read a region ({_reason(exc)})") from None
+            raise ImageError(f"{self.path}: cannot read a region ({first_line(exc)})") from None
         return region if self.channels is None else region[:, :, self.channels]
 
 
@@ -134,11 +135,6 @@ def forget(path: str | os.PathLike[str]) -> None:
             _close(_Regions._open.pop(key))
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
 def _open_array(path: str, kind: str) -> tuple[Any, Any]:
     """(an array-like reading by region, the TIFF page or None)."""
     try:
@@ -156,7 +152,7 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
     except ImageError:
         raise
     except Exception as exc:  # each library says "not mine" in its own way
-        raise ImageError(f"{path}: not a readable {kind} ({_reason(exc)})") from None
+        raise ImageError(f"{path}: not a readable {kind} ({first_line(exc)})") from None
 
 
 #: Image rows of decoded segments a TIFF reader keeps, at least two rows of segments
@@ -368,10 +364,9 @@ def bands(array: da.Array, *, scheduler: str | None = None) -> Iterator[NDArray[
         needed, _ = cull({**needed, **reused}, keys)
         fresh = [k for k in needed if k not in reused and k not in keys and _is_stage(k)]
         values = get(needed, [*keys, *fresh])
-        kept.clear()
-        kept.update((k, v) for k, v in zip([*reused, *fresh], [*(reused[k] for k in reused),
-                                                                 *values[len(keys):]],
-                                           strict=True))
+        kept.clear()  # what this band read or made, for the next one
+        kept.update(reused)
+        kept.update(zip(fresh, values[len(keys):], strict=True))
         blocks = values[:len(keys)]
         return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 

@@ -16,7 +16,14 @@ import dask.array as da
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from imgconv.core.conv import IntPair, Padding, as_kernel, output_shape, working_dtype
+from imgconv.core.conv import (
+    IntPair,
+    Padding,
+    as_kernel,
+    check_image,
+    output_shape,
+    working_dtype,
+)
 from imgconv.core.geometry import extent, normalize_pair
 from imgconv.core.padding import normalize_pad_mode
 from imgconv.core.pooling import (
@@ -38,12 +45,7 @@ def check_array(x: Any, name: str = "image") -> da.Array:
     """``x`` as a dask array of real numbers, (H, W) or (H, W, C), not empty."""
     if not isinstance(x, da.Array):
         x = da.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {x.shape}")
-    if any(n == 0 for n in x.shape):
-        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    check_image(x.shape, x.dtype, name)
     return x
 
 
@@ -93,7 +95,7 @@ def conv_stage(stage: ConvStage, x: da.Array) -> da.Array:
 
 
 def conv_windowed(stage: ConvStage, x: da.Array, readers: list[tuple[Windows, Windows]],
-                   compute: Compute) -> da.Array:
+                  compute: Compute) -> da.Array:
     """``compute`` over a convolution stage's windows; the output's dtype and channels are
     what it gives for one output pixel's worth of zeros."""
     probe = compute([np.zeros((r.extent, c.extent, *x.shape[2:]), x.dtype) for r, c in readers],

@@ -22,9 +22,9 @@ from numpy.typing import NDArray
 from imgconv.imageio import ARRAY_FORMATS, Picture
 from imgconv.pipeline.alpha import choose_alpha, follow_geometry, premultiplied
 from imgconv.pipeline.mapping import map_values, out_dtype
-from imgconv.pipeline.render import output_depth
+from imgconv.pipeline.render import holds_alpha, output_depth
 from imgconv.pipeline.run import Pipeline
-from imgconv.pipeline.stages import ActivationStage, ConvStage
+from imgconv.pipeline.stages import ConvStage
 from imgconv.tiled.files import Source
 from imgconv.tiled.ops import conv_readers, conv_windowed
 
@@ -90,14 +90,11 @@ def _mapped(values: da.Array, how: str, scale: float, out_max: int, counts: _Cou
 
 
 def _fused(pixels: da.Array, pipeline: Pipeline, how: str, scale: float, out_max: int,
-           counts: _Counts) -> da.Array | None:
-    """One kernel (then activations) mapped per value, each chunk filtered and mapped in
-    one pass by :meth:`Pipeline.run_mapped` (its integer path too); None if not that."""
+           counts: _Counts) -> da.Array:
+    """A pipeline that :meth:`Pipeline.fuses` ``how``, each chunk filtered and mapped in one
+    pass by :meth:`Pipeline.run_mapped` (its integer path too)."""
     conv, *rest = pipeline.stages
-    if not (pipeline.pick is None and isinstance(conv, ConvStage) and conv.bank is None
-            and all(isinstance(s, ActivationStage) for s in rest)
-            and how in ("clip", "abs", "offset")):
-        return None
+    assert isinstance(conv, ConvStage)
     block_pipeline = dataclasses.replace(
         pipeline, stages=(dataclasses.replace(conv, padding=0), *rest))
 
@@ -138,24 +135,22 @@ def render(source: Source, pipeline: Pipeline, fmt: str, name: str, *, alpha: st
     scale = out_max / source.max_value
     how = pipeline.output_mapping()
 
-    out_alpha = None
+    out_alpha = values = None
     if alpha_mode == "premultiply":
         values, out_alpha = premultiplied(pipeline, pixels, source.alpha, source.max_value,
                                           out_max)
-    else:
-        values = pipeline.run(pixels)
-        if alpha_mode == "copy":
-            out_alpha = follow_geometry(source.alpha, pipeline)
+    elif alpha_mode == "copy":
+        out_alpha = follow_geometry(source.alpha, pipeline)
     if raw:
+        values = pipeline.run(pixels) if values is None else values
         return Rendered(values.astype(np.float32), None, None, notes, counts)
-    fused = None if alpha_mode == "premultiply" else _fused(pixels, pipeline, how, scale,
-                                                            out_max, counts)
-    if fused is not None:
-        mapped = fused
+    if values is None and pipeline.fuses(how):
+        mapped = _fused(pixels, pipeline, how, scale, out_max, counts)
     else:
+        values = pipeline.run(pixels) if values is None else values
         span = result_span(values, scale) if how == "normalize" else None
         mapped = _mapped(values, how, scale, out_max, counts, span)
-    if out_alpha is not None and (fmt in ("jpg", "bmp") or (depth == "16" and mapped.ndim == 2)):
+    if out_alpha is not None and not holds_alpha(fmt, depth, mapped.ndim):
         notes.append(f"{name}: {fmt} {depth}-bit output cannot hold alpha; alpha dropped")
         out_alpha = None
     if out_alpha is not None:
