@@ -20,8 +20,10 @@ from test_strategies import geometries, worker
 from typer.testing import CliRunner
 
 from imgconv.cli import app
-from imgconv.core import jit, strategies
-from imgconv.core.taps import build_program, program_2d
+from imgconv.core import jit, strategies, tiles
+from imgconv.core.geometry import Geometry
+from imgconv.core.padding import PAD_MODES
+from imgconv.core.taps import build_program, direct_program, program_2d
 
 needs_numba = pytest.mark.skipif(not jit.installed(), reason="numba is not installed")
 
@@ -167,6 +169,55 @@ def test_run_agrees_with_the_numpy_executor(stride, restore_jit):
     for bad in ((0, 1), (1, 0), (-1, 1)):
         with pytest.raises(ValueError, match="strides must be >= 1"):
             jit.run(program.steps, [src], bad, acc)
+
+
+@needs_numba
+@pytest.mark.parametrize("mode", PAD_MODES)
+@pytest.mark.parametrize(("pads", "sy", "dilation"), [
+    ((1, 1, 1, 1), 1, (1, 1)), ((2, 0, 3, 1), 2, (1, 1)), ((4, 4, 4, 4), 1, (2, 3)),
+    ((0, 0, 0, 0), 1, (1, 1)), ((9, 9, 9, 9), 3, (1, 1))])
+def test_run_reads_the_image_in_place_as_the_padded_tile_would(mode, pads, sy, dilation):
+    # Mapped: the image and the border mode's index maps in place of a padded
+    # tile, on a kernel of distinct taps (the diff, sub and scratch steps among
+    # them), whole plane and tile by tile; padding wider than the image too
+    kernel = np.array([[1.0, -2, 3], [0.5, 0, -4], [7, 1, 1]], np.float32)
+    image = make_image((7, 5), np.float32) - 100
+    geom = Geometry(image.shape, kernel.shape, pads, (sy, 1), dilation)
+    oh, ow = geom.out_shape
+    padder = tiles.Padder(image, geom, mode, 2.5)
+    program = direct_program(kernel, dilation)
+    padded = np.empty((padder.rows_total, padder.width), np.float32)
+    padder.fill(padded, 0, padder.rows_total)
+    expected = np.empty((oh, ow), np.float32)
+    program.run([padded], (oh, ow), (sy, 1), expected, np.empty_like(expected), compiled=False)
+    view = padder.mapped(ow, geom.extent[1], np.dtype(np.float32))
+    for r0, r1 in [(0, oh), *tiles.tile_grid(oh, 2)]:
+        acc = np.full((r1 - r0, ow), np.nan, np.float32)
+        assert jit.run(program.steps, view._replace(p0=r0 * sy), (sy, 1), acc)
+        assert_same_bits(acc, expected[r0:r1])
+    # one row more than the row map holds, or columns past the map: refused, not read
+    with pytest.raises(ValueError, match="reads up to index"):
+        jit.run(program.steps, view._replace(p0=sy), (sy, 1), np.empty((oh, ow), np.float32))
+    with pytest.raises(ValueError, match="reads up to index"):
+        jit.run(program.steps, view, (sy, 1), np.empty((oh, ow + 1), np.float32))
+    # what it does not take: a column stride, another dtype
+    assert not jit.run(program.steps, view, (sy, 2), np.empty((oh, ow), np.float32))
+    assert not jit.run(program.steps, view, (sy, 1), np.empty((oh, ow), np.float64))
+
+
+@needs_numba
+def test_compiled_direct_makes_no_padded_copy_of_a_float_plane(monkeypatch, restore_jit):
+    image = make_image((300, 200), np.float32)
+    kernel = KERNELS["diagonal"]
+    jit.set_jit(False)
+    expected = worker(image, kernel, "direct", pad_mode="wrap")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a padded tile was filled")
+
+    monkeypatch.setattr(tiles.Padder, "fill", refuse)
+    jit.set_jit(True)
+    assert_same_bits(worker(image, kernel, "direct", pad_mode="wrap"), expected)
 
 
 @needs_numba

@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.core.env import getenv
+from imgconv.core.padding import Mapped
 from imgconv.core.steps import (
     ADD,
     ADD_SCRATCH,
@@ -157,6 +158,11 @@ def _flat(a: NDArray[Any], writeable: bool) -> tuple[NDArray[Any], tuple[int, ..
     knows each row is contiguous and LLVM vectorizes the loops over it.
     """
     item = a.itemsize
+    if a.flags.c_contiguous and a.size:  # a view for the asking (as_strided: microseconds)
+        flat = a.reshape(-1)
+        if not writeable:
+            flat.flags.writeable = False
+        return flat, tuple(st // item for st in a.strides)
     if a.size == 0 or a.strides[-1] != item or any(st < 0 or st % item for st in a.strides):
         return None
     steps = tuple(st // item for st in a.strides)
@@ -168,19 +174,23 @@ def _flat(a: NDArray[Any], writeable: bool) -> tuple[NDArray[Any], tuple[int, ..
 
 def run(
     steps: tuple[Step, ...],
-    sources: Sequence[NDArray[Any]] | NDArray[Any],
+    sources: Sequence[NDArray[Any]] | NDArray[Any] | Mapped,
     stride: tuple[int, int],
     acc: NDArray[Any],
 ) -> bool:
     """Run ``steps`` compiled, as :meth:`~imgconv.core.taps.Program.run` would; False if it can't.
 
-    It can when the sources are one 3-D array, or a single 2-D one, in
+    ``sources`` may also be a :class:`~imgconv.core.padding.Mapped` padded
+    plane: the image read in place (:func:`_run_mapped`). Otherwise it can
+    when the sources are one 3-D array, or a single 2-D one, in
     ``acc``'s dtype, which is one of :data:`DTYPES` (the strategies' tiles
     always are), ``acc`` is writeable, every row is contiguous and there are
     at most :data:`MAX_STEPS` steps; otherwise the caller runs the numpy
     executor. No scratch buffer: the kernel keeps both registers in the CPU's.
     Raises ValueError when a step would read outside the sources.
     """
+    if isinstance(sources, Mapped):
+        return _run_mapped(steps, sources, stride, acc)
     if isinstance(sources, np.ndarray) and sources.ndim == 3:
         stack = sources
     elif len(sources) == 1 and sources[0].ndim == 2:
@@ -209,6 +219,42 @@ def run(
     variant = "unit" if sx == 1 else "dense" if sx <= DENSE_MAX_STRIDE else "gather"
     _call((shape, variant), dtype, (src[0], src[1][0], src[1][1], sy, sx, taps, weights,
                                     dst[0], dst[1][0], rows, cols))
+    return True
+
+
+def _run_mapped(
+    steps: tuple[Step, ...], view: Mapped, stride: tuple[int, int], acc: NDArray[Any]
+) -> bool:
+    """:func:`run` over a padded plane given as the image and its index maps (:class:`Mapped`).
+
+    The image rows are read where they are: no padded copy of the tile is
+    made. Column stride 1 only; the steps must read one source.
+    """
+    plane, dtype = view.plane, acc.dtype
+    if (dtype not in DTYPES or plane.dtype != dtype or not acc.flags.writeable
+            or len(steps) > MAX_STEPS or stride[1] != 1 or plane.ndim != 2
+            or not plane.shape[1]):
+        return False
+    if acc.size == 0:
+        return True
+    shape, taps, weights, reach = _encoded(steps, dtype)
+    rows, cols = acc.shape
+    sy = stride[0]
+    if sy < 1:
+        raise ValueError(f"strides must be >= 1, got {stride}")
+    last = (int(reach[0]), view.p0 + int(reach[1]) + (rows - 1) * sy, int(reach[2]) + cols - 1)
+    (cl, cr), width = view.inner, plane.shape[1]
+    inner_ok = cr == cl or (cl >= view.left and cr - 1 + int(reach[2]) - view.left < width)
+    if reach[0] >= 0 and (last[0] > 0 or last[1] >= len(view.rows) or last[2] >= len(view.cols)
+                          or not 0 <= cl <= cr <= cols or not inner_ok):
+        raise ValueError(f"the program reads up to index {last} of a padded plane of "
+                         f"{len(view.rows)} rows and {len(view.cols)} columns")
+    src, dst = _flat(plane, writeable=False), _flat(acc, writeable=True)
+    if src is None or dst is None:
+        return False
+    _call((shape, "mapped"), dtype, (
+        src[0], src[1][0], width, view.rows, view.cols, view.fill, view.p0, sy,
+        cl, cr, view.left, view.border, taps, weights, dst[0], dst[1][0], rows, cols))
     return True
 
 
@@ -306,6 +352,8 @@ def source(shape: tuple[tuple[int, int], ...], variant: str = "unit") -> str:
                 x = x * w1
                 o[c] = x
     """
+    if variant == "mapped":
+        return _mapped_source(shape)
     views = []
     loop = []
     span = "cols" if variant == "unit" else "(cols - 1) * sx + 1"
@@ -346,6 +394,68 @@ def source(shape: tuple[tuple[int, int], ...], variant: str = "unit") -> str:
         "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
         *views,
         *body,
+        "",
+    ])
+
+
+def _mapped_source(shape: tuple[tuple[int, int], ...]) -> str:
+    """:func:`source`'s ``"mapped"`` variant: the image read in place through index maps.
+
+    Each tap's source row is the image row the row map gives (or ``fill``, a
+    row of the constant, for ``-1``). The inner columns, whose taps all read
+    image columns, run the contiguous loop LLVM vectorizes, on slices of
+    those rows; the few border columns look each tap's column up in the
+    column map. The same steps in the same order as every other variant.
+    """
+    views: list[str] = []
+    inner: list[str] = []
+    edge: list[str] = []
+    for k, (op, reg) in enumerate(shape):
+        r = "x" if reg == 0 else "s"
+        operands = {SUM: 2, DIFF: 2, COPY: 1, SCALE: 1, ADD: 1, SUB: 1}.get(op, 0)
+        for n in range(operands):
+            name, j = "ab"[n] + str(k), 3 * n
+            views += [f"        i = row_map[p + taps[{k}, {j + 1}]]",
+                      f"        row_{name} = src[i * row_pitch : i * row_pitch + width]"
+                      f" if i >= 0 else fill",
+                      f"        t_{name} = taps[{k}, {j + 2}]",
+                      f"        {name} = row_{name}[cl + t_{name} - left : cr + t_{name} - left]"]
+        if op in (SCALE, MUL, ZERO):
+            views.append(f"        w{k} = w[{k}]")
+        for lines, a, b in (
+                (inner, f"a{k}[c]", f"b{k}[c]"),
+                (edge, f"at(row_a{k}, col_map[c + t_a{k}], cv)",
+                 f"at(row_b{k}, col_map[c + t_b{k}], cv)")):
+            lines.append(f"            {r} = " + {
+                COPY: a, SCALE: f"{a} * w{k}", SUM: f"{a} + {b}", DIFF: f"{a} - {b}",
+                ADD: f"{r} + {a}", SUB: f"{r} - {a}", MUL: f"{r} * w{k}", ZERO: f"w{k}",
+                ADD_SCRATCH: "x + s", SUB_SCRATCH: "x - s"}[op])
+    return "\n".join([
+        f'"""A tap program kernel generated by imgconv.core.jit for {shape} (mapped)."""',
+        "",
+        "import numba",
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True, inline='always')",
+        "def at(row, i, cv):",
+        "    return row[i] if i >= 0 else cv",
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True)",
+        "def kernel(src, row_pitch, width, row_map, col_map, fill, p0, sy, cl, cr, left, border,",
+        "           taps, w, acc, acc_pitch, rows, cols):",
+        "    cv = fill[0]",
+        "    for r in range(rows):",
+        "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
+        "        p = p0 + r * sy",
+        *views,
+        "        inner = o[cl:cr]",
+        "        for c in range(cr - cl):",
+        *inner,
+        "            inner[c] = x",
+        "        for c in border:",
+        *edge,
+        "            o[c] = x",
         "",
     ])
 

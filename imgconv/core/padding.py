@@ -16,6 +16,8 @@ so the extension simply keeps repeating.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -103,3 +105,24 @@ def map_positions(i: NDArray[np.intp], n: int, mode: str) -> NDArray[np.intp]:
         i = np.mod(i, 2 * n - 2)
         return np.where(i < n, i, 2 * n - 2 - i)
     raise ValueError(f"no index map for pad_mode {mode!r}")
+
+
+class Mapped(NamedTuple):
+    """Padded rows of a plane as the image itself and two index maps: no padded copy.
+
+    What :func:`imgconv.core.jit.run` takes in place of a padded tile. Padded
+    row ``p0 + i`` is image row ``rows[p0 + i]`` and padded column ``q`` is
+    image column ``cols[q]``; ``-1`` in either (``constant`` only) reads
+    ``fill``, a row of the constant. Output columns ``[inner[0], inner[1])``
+    read only image columns, at ``q - left``; the others are listed in
+    ``border``. Built by :meth:`imgconv.core.tiles.Padder.mapped`.
+    """
+
+    plane: NDArray[Any]
+    rows: NDArray[np.intp]
+    cols: NDArray[np.intp]
+    fill: NDArray[Any]
+    left: int
+    inner: tuple[int, int]
+    border: NDArray[np.intp]
+    p0: int

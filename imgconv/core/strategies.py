@@ -214,8 +214,13 @@ def direct(
     (sy, sx), (ey, ex) = geom.stride, geom.extent
     padder = Padder(plane, geom, mode, cval)
     program = direct_program(kernel, geom.dilation)
+    compiled = jit.enabled()
     # (a grid of one tile either way: no buffer larger than the plane)
-    n = min(oh, tile_rows(padder.width, dtype.itemsize, sy, jit.enabled()))
+    n = min(oh, tile_rows(padder.width, dtype.itemsize, sy, compiled))
+    # On the compiled path the kernel reads the image's rows where they are,
+    # through the border mode's index maps: no padded tile at all.
+    mapped = (padder.mapped(ow, ex, dtype)
+              if compiled and sx == 1 and _readable_in_place(plane, dtype) else None)
     # Output columns [cl, cr) read only image columns. In tiles whose rows are
     # all image rows, the taps of those columns are views of the image itself
     # (no padded copy: a whole pass saved); only the few border columns on
@@ -245,7 +250,10 @@ def direct(
             rows_in = (m - 1) * sy + ey
             dst = result[r0:r1]
             acc = accumulator(acc_buf[:m], dst, post)
-            if edge is not None and padder.inside(r0 * sy, rows_in):
+            if mapped is not None and jit.run(program.steps, mapped._replace(p0=r0 * sy),
+                                              (sy, 1), acc):
+                pass
+            elif edge is not None and padder.inside(r0 * sy, rows_in):
                 p0 = r0 * sy
                 image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
                                      cl * sx - left :]

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.core.geometry import Geometry
-from imgconv.core.padding import source_indices
+from imgconv.core.padding import Mapped, map_positions, source_indices
 from imgconv.core.threads import get_threads, run_parallel
 
 #: A per-tile hook applied to each finished float tile, in place, before it is
@@ -79,6 +79,19 @@ class Padder:
             buf[:, : self.c0] = buf[:, self.left_cols + shift]
         if self.c1 < self.width:
             buf[:, self.c1 : self.width] = buf[:, self.right_cols + shift]
+
+    def mapped(self, out_cols: int, extent: int, dtype: np.dtype[Any]) -> Mapped:
+        """The padded plane as the image and index maps (:class:`Mapped`), from padded row 0.
+
+        For taps ``extent`` columns wide at column stride 1 over ``out_cols``
+        output columns, reading the plane in ``dtype`` (which must be its own).
+        """
+        h, w = self.plane.shape
+        left = self.c0 - self.src_c0
+        rows, cols, fill, inner, border = _mapped(
+            h, w, self.top, self.rows_total, left, self.width, self.mode, self.cval,
+            np.dtype(dtype).str, out_cols, extent)
+        return Mapped(self.plane, rows, cols, fill, left, inner, border, 0)
 
     def fill(
         self, tile: NDArray[Any], p0: int, count: int, q0: int = 0, q1: int | None = None
@@ -152,6 +165,24 @@ def _border_maps(
     for a in (row_map, left_cols, right_cols):
         a.flags.writeable = False
     return row_map, left_cols, right_cols, interior
+
+
+@functools.lru_cache(maxsize=64)
+def _mapped(
+    h: int, w: int, top: int, rows_total: int, left: int, width: int, mode: str, cval: float,
+    dtype: str, out_cols: int, extent: int,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[Any], tuple[int, int], NDArray[np.intp]]:
+    """:meth:`Padder.mapped`'s arrays, cached, read-only: ``(rows, cols, fill, inner, border)``."""
+    rows = map_positions(np.arange(-top, rows_total - top, dtype=np.intp), h, mode)
+    cols = map_positions(np.arange(-left, width - left, dtype=np.intp), w, mode)
+    fill = np.full(w, cval, dtype=dtype)
+    # output columns whose taps all read image columns: q - left in [0, w)
+    cl = min(out_cols, left)
+    cr = max(cl, min(out_cols, left + w - extent + 1))
+    border = np.r_[0:cl, cr:out_cols].astype(np.intp)
+    for a in (rows, cols, fill, border):
+        a.flags.writeable = False
+    return rows, cols, fill, (cl, cr), border
 
 
 def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
