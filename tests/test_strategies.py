@@ -30,7 +30,7 @@ from test_conv import (
 )
 
 import imgconv
-from imgconv.core import conv, jit, strategies, threads, tiles
+from imgconv.core import conv, jit, strategies, taps, threads, tiles
 from imgconv.core.geometry import Geometry, resolve_padding
 from imgconv.core.strategies import STRATEGIES, choose_strategy, costs
 from imgconv.core.taps import build_program, low_rank, program_2d
@@ -290,6 +290,39 @@ def test_programs_skip_zeros_and_unit_multiplies():
     assert program_2d(np.zeros((3, 3)), (1, 1)).cost() == 1
     # a lone tap of weight 1 is a copy
     assert build_program([((0, 1, 1), 1.0)]).cost() == 1
+
+
+@pytest.mark.parametrize("kernel", [
+    np.array([[1.0, -2, 3], [0.5, 0, -4], [7, 1, 1]]),  # sums, diffs, the scratch register
+    distinct_kernel(3, 3), NAMED["diagonal"]])
+def test_spans_give_the_same_bits_and_write_only_between_the_rows(monkeypatch, kernel):
+    # a pass over pitched rows as one 1-D span computes the places between
+    # the rows too: the outputs must be the 2-D passes' bits, and nothing
+    # outside the first row's start and the last row's end may change
+    monkeypatch.setattr(taps, "SPAN_MIN_PIXELS", 1)
+    program = program_2d(kernel.astype(np.float32), (1, 1))
+    image = make_image((40, 300), np.float32) - 100
+    rows, cols = 34, 285
+
+    def run(spans, pitch):
+        out = np.full((40, pitch), 12345.0, np.float32)
+        scratch = np.full((40, pitch), 12345.0, np.float32)
+        program.run([image[1:, 4:]], (rows, cols), (1, 1), out[2 : 2 + rows, 5 : 5 + cols],
+                    scratch[:rows, :cols], compiled=False, spans=spans)
+        return out
+
+    expected = run(False, 300)
+    window = (slice(2, 2 + rows), slice(5, 5 + cols))
+    for pitch in (300, 301):  # the image's pitch (spans), another (2-D passes)
+        got = run(True, pitch)
+        np.testing.assert_array_equal(got[window].view(np.uint32),
+                                      expected[window].view(np.uint32))
+        touched = got.reshape(-1) != 12345.0
+        first, last = 2 * pitch + 5, (1 + rows) * pitch + 5 + cols
+        assert not touched[:first].any() and not touched[last:].any()
+        # one pitch: the spans ran (places between the rows were computed);
+        # pitches that differ: 2-D passes, nothing between the rows
+        assert (touched.sum() > rows * cols) == (pitch == 300)
 
 
 @pytest.mark.parametrize("kernel", [distinct_kernel(3, 3), distinct_kernel(3, 3, channels=3)],

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from imgconv.core.env import getenv
 from imgconv.core.padding import Mapped
+from imgconv.core.spans import flat
 from imgconv.core.steps import (
     ADD,
     ADD_SCRATCH,
@@ -150,28 +151,6 @@ def _encoded(
     return shape, taps, weights, reach
 
 
-def _flat(a: NDArray[Any], writeable: bool) -> tuple[NDArray[Any], tuple[int, ...]] | None:
-    """``a``'s memory as one contiguous 1-D view from its first element to its last.
-
-    With the strides in elements; None when its last axis is not contiguous or
-    a stride is negative. The kernel indexes that view itself, so numba
-    knows each row is contiguous and LLVM vectorizes the loops over it.
-    """
-    item = a.itemsize
-    if a.flags.c_contiguous and a.size:  # a view for the asking (as_strided: microseconds)
-        flat = a.reshape(-1)
-        if not writeable:
-            flat.flags.writeable = False
-        return flat, tuple(st // item for st in a.strides)
-    if a.size == 0 or a.strides[-1] != item or any(st < 0 or st % item for st in a.strides):
-        return None
-    steps = tuple(st // item for st in a.strides)
-    length = 1 + sum((n - 1) * st for n, st in zip(a.shape, steps, strict=True))
-    flat = np.lib.stride_tricks.as_strided(a, shape=(length,), strides=(item,),
-                                           writeable=writeable)
-    return flat, steps
-
-
 def run(
     steps: tuple[Step, ...],
     sources: Sequence[NDArray[Any]] | NDArray[Any] | Mapped,
@@ -213,7 +192,7 @@ def run(
         raise ValueError(f"the program reads up to index {last} of sources of shape "
                          f"{stack.shape}")
     # the sources always as read-only views: one compiled variant per dtype
-    src, dst = _flat(stack, writeable=False), _flat(acc, writeable=True)
+    src, dst = flat(stack, writeable=False), flat(acc, writeable=True)
     if src is None or dst is None:
         return False
     variant = "unit" if sx == 1 else "dense" if sx <= DENSE_MAX_STRIDE else "gather"
@@ -249,7 +228,7 @@ def _run_mapped(
                           or not 0 <= cl <= cr <= cols or not inner_ok):
         raise ValueError(f"the program reads up to index {last} of a padded plane of "
                          f"{len(view.rows)} rows and {len(view.cols)} columns")
-    src, dst = _flat(plane, writeable=False), _flat(acc, writeable=True)
+    src, dst = flat(plane, writeable=False), flat(acc, writeable=True)
     if src is None or dst is None:
         return False
     _call((shape, "mapped"), dtype, (

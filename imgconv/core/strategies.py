@@ -257,8 +257,9 @@ def direct(
                 p0 = r0 * sy
                 image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
                                      cl * sx - left :]
+                # (spans: the border columns between the rows are written below)
                 program.run([image], (m, cr - cl), (sy, sx), acc[:, cl:cr],
-                            None if scratch is None else scratch[:m, cl:cr])
+                            None if scratch is None else scratch[:m, cl:cr], spans=True)
                 if strip_out:
                     padder.fill(tile, p0, rows_in, 0, lw)
                     padder.fill(tile[:, lw:], p0, rows_in, right, padder.width)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from imgconv.core.spans import flat
 from imgconv.core.steps import (
     ACC,
     ADD,
@@ -46,8 +47,42 @@ from imgconv.core.steps import (
 
 #: A step as :meth:`Program.run` takes it: ``(op, reg, a, b, weight)``, each
 #: tap as its source's index and the slices of its view
-Bound = tuple[int, int, "tuple[int, tuple[slice, slice]] | None",
-              "tuple[int, tuple[slice, slice]] | None", float]
+Bound = tuple[int, int, "tuple[int, tuple[slice, ...]] | None",
+              "tuple[int, tuple[slice, ...]] | None", float]
+
+#: Outputs from which a pass over pitched rows runs as one 1-D span
+#: (``Program.run``'s ``spans``): below it, making the spans costs more than
+#: the passes save.
+SPAN_MIN_PIXELS = 1 << 13
+
+#: Rows up to this many places wide are passed over as 1-D spans. numpy 2.4
+#: runs a ufunc over a 2-D window whose rows are at most 2048 places wide
+#: 2.4-5x slower than over the same places as one 1-D span, and over wider
+#: rows within 17 % of it (float32, float64 and int16 alike; the 2-D
+#: iterator buffers the narrow rows): there the spans' set-up did not pay
+#: (docs/performance.md, "How the constants were set").
+SPAN_MAX_COLS = 2048
+
+
+def _as_spans(
+    sources: Sequence[NDArray[Any]] | NDArray[Any], acc: NDArray[Any],
+    scratch: NDArray[Any] | None, shape: tuple[int, int],
+) -> tuple[list[NDArray[Any]], NDArray[Any], NDArray[Any] | None, int] | None:
+    """The sources and registers as 1-D spans of rows of one pitch, else None.
+
+    Each register's span is its first ``(rows - 1) * pitch + cols`` places.
+    """
+    found = [flat(s, writeable=False) for s in sources]
+    regs = [flat(r[: shape[0], : shape[1]], writeable=True) for r in (acc, scratch)
+            if r is not None]
+    pitches = {f[1][0] for f in (*found, *regs) if f is not None}
+    if None in found or None in regs or len(pitches) != 1:
+        return None
+    pitch = pitches.pop()
+    length = (shape[0] - 1) * pitch + shape[1]
+    spans = [f[0][:length] for f in regs if f is not None]
+    return ([f[0] for f in found if f is not None], spans[0],
+            spans[1] if scratch is not None else None, pitch)
 
 
 @dataclass(frozen=True)
@@ -150,6 +185,7 @@ class Program:
         scratch: NDArray[Any] | None,
         *,
         compiled: bool | None = None,
+        spans: bool = False,
     ) -> None:
         """Write the sum into ``acc`` (shape ``shape``), using ``scratch`` for weighted groups.
 
@@ -160,6 +196,12 @@ class Program:
         call when :func:`imgconv.core.jit.run` takes the buffers, else one
         numpy ufunc per :class:`Step`. ``compiled``: whether the path is on,
         when the caller has just asked (None: ask).
+
+        ``spans``: the caller lets the numpy executor overwrite the places
+        between ``acc``'s rows (and ``scratch``'s), beyond ``shape``'s columns.
+        When every buffer then has the same row pitch and the stride is 1, each
+        pass runs over one 1-D span of pitched rows (:mod:`imgconv.core.spans`),
+        computing those places too: the same sums where the outputs are.
         """
         from imgconv.core import jit
 
@@ -168,9 +210,15 @@ class Program:
         if compiled and jit.run(self.steps, sources, stride, acc):
             return
         scalar = acc.dtype.type
-        regs = (acc, scratch)
         dtype = acc.dtype
-        for op, r, a, b, weight in self._bound(shape, stride):
+        pitch = None
+        if (spans and stride == (1, 1) and shape[0] > 1 and shape[1] <= SPAN_MAX_COLS
+                and shape[0] * shape[1] >= SPAN_MIN_PIXELS):
+            found = _as_spans(sources, acc, scratch, shape)
+            if found is not None:
+                sources, acc, scratch, pitch = found
+        regs = (acc, scratch)
+        for op, r, a, b, weight in self._bound(shape, stride, pitch):
             reg = regs[r]
             assert reg is not None
             # dtype=: a view may be of an integer image, which must not be summed in its own type
@@ -197,27 +245,35 @@ class Program:
                 reg.fill(0)
 
     @cached_property
-    def _bindings(self) -> dict[tuple[tuple[int, int], tuple[int, int]], tuple[Bound, ...]]:
+    def _bindings(
+        self,
+    ) -> dict[tuple[tuple[int, int], tuple[int, int], int | None], tuple[Bound, ...]]:
         return {}
 
-    def _bound(self, shape: tuple[int, int], stride: tuple[int, int]) -> tuple[Bound, ...]:
+    def _bound(self, shape: tuple[int, int], stride: tuple[int, int],
+               pitch: int | None = None) -> tuple[Bound, ...]:
         """:attr:`steps` with each tap's source and slices for this output shape and stride.
 
-        Kept for a few shapes (a plane's tiles have one or two): working out
-        the slices of every tap again on every tile cost about a microsecond a
-        step, which on a 28x28 image is as much as the pass itself.
+        With a ``pitch``, each view is a 1-D slice of its source's span of
+        rows (:func:`_as_spans`). Kept for a few shapes (a plane's tiles have
+        one or two): working out the slices of every tap again on every tile
+        cost about a microsecond a step, which on a 28x28 image is as much as
+        the pass itself.
         """
-        key = (shape, stride)
+        key = (shape, stride, pitch)
         found = self._bindings.get(key)
         if found is None:
             rows, cols = shape
             sy, sx = stride
             hr, hc = sy * (rows - 1) + 1, sx * (cols - 1) + 1
 
-            def where(tap: Tap | None) -> tuple[int, tuple[slice, slice]] | None:
+            def where(tap: Tap | None) -> tuple[int, tuple[slice, ...]] | None:
                 if tap is None:
                     return None
                 src, dy, dx = tap
+                if pitch is not None:
+                    start = dy * pitch + dx
+                    return src, (slice(start, start + (rows - 1) * pitch + cols),)
                 return src, (slice(dy, dy + hr, sy), slice(dx, dx + hc, sx))
 
             found = tuple((s.op, s.reg, where(s.a), where(s.b), s.weight) for s in self.steps)
