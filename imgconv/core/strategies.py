@@ -542,6 +542,13 @@ def separable(
     # saves a whole pass over the image.
     from_image = padder.columns_from_interior and _readable_in_place(plane, dtype)
     c0, c1 = padder.c0, padder.c1
+    # On the numpy executor such tiles keep the partial sums of the image
+    # columns only, at the image's own pitch, so that every pass can run over
+    # 1-D spans of rows (Program.run's spans); the few border outputs come
+    # from a strip of the partial sums gathered through the border mode.
+    strip = (_PartialStrip(padder, ow, geom.extent[1])
+             if from_image and geom.stride == (1, 1) and bands is None and blocks is None
+             and not jit.enabled() else None)
 
     def band(tiles: Iterable[tuple[int, int]]) -> None:
         tile = np.empty(((n - 1) * sy + ey, width), dtype)
@@ -551,6 +558,10 @@ def separable(
         acc_buf = np.empty((n, max(ow, nb * GEMM_COLS)), dtype)
         row_scratch = (np.empty((n, max(ow, nb * GEMM_COLS)), dtype)
                        if row.needs_scratch() or blocks is not None else None)
+        if strip is not None:
+            inner = np.empty((len(pairs), n, c1 - c0), dtype)
+            edges = np.empty((len(pairs), n, len(strip.columns)), dtype)
+            edge_out = np.empty((n, strip.outputs), dtype)
 
         def vertical(source: NDArray[Any], m: int, cols: slice) -> bool:
             """The vertical passes; whether the partial sums are known to be finite."""
@@ -568,6 +579,18 @@ def separable(
             # the partial sums as one (pairs, m, width) array: one source per pair
             sources: list[NDArray[Any]] | NDArray[Any] = partial[:, :m]
             finite = False
+            if strip is not None and padder.inside(r0, rows_in):
+                image = padder.rows(r0, rows_in)
+                for program, buf in zip(col_programs, inner, strict=True):
+                    program.run([image], (m, c1 - c0), (1, 1), buf[:m],
+                                None if col_scratch is None else col_scratch[:m, : c1 - c0],
+                                compiled=False, spans=True)
+                dst = result[r0:r1]
+                acc = accumulator(acc_buf[:m, :ow], dst, post)
+                strip.run(row, inner[:, :m], acc, edges[:, :m], edge_out[:m],
+                          None if row_scratch is None else row_scratch[:m])
+                store(acc, dst, post)
+                continue
             if from_image and padder.inside(r0 * sy, rows_in):
                 finite = vertical(padder.rows(r0 * sy, rows_in), m, slice(c0, c1))
                 for buf in partial:
@@ -600,6 +623,47 @@ def separable(
         with blas_single_threaded():
             run_bands(tile_grid(oh, n), band, oh * ow)
     return result
+
+
+class _PartialStrip:
+    """Separable's horizontal pass over the partial sums of the image columns only.
+
+    The inner outputs, whose taps read only image columns, run over the
+    partial sums where they are (as 1-D spans when the pitches allow: the
+    places between the rows are computed too, then overwritten); the border
+    outputs run over a narrow strip of partial sums gathered through the
+    border mode's column map, as ``direct``'s border strip does for pixels.
+    Column stride 1.
+    """
+
+    def __init__(self, padder: Padder, ow: int, ex: int) -> None:
+        c0, c1, width = padder.c0, padder.c1, padder.width
+        # each padded column as a column of the partial sums (image columns c0..c1)
+        at = np.empty(width, dtype=np.intp)
+        at[:c0] = padder.left_cols - padder.src_c0
+        at[c0:c1] = np.arange(c1 - c0)
+        at[c1:] = padder.right_cols - padder.src_c0
+        self.cl = cl = min(ow, c0)
+        self.cr = cr = max(cl, min(ow, c1 - ex + 1))
+        # outputs [0, cl) from padded columns [0, lw); [cr, ow) from [cr, width)
+        self.lo = lo = cl - 1 + ex if cl else 0
+        self.columns = np.r_[at[: min(lo, width)], at[cr:width]]
+        self.outputs = lo + ow - cr
+
+    def run(self, row: Program, inner: NDArray[Any], acc: NDArray[Any], edges: NDArray[Any],
+            edge_out: NDArray[Any], scratch: NDArray[Any] | None) -> None:
+        """``acc``: the row filter over ``inner``, the partial sums of a tile's image columns."""
+        m = acc.shape[0]
+        cl, cr, lo = self.cl, self.cr, self.lo
+        if cr > cl:
+            row.run(inner, (m, cr - cl), (1, 1), acc[:, cl:cr],
+                    None if scratch is None else scratch[:, cl:cr], compiled=False, spans=True)
+        if self.outputs:
+            np.take(inner, self.columns, axis=2, out=edges)
+            row.run(edges, (m, self.outputs), (1, 1), edge_out,
+                    None if scratch is None else scratch[:, : self.outputs], compiled=False)
+            acc[:, :cl] = edge_out[:, :cl]
+            acc[:, cr:] = edge_out[:, lo:]
 
 
 @functools.lru_cache(maxsize=64)
