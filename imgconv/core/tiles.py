@@ -241,8 +241,8 @@ def run_bands(
     by other work on the machine, or by costlier tiles, does not hold up the
     whole image.
     """
-    count = get_threads()
-    if count <= 1 or pixels < PARALLEL_MIN_PIXELS or len(tiles) <= 1:
+    # (the thread count last: it asks the OS for the process's cores)
+    if len(tiles) <= 1 or pixels < PARALLEL_MIN_PIXELS or (count := get_threads()) <= 1:
         band(tiles)
         return
     workers = min(count, len(tiles))
