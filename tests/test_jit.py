@@ -200,9 +200,29 @@ def test_run_reads_the_image_in_place_as_the_padded_tile_would(mode, pads, sy, d
         jit.run(program.steps, view._replace(p0=sy), (sy, 1), np.empty((oh, ow), np.float32))
     with pytest.raises(ValueError, match="reads up to index"):
         jit.run(program.steps, view, (sy, 1), np.empty((oh, ow + 1), np.float32))
+    # index maps that point outside the image or the output: refused, not read
+    for bad in (view._replace(rows=view.rows + 100), view._replace(cols=view.cols - 5),
+                view._replace(border=np.array([ow + 3])), view._replace(fill=view.fill[:1])):
+        with pytest.raises(ValueError, match="index maps point outside"):
+            jit.run(program.steps, bad, (sy, 1), np.empty((oh, ow), np.float32))
     # what it does not take: a column stride, another dtype
     assert not jit.run(program.steps, view, (sy, 2), np.empty((oh, ow), np.float32))
     assert not jit.run(program.steps, view, (sy, 1), np.empty((oh, ow), np.float64))
+
+
+@needs_numba
+def test_the_constant_keeps_its_sign_of_zero(restore_jit):
+    # cval -0.0 and 0.0 are equal (and hash alike): a cache keyed by the value
+    # would give one the other's row of the constant (regression)
+    image, kernel = np.ones((4, 4), np.float32), np.ones((1, 1), np.float32)
+
+    def corner(cval):
+        return np.signbit(worker(image, kernel, "direct", padding=1, pad_mode="constant",
+                                 cval=cval)[0, 0])
+
+    for on in (False, True, True):
+        jit.set_jit(on)
+        assert corner(-0.0) and not corner(0.0) and corner(-0.0)
 
 
 @needs_numba

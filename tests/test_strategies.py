@@ -325,6 +325,50 @@ def test_spans_give_the_same_bits_and_write_only_between_the_rows(monkeypatch, k
         assert (touched.sum() > rows * cols) == (pitch == 300)
 
 
+@pytest.mark.parametrize("strategy", ["direct", "separable"])
+@pytest.mark.parametrize("name", ["laplacian", "diagonal", "box3", "sobel_x"])
+@pytest.mark.parametrize("layout", ["windows", "valid"])
+def test_windows_of_wider_arrays_keep_what_lies_outside(strategy, name, layout):
+    # The passes may not run as spans over the places between rows that are
+    # not the image's or the output's own. Regressions, on the numpy path:
+    # "windows": an image and an out that are windows of wider arrays, of one
+    # pitch; spans read the parent's other columns (infinite here: no warning
+    # may come of them) and wrote the out's. "valid": an out narrower than the
+    # array it is a window of, that array as wide as the image.
+    kernel = NAMED[name].astype(np.float32)
+    if layout == "windows":
+        parent = np.full((600, 1300), np.inf, np.float32)
+        parent[:, 100:1100] = make_image((600, 1000), np.float32)
+        image, padding, window = parent[:, 100:1100], "same", np.s_[:, 100:1100]
+        target = np.full((600, 1300), -7.0, np.float32)
+    else:
+        image, padding, window = make_image((600, 1000), np.float32), "valid", np.s_[:, :998]
+        target = np.full((598, 1000), -7.0, np.float32)
+    with np.errstate(all="raise"):
+        STRATEGIES[strategy](image, kernel, geometry(image.shape, kernel, padding), "reflect",
+                             0.0, out=target[window])
+    outside = np.ones(target.shape, bool)
+    outside[window] = False
+    assert (target[outside] == -7).all()
+    expected = ndi.correlate(image.astype(np.float64), kernel.astype(np.float64), mode="reflect")
+    if layout == "valid":
+        expected = expected[1:-1, 1:-1]
+    np.testing.assert_allclose(target[window], expected, rtol=1e-5, atol=1e-3)
+
+
+def test_separable_border_strip_of_wide_kernels_on_narrow_images(small_tiles):
+    # more border outputs than the image has columns, with a scratch register,
+    # on tiles inside the image (regression: the strip's scratch was the
+    # output's width)
+    image = make_image((30, 4), np.float32)
+    for kernel in (np.array([np.arange(1, 16), np.arange(15, 0, -1)], np.float32),
+                   np.outer([1, 2, 1], np.arange(1, 20)).astype(np.float32)):
+        got = worker(image, kernel, "separable")
+        expected = ndi.correlate(image.astype(np.float64), kernel.astype(np.float64),
+                                 mode="reflect")
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-2)
+
+
 @pytest.mark.parametrize("kernel", [distinct_kernel(3, 3), distinct_kernel(3, 3, channels=3)],
                          ids=["per-channel", "multi-channel"])
 def test_correlate_into_uint8_with_post(kernel):

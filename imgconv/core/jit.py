@@ -222,12 +222,16 @@ def _run_mapped(
     if sy < 1:
         raise ValueError(f"strides must be >= 1, got {stride}")
     last = (int(reach[0]), view.p0 + int(reach[1]) + (rows - 1) * sy, int(reach[2]) + cols - 1)
-    (cl, cr), width = view.inner, plane.shape[1]
-    inner_ok = cr == cl or (cl >= view.left and cr - 1 + int(reach[2]) - view.left < width)
+    (cl, cr), (h, width) = view.interior, plane.shape
+    interior_ok = cr == cl or (cl >= view.left and cr - 1 + int(reach[2]) - view.left < width)
     if reach[0] >= 0 and (last[0] > 0 or last[1] >= len(view.rows) or last[2] >= len(view.cols)
-                          or not 0 <= cl <= cr <= cols or not inner_ok):
+                          or not 0 <= cl <= cr <= cols or not interior_ok):
         raise ValueError(f"the program reads up to index {last} of a padded plane of "
                          f"{len(view.rows)} rows and {len(view.cols)} columns")
+    # the maps index the image and the output unchecked in the kernel: checked here
+    if (len(view.fill) != width or not _within(view.rows, -1, h)
+            or not _within(view.cols, -1, width) or not _within(view.border, 0, cols)):
+        raise ValueError("the index maps point outside the image or the output")
     src, dst = flat(plane, writeable=False), flat(acc, writeable=True)
     if src is None or dst is None:
         return False
@@ -235,6 +239,11 @@ def _run_mapped(
         src[0], src[1][0], width, view.rows, view.cols, view.fill, view.p0, sy,
         cl, cr, view.left, view.border, taps, weights, dst[0], dst[1][0], rows, cols))
     return True
+
+
+def _within(index: NDArray[np.intp], low: int, high: int) -> bool:
+    """Whether every value of ``index`` lies in ``[low, high)`` (an empty one does)."""
+    return not index.size or (int(index.min()) >= low and int(index.max()) < high)
 
 
 #: (kernel key, dtype) pairs that have run once in this process: numba loads
@@ -381,13 +390,13 @@ def _mapped_source(shape: tuple[tuple[int, int], ...]) -> str:
     """:func:`source`'s ``"mapped"`` variant: the image read in place through index maps.
 
     Each tap's source row is the image row the row map gives (or ``fill``, a
-    row of the constant, for ``-1``). The inner columns, whose taps all read
+    row of the constant, for ``-1``). The interior columns, whose taps all read
     image columns, run the contiguous loop LLVM vectorizes, on slices of
     those rows; the few border columns look each tap's column up in the
     column map. The same steps in the same order as every other variant.
     """
     views: list[str] = []
-    inner: list[str] = []
+    middle: list[str] = []
     edge: list[str] = []
     for k, (op, reg) in enumerate(shape):
         r = "x" if reg == 0 else "s"
@@ -402,7 +411,7 @@ def _mapped_source(shape: tuple[tuple[int, int], ...]) -> str:
         if op in (SCALE, MUL, ZERO):
             views.append(f"        w{k} = w[{k}]")
         for lines, a, b in (
-                (inner, f"a{k}[c]", f"b{k}[c]"),
+                (middle, f"a{k}[c]", f"b{k}[c]"),
                 (edge, f"at(row_a{k}, col_map[c + t_a{k}], cv)",
                  f"at(row_b{k}, col_map[c + t_b{k}], cv)")):
             lines.append(f"            {r} = " + {
@@ -428,10 +437,10 @@ def _mapped_source(shape: tuple[tuple[int, int], ...]) -> str:
         "        o = acc[r * acc_pitch : r * acc_pitch + cols]",
         "        p = p0 + r * sy",
         *views,
-        "        inner = o[cl:cr]",
+        "        mid = o[cl:cr]",
         "        for c in range(cr - cl):",
-        *inner,
-        "            inner[c] = x",
+        *middle,
+        "            mid[c] = x",
         "        for c in border:",
         *edge,
         "            o[c] = x",

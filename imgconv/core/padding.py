@@ -113,7 +113,7 @@ class Mapped(NamedTuple):
     What :func:`imgconv.core.jit.run` takes in place of a padded tile. Padded
     row ``p0 + i`` is image row ``rows[p0 + i]`` and padded column ``q`` is
     image column ``cols[q]``; ``-1`` in either (``constant`` only) reads
-    ``fill``, a row of the constant. Output columns ``[inner[0], inner[1])``
+    ``fill``, a row of the constant. Output columns ``[interior[0], interior[1])``
     read only image columns, at ``q - left``; the others are listed in
     ``border``. Built by :meth:`imgconv.core.tiles.Padder.mapped`.
     """
@@ -123,6 +123,6 @@ class Mapped(NamedTuple):
     cols: NDArray[np.intp]
     fill: NDArray[Any]
     left: int
-    inner: tuple[int, int]
+    interior: tuple[int, int]
     border: NDArray[np.intp]
     p0: int

@@ -229,6 +229,8 @@ def direct(
     cl = min(ow, -(-left // sx))
     cr = max(cl, min(ow, (left + w - ex) // sx + 1))
     in_place = _readable_in_place(plane, dtype) and cr > cl and 2 * (cr - cl) >= ow
+    # (not a window of a wider array, whose other columns are not the image's)
+    whole_rows = plane.flags.c_contiguous
     # the strip: padded columns [0, lw) for outputs [0, cl), then from cr * sx
     # to the end for outputs [cr, ow); outputs between the two are discarded.
     # With cr == ow and a column stride wider than the kernel, cr * sx is past
@@ -257,9 +259,11 @@ def direct(
                 p0 = r0 * sy
                 image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
                                      cl * sx - left :]
-                # (spans: the border columns between the rows are written below)
+                # spans: what lies between the rows is the image's and the
+                # output's own border columns, written below
                 program.run([image], (m, cr - cl), (sy, sx), acc[:, cl:cr],
-                            None if scratch is None else scratch[:m, cl:cr], spans=True)
+                            None if scratch is None else scratch[:m, cl:cr],
+                            spans=whole_rows and acc.flags.c_contiguous)
                 if strip_out:
                     padder.fill(tile, p0, rows_in, 0, lw)
                     padder.fill(tile[:, lw:], p0, rows_in, right, padder.width)
@@ -559,9 +563,11 @@ def separable(
         row_scratch = (np.empty((n, max(ow, nb * GEMM_COLS)), dtype)
                        if row.needs_scratch() or blocks is not None else None)
         if strip is not None:
-            inner = np.empty((len(pairs), n, c1 - c0), dtype)
+            image_sums = np.empty((len(pairs), n, c1 - c0), dtype)
             edges = np.empty((len(pairs), n, len(strip.columns)), dtype)
             edge_out = np.empty((n, strip.outputs), dtype)
+            strip_scratch = (np.empty((n, max(ow, strip.outputs)), dtype)
+                             if row.needs_scratch() else None)
 
         def vertical(source: NDArray[Any], m: int, cols: slice) -> bool:
             """The vertical passes; whether the partial sums are known to be finite."""
@@ -581,14 +587,14 @@ def separable(
             finite = False
             if strip is not None and padder.inside(r0, rows_in):
                 image = padder.rows(r0, rows_in)
-                for program, buf in zip(col_programs, inner, strict=True):
+                for program, buf in zip(col_programs, image_sums, strict=True):
                     program.run([image], (m, c1 - c0), (1, 1), buf[:m],
                                 None if col_scratch is None else col_scratch[:m, : c1 - c0],
-                                compiled=False, spans=True)
+                                compiled=False, spans=strip.whole_rows)
                 dst = result[r0:r1]
                 acc = accumulator(acc_buf[:m, :ow], dst, post)
-                strip.run(row, inner[:, :m], acc, edges[:, :m], edge_out[:m],
-                          None if row_scratch is None else row_scratch[:m])
+                strip.run(row, image_sums[:, :m], acc, edges[:, :m], edge_out[:m],
+                          None if strip_scratch is None else strip_scratch[:m])
                 store(acc, dst, post)
                 continue
             if from_image and padder.inside(r0 * sy, rows_in):
@@ -628,9 +634,10 @@ def separable(
 class _PartialStrip:
     """Separable's horizontal pass over the partial sums of the image columns only.
 
-    The inner outputs, whose taps read only image columns, run over the
-    partial sums where they are (as 1-D spans when the pitches allow: the
-    places between the rows are computed too, then overwritten); the border
+    The interior outputs, whose taps read only image columns, run over the
+    partial sums where they are (as 1-D spans when the image and the output
+    are whole rows: the places between the rows are then the image's and the
+    output's own border columns, computed too and overwritten); the border
     outputs run over a narrow strip of partial sums gathered through the
     border mode's column map, as ``direct``'s border strip does for pixels.
     Column stride 1.
@@ -638,6 +645,8 @@ class _PartialStrip:
 
     def __init__(self, padder: Padder, ow: int, ex: int) -> None:
         c0, c1, width = padder.c0, padder.c1, padder.width
+        #: the image is whole rows, not a window of a wider array (spans stay in it)
+        self.whole_rows = bool(padder.plane.flags.c_contiguous)
         # each padded column as a column of the partial sums (image columns c0..c1)
         at = np.empty(width, dtype=np.intp)
         at[:c0] = padder.left_cols - padder.src_c0
@@ -647,19 +656,23 @@ class _PartialStrip:
         self.cr = cr = max(cl, min(ow, c1 - ex + 1))
         # outputs [0, cl) from padded columns [0, lw); [cr, ow) from [cr, width)
         self.lo = lo = cl - 1 + ex if cl else 0
-        self.columns = np.r_[at[: min(lo, width)], at[cr:width]]
+        self.columns = np.r_[at[:lo], at[cr:width]]
         self.outputs = lo + ow - cr
 
-    def run(self, row: Program, inner: NDArray[Any], acc: NDArray[Any], edges: NDArray[Any],
+    def run(self, row: Program, sums: NDArray[Any], acc: NDArray[Any], edges: NDArray[Any],
             edge_out: NDArray[Any], scratch: NDArray[Any] | None) -> None:
-        """``acc``: the row filter over ``inner``, the partial sums of a tile's image columns."""
+        """``acc``: the row filter over ``sums``, the partial sums of a tile's image columns.
+
+        ``scratch`` has at least :attr:`outputs` columns, as ``edge_out`` does.
+        """
         m = acc.shape[0]
         cl, cr, lo = self.cl, self.cr, self.lo
         if cr > cl:
-            row.run(inner, (m, cr - cl), (1, 1), acc[:, cl:cr],
-                    None if scratch is None else scratch[:, cl:cr], compiled=False, spans=True)
+            row.run(sums, (m, cr - cl), (1, 1), acc[:, cl:cr],
+                    None if scratch is None else scratch[:, cl:cr], compiled=False,
+                    spans=self.whole_rows and acc.flags.c_contiguous)
         if self.outputs:
-            np.take(inner, self.columns, axis=2, out=edges)
+            np.take(sums, self.columns, axis=2, out=edges)
             row.run(edges, (m, self.outputs), (1, 1), edge_out,
                     None if scratch is None else scratch[:, : self.outputs], compiled=False)
             acc[:, :cl] = edge_out[:, :cl]

@@ -197,11 +197,13 @@ class Program:
         numpy ufunc per :class:`Step`. ``compiled``: whether the path is on,
         when the caller has just asked (None: ask).
 
-        ``spans``: the caller lets the numpy executor overwrite the places
-        between ``acc``'s rows (and ``scratch``'s), beyond ``shape``'s columns.
-        When every buffer then has the same row pitch and the stride is 1, each
-        pass runs over one 1-D span of pitched rows (:mod:`imgconv.core.spans`),
-        computing those places too: the same sums where the outputs are.
+        ``spans``: the caller owns the places between ``acc``'s rows (and
+        ``scratch``'s), beyond ``shape``'s columns, and lets the numpy executor
+        overwrite them; and the places between the sources' rows are pixels it
+        may read. When every buffer then has the same row pitch and the stride
+        is 1, each pass runs over one 1-D span of pitched rows
+        (:mod:`imgconv.core.spans`), computing those places too: the same sums
+        where the outputs are.
         """
         from imgconv.core import jit
 

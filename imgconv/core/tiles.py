@@ -88,10 +88,12 @@ class Padder:
         """
         h, w = self.plane.shape
         left = self.c0 - self.src_c0
-        rows, cols, fill, inner, border = _mapped(
-            h, w, self.top, self.rows_total, left, self.width, self.mode, self.cval,
-            np.dtype(dtype).str, out_cols, extent)
-        return Mapped(self.plane, rows, cols, fill, left, inner, border, 0)
+        rows, cols, interior, border = _mapped(
+            h, w, self.top, self.rows_total, left, self.width, self.mode, out_cols, extent)
+        # (made anew, not cached by cval: 0.0 == -0.0, and the sign of zero is kept)
+        fill = np.full(w, self.cval, dtype=dtype)
+        fill.flags.writeable = False
+        return Mapped(self.plane, rows, cols, fill, left, interior, border, 0)
 
     def fill(
         self, tile: NDArray[Any], p0: int, count: int, q0: int = 0, q1: int | None = None
@@ -169,20 +171,19 @@ def _border_maps(
 
 @functools.lru_cache(maxsize=64)
 def _mapped(
-    h: int, w: int, top: int, rows_total: int, left: int, width: int, mode: str, cval: float,
-    dtype: str, out_cols: int, extent: int,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[Any], tuple[int, int], NDArray[np.intp]]:
-    """:meth:`Padder.mapped`'s arrays, cached, read-only: ``(rows, cols, fill, inner, border)``."""
+    h: int, w: int, top: int, rows_total: int, left: int, width: int, mode: str,
+    out_cols: int, extent: int,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], tuple[int, int], NDArray[np.intp]]:
+    """:meth:`Padder.mapped`'s index maps, cached, read-only: ``(rows, cols, interior, border)``."""
     rows = map_positions(np.arange(-top, rows_total - top, dtype=np.intp), h, mode)
     cols = map_positions(np.arange(-left, width - left, dtype=np.intp), w, mode)
-    fill = np.full(w, cval, dtype=dtype)
     # output columns whose taps all read image columns: q - left in [0, w)
     cl = min(out_cols, left)
     cr = max(cl, min(out_cols, left + w - extent + 1))
     border = np.r_[0:cl, cr:out_cols].astype(np.intp)
-    for a in (rows, cols, fill, border):
+    for a in (rows, cols, border):
         a.flags.writeable = False
-    return rows, cols, fill, (cl, cr), border
+    return rows, cols, (cl, cr), border
 
 
 def tile_grid(rows: int, tile_rows: int) -> list[tuple[int, int]]:
