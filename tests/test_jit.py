@@ -438,8 +438,13 @@ def test_a_corrupt_numba_cache_falls_back_to_a_fresh_compile(tmp_path):
             "from imgconv.core import jit\n"
             "jit.set_jit(True)\n"
             "x = np.arange(30.0).reshape(5, 6)\n"
+            "from imgconv.core import conv\n"
             "for dtype in (np.float32, np.float64):\n"
-            "    print(imgconv.correlate(x.astype(dtype), [[1, 2], [3, 4]]).sum())\n")
+            "    print(imgconv.correlate(x.astype(dtype), [[1, 2], [3, 4]]).sum())\n"
+            # direct's image read in place, and the check of its index maps
+            "    print(conv._correlate(x.astype(dtype), [[1, 2], [3, 4]], strategy='direct',\n"
+            "          padding='same', pad_mode='reflect', cval=0.0, stride=1, dilation=1,\n"
+            "          flip=False).sum())\n")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env=env)
