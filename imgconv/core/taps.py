@@ -52,8 +52,8 @@ Bound = tuple[int, int, "tuple[int, tuple[slice, ...]] | None",
 
 #: Outputs from which a pass over pitched rows runs as one 1-D span
 #: (``Program.run``'s ``spans``): below it, making the spans costs more than
-#: the passes save.
-SPAN_MIN_PIXELS = 1 << 13
+#: the passes save (docs/performance.md, "How the constants were set").
+SPAN_MIN_PIXELS = 1 << 11
 
 #: Rows up to this many places wide are passed over as 1-D spans. numpy 2.4
 #: runs a ufunc over a 2-D window whose rows are at most 2048 places wide
