@@ -90,3 +90,6 @@ def test_readme_test_command_is_the_one_ci_runs() -> None:
         f"&& .venv/bin/pytest {pytest_args.group(1)}"
     )
     assert command in readme
+    # development.md quotes it as "the README's test command" too
+    development = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    assert command in development
