@@ -254,7 +254,7 @@ def direct(
             acc = accumulator(acc_buf[:m], dst, post)
             if mapped is not None and jit.run(program.steps, mapped._replace(p0=r0 * sy),
                                               (sy, 1), acc):
-                pass
+                pass  # the compiled kernel summed the whole tile, borders too
             elif edge is not None and padder.inside(r0 * sy, rows_in):
                 p0 = r0 * sy
                 image = padder.plane[p0 - padder.top : p0 - padder.top + rows_in,
