@@ -226,6 +226,21 @@ def test_cost_model_small_dense_kernel_is_direct():
     assert min(found, key=found.__getitem__) == "direct"
 
 
+@pytest.mark.parametrize(("size", "expected"), [(28, "small"), (64, "small"), (128, "direct"),
+                                              (256, "direct")])
+def test_compiled_small_planes_price_direct_without_a_padded_copy(size, expected):
+    # the compiled direct reads a float image in place: from about 96x96 it
+    # beats small for a 3x3 (docs/performance.md, JIT_DIRECT_SETUP_PIXELS);
+    # the numpy path and the int16 sums still take small there
+    kernel = NAMED["box3"].astype(np.float32)
+    geom = geometry((size, size), kernel)
+    for compiled, dtype, choice in ((True, np.float32, expected), (False, np.float32, "small"),
+                                    (True, np.int16, "small")):
+        found = costs(kernel.astype(dtype) if dtype == np.float32 else
+                      np.ones((3, 3), np.int16), geom, compiled=compiled)
+        assert min(found, key=found.__getitem__) == choice, (compiled, dtype)
+
+
 def test_choice_ignores_stride():
     kernel = np.random.default_rng(0).standard_normal((9, 9)).astype(np.float32)
     unit = geometry((3000, 4000), kernel)

@@ -134,6 +134,11 @@ JIT_STEP_COST = 0.15
 #: "How the constants were set").
 CALL_PIXELS = 4000
 SETUP_PIXELS = {"small": 0, "direct": 60_000, "separable": 100_000, "fft": 60_000}
+#: ... except the compiled ``direct`` of a float image, which copies no padded
+#: tile (it reads the image in place) and whose set-up is one compiled call and
+#: its index maps' check: fitted on 28x28 to 256x256 planes against ``small``
+#: (docs/performance.md, "How the constants were set").
+JIT_DIRECT_SETUP_PIXELS = 12_000
 
 
 class Strategy(Protocol):
@@ -1184,8 +1189,13 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
             "fft": 6 * blocks,
         }
         found["small"] = COPY_COST * rows_in * width / pixels + passes
+        setup = dict(SETUP_PIXELS)
+        if (compiled and kernel.dtype.kind == "f" and sx == 1
+                and len(program.steps) <= jit.MAX_STEPS):
+            found["direct"] -= copy  # (Padder.mapped: the image read in place)
+            setup["direct"] = JIT_DIRECT_SETUP_PIXELS
         for name in found:
-            found[name] += (SETUP_PIXELS[name] + CALL_PIXELS * calls[name]) / pixels
+            found[name] += (setup[name] + CALL_PIXELS * calls[name]) / pixels
     return found
 
 
