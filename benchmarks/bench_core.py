@@ -374,9 +374,9 @@ def one_cell(args: argparse.Namespace, image: np.ndarray, out: np.ndarray, size:
         cv_err = float(np.abs(cv_out.astype(np.float64) - expected).max())
     geom = imgconv.core.Geometry((h, w), k32.shape, (k32.shape[0] // 2, (k32.shape[0] - 1) // 2,
                                  k32.shape[1] // 2, (k32.shape[1] - 1) // 2), (1, 1), (1, 1))
-    label = choose_strategy(k32, geom)
+    label = choose_strategy(k32, geom, in_place=True)  # (a float32 C-contiguous image)
     if compiled:
-        on_jit = with_jit(lambda k=k32, g=geom: choose_strategy(k, g))
+        on_jit = with_jit(lambda k=k32, g=geom: choose_strategy(k, g, in_place=True))
         label = label if on_jit == label else f"{label[:3]}/{on_jit[:3]}"
     print(f"{size:>9} {name:<13} {label:>9} {fmt(ours):>9} {fmt(comp_ms):>9} "
           f"{fmt(theirs):>9} {fmt(cv_ms):>9} {fmt(floor):>8} {theirs / ours:>13.1f} "

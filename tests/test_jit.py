@@ -200,6 +200,18 @@ def test_run_reads_the_image_in_place_as_the_padded_tile_would(mode, pads, sy, d
         jit.run(program.steps, view._replace(p0=sy), (sy, 1), np.empty((oh, ow), np.float32))
     with pytest.raises(ValueError, match="reads up to index"):
         jit.run(program.steps, view, (sy, 1), np.empty((oh, ow + 1), np.float32))
+    # interior columns past the output, a first row before the plane: refused,
+    # also for a program that reads nothing (it still writes)
+    zero = direct_program(np.zeros((3, 3), np.float32), dilation).steps
+    for bad in (view._replace(interior=(0, ow + 50)), view._replace(p0=-100000)):
+        for steps in (program.steps, zero):
+            with pytest.raises(ValueError, match="lie outside"):
+                jit.run(steps, bad, (sy, 1), np.empty((oh, ow), np.float32))
+    # an interior that reaches the border columns: its taps would read past the rows
+    if view.left and view.interior[1] > view.interior[0]:
+        with pytest.raises(ValueError, match="reads up to index"):
+            jit.run(program.steps, view._replace(interior=(0, view.interior[1])), (sy, 1),
+                    np.empty((oh, ow), np.float32))
     # index maps that point outside the image or the output: refused, not read
     for bad in (view._replace(rows=view.rows + 100), view._replace(cols=view.cols - 5),
                 view._replace(border=np.array([ow + 3])), view._replace(fill=view.fill[:1])):

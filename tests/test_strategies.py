@@ -229,16 +229,36 @@ def test_cost_model_small_dense_kernel_is_direct():
 @pytest.mark.parametrize(("size", "expected"), [(28, "small"), (64, "small"), (128, "direct"),
                                               (256, "direct")])
 def test_compiled_small_planes_price_direct_without_a_padded_copy(size, expected):
-    # the compiled direct reads a float image in place: from about 96x96 it
-    # beats small for a 3x3 (docs/performance.md, JIT_DIRECT_SETUP_PIXELS);
-    # the numpy path and the int16 sums still take small there
+    # the compiled direct reads a plane in place when it is in the working
+    # dtype with contiguous rows: from about 96x96 it then beats small for a
+    # 3x3 (docs/performance.md, JIT_DIRECT_SETUP_PIXELS); a plane it copies
+    # (uint8, a channel of an (H, W, C) image) and the numpy path keep small
     kernel = NAMED["box3"].astype(np.float32)
     geom = geometry((size, size), kernel)
-    for compiled, dtype, choice in ((True, np.float32, expected), (False, np.float32, "small"),
-                                    (True, np.int16, "small")):
-        found = costs(kernel.astype(dtype) if dtype == np.float32 else
-                      np.ones((3, 3), np.int16), geom, compiled=compiled)
-        assert min(found, key=found.__getitem__) == choice, (compiled, dtype)
+    for compiled, in_place, choice in ((True, True, expected), (True, False, "small"),
+                                       (False, True, "small")):
+        found = costs(kernel, geom, compiled=compiled, in_place=in_place)
+        assert min(found, key=found.__getitem__) == choice, (compiled, in_place)
+
+
+@pytest.mark.skipif(not jit.installed(), reason="numba is not installed")
+def test_the_compiled_choice_knows_which_images_are_read_in_place():
+    # (regression: a uint8 image or a channel took direct's discount too,
+    # and was slower for it)
+    jit.set_jit(True)
+    try:
+        kernel = NAMED["sobel_x"]
+        for image, expected in ((np.zeros((128, 128), np.float32), "direct"),
+                                (np.zeros((128, 128), np.uint8), "small"),
+                                (np.zeros((128, 128, 3), np.float32), "small"),
+                                (np.zeros((128, 128, 1), np.float32), "direct")):
+            assert imgconv.core.conv.strategy_for(image, kernel) == expected, image.shape
+            plan = conv._plan(image, kernel, padding="same", pad_mode="reflect", cval=0.0,
+                              stride=1, dilation=1, flip=False)
+            plane = image if image.ndim == 2 else image[:, :, 0]
+            assert plan.strategy(None, plane)[0] is STRATEGIES[expected]
+    finally:
+        jit.set_jit(None)
 
 
 def test_choice_ignores_stride():
@@ -369,6 +389,25 @@ def test_windows_of_wider_arrays_keep_what_lies_outside(strategy, name, layout):
     if layout == "valid":
         expected = expected[1:-1, 1:-1]
     np.testing.assert_allclose(target[window], expected, rtol=1e-5, atol=1e-3)
+
+
+def test_direct_reads_no_columns_of_an_image_windows_parent(monkeypatch):
+    # an image that is a window of a wider array and an output whose pitch is
+    # that array's ("full" padding): one pitch, but the places between the
+    # image's rows are the parent's, infinite here (regression guard: spans
+    # there raised "invalid value" under errstate raise)
+    monkeypatch.setattr(strategies, "TILE_BYTES", 16384)
+    parent = np.full((60, 202), np.inf, np.float32)
+    parent[:, :200] = make_image((60, 200), np.float32)
+    image = parent[:, :200]
+    kernel = NAMED["diagonal"].astype(np.float32)
+    with np.errstate(all="raise"):
+        got = STRATEGIES["direct"](image, kernel, geometry(image.shape, kernel, "full"),
+                                   "reflect", 0.0)
+    assert got.shape[1] == parent.shape[1]
+    expected = ndi.correlate(np.pad(image.astype(np.float64), 2, mode="symmetric"),
+                             kernel.astype(np.float64), mode="reflect")[1:-1, 1:-1]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
 def test_separable_border_strip_of_wide_kernels_on_narrow_images(small_tiles):

@@ -11,7 +11,13 @@ from numpy.typing import ArrayLike, NDArray
 from imgconv.core import jit, strategies
 from imgconv.core.geometry import Geometry, normalize_pair, resolve_padding
 from imgconv.core.padding import normalize_pad_mode
-from imgconv.core.strategies import STRATEGIES, Strategy, choose_strategy, exact_int16
+from imgconv.core.strategies import (
+    STRATEGIES,
+    Strategy,
+    choose_strategy,
+    exact_int16,
+    readable_in_place,
+)
 from imgconv.core.threads import get_threads, run_parallel
 from imgconv.core.tiles import PARALLEL_MIN_PIXELS, Post
 
@@ -90,15 +96,20 @@ class _Plan:
         # dtype, the path, and the cost model's settings (tests change them)
         self.runs: dict[tuple[Any, ...], tuple[Strategy, NDArray[Any]]] = {}
 
-    def strategy(self, name: str | None, image_dtype: np.dtype[Any]) -> tuple[
+    def strategy(self, name: str | None, plane: NDArray[Any]) -> tuple[
             Strategy, NDArray[Any]]:
-        """:func:`_strategy` for this plan's 2-D weights, cached per name, dtype and path."""
-        key = (name, image_dtype, jit.enabled(), strategies.TILE_BYTES,
+        """:func:`_strategy` for this plan's 2-D weights and a plane of the image.
+
+        Cached per name, image dtype, whether the plane can be read in place,
+        and path.
+        """
+        in_place = readable_in_place(plane, self.weights.dtype)
+        key = (name, plane.dtype, in_place, jit.enabled(), strategies.TILE_BYTES,
                strategies.FFT_TILE_ROWS, strategies.FFT_TILE_COLS)
         found = self.runs.get(key)
         if found is None:
-            found = self.runs[key] = _strategy(name, self.weights, self.geom, image_dtype,
-                                               self.mode, self.fill)
+            found = self.runs[key] = _strategy(name, self.weights, self.geom, plane.dtype,
+                                               self.mode, self.fill, in_place)
         return found
 
 
@@ -217,10 +228,14 @@ def _prepare(
 
 def _strategy(
     name: str | None, weights: NDArray[Any], geom: Geometry, image_dtype: np.dtype[Any],
-    mode: str, fill: float,
+    mode: str, fill: float, in_place: bool = False,
 ) -> tuple[Strategy, NDArray[Any]]:
-    """The strategy to run and the weights to run it with (int16 where that is exact)."""
-    chosen = name or choose_strategy(weights, geom)
+    """The strategy to run and the weights to run it with (int16 where that is exact).
+
+    ``in_place``: the planes are in the working dtype with contiguous rows
+    (:func:`~imgconv.core.strategies.readable_in_place`).
+    """
+    chosen = name or choose_strategy(weights, geom, in_place=in_place)
     if chosen not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {chosen!r}")
     # the fill value is read only with constant borders
@@ -259,7 +274,7 @@ def _run(
         return out
     channels = () if img.ndim == 2 else (img.shape[2],)
     result = np.empty((*geom.out_shape, *channels), weights.dtype) if out is None else out
-    run, w = plan.strategy(strategy, img.dtype)
+    run, w = plan.strategy(strategy, img if img.ndim == 2 else img[:, :, 0])
     if img.ndim == 2:
         return run(img, w, geom, mode, fill, out=result, post=post)
     for c in range(img.shape[2]):
@@ -537,6 +552,9 @@ def strategy_for(
     >>> strategy_for(np.zeros((64, 64), np.float32), np.ones((3, 3))) in STRATEGIES
     True
     """
-    _, weights, geom, _, _ = _prepare(image, kernel, padding=padding, pad_mode=pad_mode,
-                                      cval=cval, stride=stride, dilation=dilation, flip=flip)
-    return choose_strategy(weights, geom)
+    img, weights, geom, _, _ = _prepare(image, kernel, padding=padding, pad_mode=pad_mode,
+                                        cval=cval, stride=stride, dilation=dilation, flip=flip)
+    if weights.ndim == 3:
+        return choose_strategy(weights[:, :, 0], geom)
+    plane = img if img.ndim == 2 else img[:, :, 0]
+    return choose_strategy(weights, geom, in_place=readable_in_place(plane, weights.dtype))

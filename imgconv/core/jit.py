@@ -223,9 +223,13 @@ def _run_mapped(
         raise ValueError(f"strides must be >= 1, got {stride}")
     last = (int(reach[0]), view.p0 + int(reach[1]) + (rows - 1) * sy, int(reach[2]) + cols - 1)
     (cl, cr), (h, width) = view.interior, plane.shape
+    # (checked whether the program reads or not: the kernel writes them all)
+    if not 0 <= cl <= cr <= cols or view.p0 < 0:
+        raise ValueError(f"the interior columns {cl}..{cr} or the first padded row {view.p0} "
+                         f"lie outside the {cols} output columns or the padded plane")
     interior_ok = cr == cl or (cl >= view.left and cr - 1 + int(reach[2]) - view.left < width)
     if reach[0] >= 0 and (last[0] > 0 or last[1] >= len(view.rows) or last[2] >= len(view.cols)
-                          or not 0 <= cl <= cr <= cols or not interior_ok):
+                          or not interior_ok):
         raise ValueError(f"the program reads up to index {last} of a padded plane of "
                          f"{len(view.rows)} rows and {len(view.cols)} columns")
     # the kernel takes the maps' indices unchecked: checked here, compiled (a

@@ -134,10 +134,10 @@ JIT_STEP_COST = 0.15
 #: "How the constants were set").
 CALL_PIXELS = 4000
 SETUP_PIXELS = {"small": 0, "direct": 60_000, "separable": 100_000, "fft": 60_000}
-#: ... except the compiled ``direct`` of a float image, which copies no padded
-#: tile (it reads the image in place) and whose set-up is one compiled call and
-#: its index maps' check: fitted on 28x28 to 256x256 planes against ``small``
-#: (docs/performance.md, "How the constants were set").
+#: ... except the compiled ``direct`` of a plane it reads in place (in the working
+#: dtype, rows contiguous), which copies no padded tile and whose set-up is one
+#: compiled call and its index maps' check: fitted on 28x28 to 256x256 planes
+#: against ``small`` (docs/performance.md, "How the constants were set").
 JIT_DIRECT_SETUP_PIXELS = 12_000
 
 
@@ -165,7 +165,7 @@ def _output(out: NDArray[Any] | None, geom: Geometry, dtype: np.dtype[Any]) -> N
     return out
 
 
-def _readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
+def readable_in_place(plane: NDArray[Any], dtype: np.dtype[Any]) -> bool:
     """Whether the taps may read ``plane``'s rows directly instead of a converted tile copy.
 
     Only for rows that are contiguous and already in the working dtype: every
@@ -225,7 +225,7 @@ def direct(
     # On the compiled path the kernel reads the image's rows where they are,
     # through the border mode's index maps: no padded tile at all.
     mapped = (padder.mapped(ow, ex, dtype)
-              if compiled and sx == 1 and _readable_in_place(plane, dtype) else None)
+              if compiled and sx == 1 and readable_in_place(plane, dtype) else None)
     # Output columns [cl, cr) read only image columns. In tiles whose rows are
     # all image rows, the taps of those columns are views of the image itself
     # (no padded copy: a whole pass saved); only the few border columns on
@@ -233,7 +233,7 @@ def direct(
     left, w = geom.pads[2], plane.shape[1]
     cl = min(ow, -(-left // sx))
     cr = max(cl, min(ow, (left + w - ex) // sx + 1))
-    in_place = _readable_in_place(plane, dtype) and cr > cl and 2 * (cr - cl) >= ow
+    in_place = readable_in_place(plane, dtype) and cr > cl and 2 * (cr - cl) >= ow
     # (not a window of a wider array, whose other columns are not the image's)
     whole_rows = plane.flags.c_contiguous
     # the strip: padded columns [0, lw) for outputs [0, cl), then from cr * sx
@@ -549,7 +549,7 @@ def separable(
     # Tiles inside the image skip the padded tile: the vertical passes read the
     # image rows in place and the border columns are copied afterwards, which
     # saves a whole pass over the image.
-    from_image = padder.columns_from_interior and _readable_in_place(plane, dtype)
+    from_image = padder.columns_from_interior and readable_in_place(plane, dtype)
     c0, c1 = padder.c0, padder.c1
     # On the numpy executor such tiles keep the partial sums of the image
     # columns only, at the image's own pitch, so that every pass can run over
@@ -640,9 +640,9 @@ class _PartialStrip:
     """Separable's horizontal pass over the partial sums of the image columns only.
 
     The interior outputs, whose taps read only image columns, run over the
-    partial sums where they are (as 1-D spans when the image and the output
-    are whole rows: the places between the rows are then the image's and the
-    output's own border columns, computed too and overwritten); the border
+    partial sums where they are (as 1-D spans when the output is whole rows:
+    the places between the rows are then its own border columns, computed too
+    and overwritten; the vertical passes, when the image is whole rows); the border
     outputs run over a narrow strip of partial sums gathered through the
     border mode's column map, as ``direct``'s border strip does for pixels.
     Column stride 1.
@@ -650,7 +650,8 @@ class _PartialStrip:
 
     def __init__(self, padder: Padder, ow: int, ex: int) -> None:
         c0, c1, width = padder.c0, padder.c1, padder.width
-        #: the image is whole rows, not a window of a wider array (spans stay in it)
+        #: the image is whole rows, not a window of a wider array (the vertical
+        #: passes' spans stay in it)
         self.whole_rows = bool(padder.plane.flags.c_contiguous)
         # each padded column as a column of the partial sums (image columns c0..c1)
         at = np.empty(width, dtype=np.intp)
@@ -673,9 +674,10 @@ class _PartialStrip:
         m = acc.shape[0]
         cl, cr, lo = self.cl, self.cr, self.lo
         if cr > cl:
+            # (the sources are the tile's own partial sums: only the output matters)
             row.run(sums, (m, cr - cl), (1, 1), acc[:, cl:cr],
                     None if scratch is None else scratch[:, cl:cr], compiled=False,
-                    spans=self.whole_rows and acc.flags.c_contiguous)
+                    spans=acc.flags.c_contiguous)
         if self.outputs:
             np.take(sums, self.columns, axis=2, out=edges)
             row.run(edges, (m, self.outputs), (1, 1), edge_out,
@@ -1133,10 +1135,13 @@ def _fft_cost(geom: Geometry) -> float:
     return per_block * blocks / (oh1 * ow1) * geom.stride[0] * geom.stride[1]
 
 
-def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[str, float]:
+def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False,
+          in_place: bool = False) -> dict[str, float]:
     """Estimated element passes per output pixel of each strategy (lower is faster).
 
     ``compiled``: with the compiled path on (:data:`JIT_STEP_COST`).
+    ``in_place``: the planes are in the kernel's dtype with contiguous rows
+    (:func:`readable_in_place`): the compiled ``direct`` copies no padded tile.
 
     >>> from imgconv.core.geometry import Geometry
     >>> g = Geometry((3000, 4000), (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
@@ -1190,8 +1195,7 @@ def costs(kernel: NDArray[Any], geom: Geometry, compiled: bool = False) -> dict[
         }
         found["small"] = COPY_COST * rows_in * width / pixels + passes
         setup = dict(SETUP_PIXELS)
-        if (compiled and kernel.dtype.kind == "f" and sx == 1
-                and len(program.steps) <= jit.MAX_STEPS):
+        if compiled and in_place and sx == 1 and len(program.steps) <= jit.MAX_STEPS:
             found["direct"] -= copy  # (Padder.mapped: the image read in place)
             setup["direct"] = JIT_DIRECT_SETUP_PIXELS
         for name in found:
@@ -1235,8 +1239,12 @@ def _large_costs(kernel: NDArray[Any], geom: Geometry, copy: float,
     return found
 
 
-def choose_strategy(kernel: NDArray[Any], geom: Geometry) -> str:
+def choose_strategy(kernel: NDArray[Any], geom: Geometry, *, in_place: bool = False) -> str:
     """Pick the cheapest strategy for this kernel and geometry by :func:`costs`.
+
+    ``in_place``: the image's planes are in the kernel's dtype with contiguous
+    rows (:func:`readable_in_place`), so the compiled ``direct`` reads them
+    where they are.
 
     The choice is made for stride 1, so that a strided call uses the same
     strategy, and so the same rounding, as the stride-1 call it subsamples:
@@ -1252,13 +1260,14 @@ def choose_strategy(kernel: NDArray[Any], geom: Geometry) -> str:
     """
     k = np.ascontiguousarray(kernel)
     return _choice(k.tobytes(), (k.shape[0], k.shape[1]), k.dtype.str, _unit_stride(geom),
-                   jit.enabled(), TILE_BYTES, FFT_TILE_ROWS, FFT_TILE_COLS)
+                   jit.enabled(), in_place, TILE_BYTES, FFT_TILE_ROWS, FFT_TILE_COLS)
 
 
 @functools.lru_cache(maxsize=1024)
 def _choice(data: bytes, shape: tuple[int, int], dtype: str, geom: Geometry, compiled: bool,
-            *settings: int) -> str:
+            in_place: bool, *settings: int) -> str:
     """:func:`choose_strategy`, cached per kernel, geometry, path and the tile settings."""
-    found = costs(np.frombuffer(data, dtype=dtype).reshape(shape), geom, compiled=compiled)
+    found = costs(np.frombuffer(data, dtype=dtype).reshape(shape), geom, compiled=compiled,
+                  in_place=in_place)
     return min(found, key=found.__getitem__)
 
