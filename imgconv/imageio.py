@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imgconv.errors import ImageError, PixelLimitError, UsageError
+from imgconv.notes import warnings_as_notes
 from imgconv.opening import (
     EXIF_ORIENTATION,
     STREAM_SUFFIXES,
@@ -28,7 +29,6 @@ from imgconv.opening import (
     file_kind,
     open_image,
     stream_format,
-    warnings_as_notes,
     wide_colour,
 )
 

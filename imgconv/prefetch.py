@@ -19,12 +19,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from imgconv.opening import (
-    decode_into_buffer,
-    open_image,
-    thread_warnings_as_notes,
-    wide_colour,
-)
+from imgconv.notes import thread_warnings_as_notes
+from imgconv.opening import decode_into_buffer, open_image, wide_colour
 
 if TYPE_CHECKING:
     from imgconv.imageio import Picture

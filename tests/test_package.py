@@ -48,6 +48,16 @@ def test_help_imports_no_heavy_modules():
     assert result.stdout.strip() == ""
 
 
+def test_the_prefetch_thread_needs_no_numpy():
+    # it opens and decodes a file while the main thread imports numpy: its
+    # modules (opening, notes) must not import numpy themselves
+    code = ("import sys\nimport imgconv.prefetch, imgconv.opening, imgconv.notes\n"
+            "print('numpy' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_main_leaves_the_garbage_collector_alone():
     # only the command (imgconv.__main__.script) freezes it on its way out
     code = ("import gc, sys\nfrom imgconv.cli import main\n"

@@ -31,7 +31,8 @@ from imgconv.imageio import (
     write_atomic,
     zarr_node,
 )
-from imgconv.opening import check_regular, warnings_as_notes
+from imgconv.notes import warnings_as_notes
+from imgconv.opening import check_regular
 from imgconv.pipeline import Pipeline
 from imgconv.pipeline.render import render
 

@@ -291,7 +291,7 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
 
     from imgconv.core.threads import get_threads, set_threads
     from imgconv.imageio import load
-    from imgconv.opening import pool_warnings_as_notes, warnings_as_notes
+    from imgconv.notes import pool_warnings_as_notes, warnings_as_notes
     from imgconv.pipeline.render import clipping_note
     from imgconv.tiled import files, render
 
