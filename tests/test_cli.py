@@ -139,3 +139,30 @@ def test_undecodable_names_are_printed_escaped(imgconv_script, tmp_path):
     assert done.returncode == 1
     assert b"caf\\xe9.png" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_signal_while_apply_starts_up_exits_128_plus_it(photo, tmp_path, monkeypatch, signum):
+    # apply's handler turns SIGTERM and SIGHUP into a KeyboardInterrupt carrying the
+    # signal; one that came while numpy and the pipeline were still being imported,
+    # before apply's own try, exited 130 (SIGINT's code) instead of 143 or 129
+    import signal
+
+    from imgconv.cli import apply as apply_module
+    from imgconv.cli import main
+
+    number = getattr(signal, signum, None)
+    if number is None:
+        pytest.skip(f"no {signum} here")
+
+    def signalled(*args, **kwargs):
+        raise apply_module._Signalled(number)
+
+    monkeypatch.setattr("imgconv.prefetch.Prefetch", signalled)
+    out = tmp_path / "out.png"
+    monkeypatch.setattr(sys, "argv", ["imgconv", "apply", str(photo), "-k", "sobel", "-o",
+                                      str(out)])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    assert ended.value.code == 128 + number
+    assert not out.exists()

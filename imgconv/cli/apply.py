@@ -619,6 +619,10 @@ def _signals_interrupt() -> Iterator[None]:
             previous[signum] = signal.signal(signum, handler)
     try:
         yield
+    except _Signalled as exc:
+        # one outside the run's own handlers (while numpy and the pipeline are
+        # imported, say): its exit code too, not the 130 Typer gives an interrupt
+        raise typer.Exit(_interrupted_code(exc)) from None
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
