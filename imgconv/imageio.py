@@ -33,6 +33,13 @@ from imgconv.opening import (
 )
 
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: What Pillow raises for a corrupt or truncated file, beside its documented
+#: OSError: a TIFF whose next directory lies past the end raises TypeError
+#: ("Missing dimensions"); others, struct.error, EOFError, IndexError, KeyError
+#: or ZeroDivisionError from a header's numbers.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error,
+                 IndexError, KeyError, ZeroDivisionError)
 # output format name -> (Pillow format, file extension)
 FORMATS = {
     "png": ("PNG", ".png"),
@@ -415,7 +422,13 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
                 return _decode_wide(im, wide, name, gray, notes)
             except Exception as exc:  # any failure of the reader: Pillow's 8 bits, noted
                 notes.append(f"{name}: 16-bit colour read as 8-bit ({type(exc).__name__}: {exc})")
-        frames = getattr(im, "n_frames", 1)
+        try:
+            frames = getattr(im, "n_frames", 1)
+        except DECODE_ERRORS as exc:  # a later frame's directory is corrupt: not the first
+            notes.append(f"{name}: its later frames cannot be read ({type(exc).__name__}: "
+                         f"{exc}); only the first is filtered")
+            frames = 1
+            im.seek(0)
         if frames > 1:
             notes.append(f"{name}: has {frames} frames; only the first is filtered")
             im.seek(0)
@@ -426,7 +439,7 @@ def decode(im: Any, name: str, *, gray: bool = False, buffer: Any = None) -> Pic
             from PIL import ImageOps  # 20 ms of imports that most photos do not need
 
             ImageOps.exif_transpose(im, in_place=True)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise ImageError(f"{name}: cannot decode the image ({exc})") from None
     mode = im.mode
 

@@ -16,6 +16,58 @@ from typing import Any
 
 from imgconv.errors import ImgconvWarning
 
+#: Libraries whose log records (tifffile's "invalid page offset", say) become warnings,
+#: so notes, rather than bare lines on stderr from logging's last-resort handler
+LOGGERS = ("tifffile",)
+
+
+_routing = threading.Lock()
+_routed: list[Any] = []  # (the handler, and each logger's propagate as found) while routed
+_depth = 0
+
+
+@contextmanager
+def _logs_as_warnings() -> Iterator[None]:
+    """While the outermost such block lasts, :data:`LOGGERS`' records become UserWarnings.
+
+    Only then: a program that imports imgconv keeps its own logging of those
+    libraries the rest of the time. The loggers need not be imported yet.
+    """
+    global _depth
+    import logging
+
+    with _routing:
+        _depth += 1
+        if _depth == 1:
+            import re
+            import warnings
+
+            class AsWarnings(logging.Handler):
+                def emit(self, record: logging.LogRecord) -> None:
+                    # (tifffile starts with the object it read: "<tifffile.TiffPages @8>")
+                    message = re.sub(r"^<[\w.]+ @\d+>\s*", "", record.getMessage())
+                    warnings.warn(f"{record.name}: {message}", UserWarning, stacklevel=2)
+
+            handler = AsWarnings(logging.WARNING)
+            _routed[:] = [handler]
+            for name in LOGGERS:
+                logger = logging.getLogger(name)
+                _routed.append(logger.propagate)
+                logger.addHandler(handler)
+                logger.propagate = False
+    try:
+        yield
+    finally:
+        with _routing:
+            _depth -= 1
+            if _depth == 0:
+                handler, *propagate = _routed
+                for name, was in zip(LOGGERS, propagate, strict=True):
+                    logger = logging.getLogger(name)
+                    logger.removeHandler(handler)
+                    logger.propagate = was
+                _routed.clear()
+
 
 @contextmanager
 def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
@@ -30,7 +82,7 @@ def warnings_as_notes(name: str, notes: list[str]) -> Iterator[None]:
     """
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _logs_as_warnings():
         warnings.simplefilter("always")
         try:
             yield

@@ -649,3 +649,52 @@ def test_save_with_alpha_needs_a_channel_for_it(tmp_path):
 
     with pytest.raises(ValueError, match="alpha"):
         imgconv.tiled.save(np.zeros((4, 4), np.uint8), tmp_path / "a.tif", alpha=True)
+
+
+@pytest.fixture
+def bad_next_page(tmp_path) -> Path:
+    """A tiled TIFF whose first page is whole and whose next-page offset lies past the end."""
+    import struct
+
+    path = tmp_path / "bad-next.tif"
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(path, rng.integers(0, 256, (70, 90), dtype=np.uint8), tile=(32, 32))
+    data = bytearray(path.read_bytes())
+    first = struct.unpack("<I", data[4:8])[0]
+    entries = struct.unpack("<H", data[first : first + 2])[0]
+    at = first + 2 + 12 * entries
+    data[at : at + 4] = struct.pack("<I", len(data) + 1000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("tiles", ["--tiles", "--no-tiles"])
+def test_a_corrupt_later_page_is_a_note_not_an_error(bad_next_page, tmp_path, tiles):
+    # Pillow raised TypeError counting the frames (an "internal error"); tifffile's
+    # log line reached stderr bare. The first page is whole: it is filtered, and
+    # what is wrong with the file is a warning line of that file (-q silences it)
+    out = tmp_path / "out.tif"
+    result = invoke("apply", bad_next_page, "-k", "sobel", tiles, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    lines = result.output.splitlines()
+    notes = [line for line in lines if line.startswith("warning: ")]
+    assert any(("invalid page offset" in line or "later frames cannot be read" in line)
+               and "bad-next.tif" in line for line in notes), lines
+    assert all(line.startswith(("warning: ", "written ")) or "->" in line for line in lines), lines
+    quiet = invoke("apply", bad_next_page, "-k", "sobel", tiles, "-o", out, "--overwrite", "-q")
+    assert quiet.exit_code == 0 and quiet.output == "", quiet.output
+
+
+def test_tifffile_logs_become_notes_only_inside_a_files_block():
+    import logging
+
+    from imgconv.notes import warnings_as_notes
+
+    logger = logging.getLogger("tifffile")
+    before = (list(logger.handlers), logger.propagate)
+    notes: list[str] = []
+    with warnings_as_notes("a.tif", notes):
+        logger.warning("<tifffile.TiffPages @8> invalid page offset 1")
+    assert notes == ["a.tif: tifffile: invalid page offset 1"]
+    assert (list(logger.handlers), logger.propagate) == before  # the program's own again

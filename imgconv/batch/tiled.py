@@ -88,7 +88,10 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
         if kind == "tiff":
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            from imgconv.notes import warnings_as_notes
+
+            # (what tifffile logs about the file is noted when the file is read)
+            with warnings_as_notes(path, []), tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 h, w = int(page.imagelength), int(page.imagewidth)
                 if tiff_orientation(page) in (5, 6, 7, 8):  # read turned upright
@@ -308,8 +311,9 @@ def process_tiled(task: Task, options: Options, result: Result, name: str,
                                                        threads)
     if problem is not None:
         raise ImageError(problem)
-    source = (render.from_picture(picture, chunk) if picture is not None
-              else files.read(task.source.path, chunk=chunk, gray=options.gray))
+    with warnings_as_notes(name, result.notes):  # (tifffile's logs about the file too)
+        source = (render.from_picture(picture, chunk) if picture is not None
+                  else files.read(task.source.path, chunk=chunk, gray=options.gray))
     result.notes.extend(source.notes)
     result.input_shape = list(source.shape)
     pipeline = options.pipeline
