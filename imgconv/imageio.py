@@ -133,11 +133,15 @@ def array_header(path: str, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
 
     check_regular(path)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        # (a header's shape past memory overflows numpy's size sum: the error says so)
+        with np.errstate(all="ignore"):
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{name}: not a readable .npy array ({exc})") from None
+    except Exception as exc:  # a header numpy cannot parse: ValueError, SyntaxError,
+        # tokenize's TokenError, EOFError for an empty file
+        raise ImageError(f"{name}: not a readable .npy array ({type(exc).__name__}: "
+                         f"{exc})") from None
     if array.ndim not in (2, 3) or 0 in array.shape or (
             array.ndim == 3 and array.shape[2] > 4):
         raise ImageError(f"{name}: an array of shape {array.shape} is not an image "
@@ -167,7 +171,7 @@ def tiff_layout(shape: tuple[int, ...], dtype: Any, alpha: bool,
     extras = channels - (3 if colour == 3 else 1)  # samples past the colour ones
     return {
         "photometric": photometric,
-        "planarconfig": "contig" if len(shape) == 3 else None,
+        "planarconfig": "contig" if channels > 1 else None,  # (H, W, 1): one sample
         "compression": None if compression == "none" else
         "zlib" if compression == "deflate" else compression,
         "extrasamples": ["unspecified"] * (extras - 1) + ["unassalpha"] if alpha else None,
@@ -184,7 +188,8 @@ def tiff_alpha(page: Any, name: str) -> str | None:
     kind = page.photometric
     if kind not in (photometric.MINISBLACK, photometric.RGB) and not (
             kind == photometric.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
-        raise ImageError(f"{name}: a {kind.name.lower()} TIFF is not read here "
+        kind = getattr(kind, "name", kind)  # (a value tifffile does not know: an int)
+        raise ImageError(f"{name}: a {str(kind).lower()} TIFF is not read here "
                          "(grey and RGB ones are); convert it, or read it whole with "
                          "`tiles=False`")
     if page.dtype is None or page.bitspersample not in (8, 16, 32, 64):
@@ -225,6 +230,8 @@ def load_tiff(path: str, *, gray: bool = False,
             if h * w > max_pixels:
                 raise PixelLimitError.of(path, w, h, max_pixels, " (a TIFF streams without "
                                          "the limit unless `tiles=False`)")
+            if not h or not w:
+                raise ImageError(f"{path}: a TIFF page of {h}x{w} pixels has none to read")
             alpha_kind = tiff_alpha(page, path)
             array = page.asarray()
             if page.planarconfig == 2 and array.ndim == 3:

@@ -698,3 +698,86 @@ def test_tifffile_logs_become_notes_only_inside_a_files_block():
         logger.warning("<tifffile.TiffPages @8> invalid page offset 1")
     assert notes == ["a.tif: tifffile: invalid page offset 1"]
     assert (list(logger.handlers), logger.propagate) == before  # the program's own again
+
+
+def _patch_tag(path: Path, tag: int, value: int) -> None:
+    """Overwrite one entry's value in the first directory of a little-endian classic TIFF."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    first = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, first)[0]):
+        at = first + 2 + 12 * i
+        entry, kind = struct.unpack_from("<HH", data, at)
+        if entry == tag:
+            struct.pack_into("<H" if kind == 3 else "<I", data, at + 8, value)
+            break
+    else:
+        raise AssertionError(f"no tag {tag}")
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_header(tmp_path: Path, case: str) -> Path:
+    import struct
+
+    rng = np.random.default_rng(5)
+    gray16 = rng.integers(0, 65536, (24, 32), dtype=np.uint16)
+    if case.endswith(".npy"):
+        path = tmp_path / case
+        if case == "empty.npy":
+            path.write_bytes(b"")
+            return path
+        shape = "(24, 32, 3" if case == "unclosed.npy" else "(4611686018427387904, 4), "
+        header = "{'descr': '|u1', 'fortran_order': False, 'shape': " + shape + "}"
+        header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
+        path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header))
+                         + header.encode() + bytes(24 * 32 * 3))
+        return path
+    path = tmp_path / f"{case}.tif"
+    if case == "width0":
+        tifffile.imwrite(path, gray16)
+        _patch_tag(path, 256, 0)
+    elif case == "tile-offsets0":
+        tifffile.imwrite(path, gray16, tile=(16, 16), compression="lzw")
+        _patch_tag(path, 324, 0)
+    elif case == "one-entry":
+        tifffile.imwrite(path, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+                         compression="zlib", rowsperstrip=8)
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<H", data, struct.unpack_from("<I", data, 4)[0], 1)
+        path.write_bytes(bytes(data))
+    elif case == "rows-per-strip0":
+        tifffile.imwrite(path, gray16)
+        _patch_tag(path, 278, 0)
+    return path
+
+
+@pytest.mark.parametrize("case", ["width0", "tile-offsets0", "one-entry", "rows-per-strip0",
+                                  "unclosed.npy", "empty.npy", "huge-shape.npy"])
+@pytest.mark.parametrize("tiles", ["--tiles", "--no-tiles"])
+def test_corrupt_headers_and_segments_are_one_line_each(tmp_path, case, tiles):
+    # each gave an "internal error" (IndexError, AttributeError, ZeroDivisionError,
+    # TokenError, EOFError) or a raw numpy warning on one path or the other (an
+    # adversarial run's findings); a file that decodes after all is fine too
+    path = _corrupt_header(tmp_path, case)
+    out = tmp_path / "out.tif"
+    result = invoke("apply", path, "-k", "sobel", tiles, "-o", out)
+    assert result.exit_code in (0, 1), result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    lines = result.output.splitlines()
+    assert all(line.startswith(("error: ", "warning: ", "written ")) or " -> " in line
+               for line in lines), lines
+    if result.exit_code:
+        assert sum(line.startswith("error: ") for line in lines) == 1, lines
+        assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_an_array_of_one_channel_is_written_as_a_tiled_tiff(tmp_path):
+    # (H, W, 1): one sample, which tifffile refused to write as "contig" planes
+    path = tmp_path / "one.npy"
+    np.save(path, np.random.default_rng(2).integers(0, 256, (24, 32, 1), dtype=np.uint8))
+    tiled, whole = tmp_path / "tiled.tif", tmp_path / "whole.tif"
+    for flag, out in (("--tiles", tiled), ("--no-tiles", whole)):
+        result = invoke("apply", path, "-k", "sobel", flag, "-o", out)
+        assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(tifffile.imread(tiled).squeeze(), tifffile.imread(whole))

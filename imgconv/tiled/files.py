@@ -139,7 +139,8 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
     """(an array-like reading by region, the TIFF page or None)."""
     try:
         if kind == "npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False), None
+            with np.errstate(all="ignore"):  # (a shape past memory: the error says so)
+                return np.load(path, mmap_mode="r", allow_pickle=False), None
         if kind == "zarr":
             import zarr
 
@@ -148,7 +149,7 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
 
         tif = tifffile.TiffFile(path)
         page = tif.pages.first
-        return _TiffSegments(page), page
+        return _TiffSegments(page, path), page
     except ImageError:
         raise
     except Exception as exc:  # each library says "not mine" in its own way
@@ -167,8 +168,8 @@ class _TiffSegments:
     decode in parallel); a segment with no bytes reads as zeros.
     """
 
-    def __init__(self, page: Any) -> None:
-        self.page = page
+    def __init__(self, page: Any, name: str) -> None:
+        self.page, self.name = page, name
         self.samples = int(page.samplesperpixel)
         self.planar = page.planarconfig == 2 and self.samples > 1
         height, width = int(page.imagelength), int(page.imagewidth)
@@ -179,7 +180,16 @@ class _TiffSegments:
             self.segment = (int(page.tilelength), int(page.tilewidth))
         else:
             self.segment = (int(page.rowsperstrip) or height, width)
+        if min(height, width, *self.segment) < 1:
+            raise ImageError(f"{name}: a page of {height}x{width} "
+                             f"pixels in segments of {self.segment[0]}x{self.segment[1]} "
+                             "has no pixels to read")
         self.grid = (-(-height // self.segment[0]), -(-width // self.segment[1]))
+        segments = self.grid[0] * self.grid[1] * (self.samples if self.planar else 1)
+        if min(len(page.dataoffsets), len(page.databytecounts)) < segments:
+            raise ImageError(f"{name}: the page lists "
+                             f"{len(page.dataoffsets)} data offsets and "
+                             f"{len(page.databytecounts)} byte counts for {segments} segments")
         self.lock = threading.Lock()  # (tifffile's file handle has none by default)
         # decoded segments, most recent last: two rows of tiles, or the strips of 512 rows
         # (a band and its halos), so that the rows a band's halo reads below it are decoded
@@ -238,7 +248,11 @@ class _TiffSegments:
             data = handle.read(count)
         if len(data) != count:
             raise OSError(f"segment {number} is cut short: {len(data)} of {count} bytes")
-        segment, _, _ = page.decode(data, number, jpegtables=page.jpegtables)
+        try:
+            segment, _, _ = page.decode(data, number, jpegtables=page.jpegtables)
+        except Exception as exc:  # a codec's or tifffile's own: the file is corrupt there
+            raise ImageError(f"{self.name}: segment {number} cannot be decoded "
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
         if segment is None:
             return None
         return segment.reshape(segment.shape[-3:])  # (rows, columns, samples)
