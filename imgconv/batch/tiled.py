@@ -78,18 +78,16 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
     header; None if it cannot be read (the run says why)."""
     kind = stream_format(path)
     try:
-        if kind != "zarr":
-            from imgconv.opening import check_regular
-
-            check_regular(path)  # a FIFO would block the open below
-        if kind == "npy":
+        if kind == "npy":  # (array_header refuses a FIFO itself)
             shape, npy_dtype = array_header(path, path)
             return shape, str(npy_dtype)
         if kind == "tiff":
             import tifffile
 
             from imgconv.notes import warnings_as_notes
+            from imgconv.opening import check_regular
 
+            check_regular(path)  # a FIFO would block the open below
             # (what tifffile logs about the file is noted when the file is read)
             with warnings_as_notes(path, []), tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
