@@ -83,6 +83,8 @@ def zarr_node(path: str | os.PathLike[str]) -> str | None:
         return "array"
     if (folder / ".zgroup").is_file():
         return "group"
+    if not (folder / "zarr.json").is_file():  # (a FIFO there would block the open)
+        return None
     try:
         import json
 

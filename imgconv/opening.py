@@ -63,6 +63,31 @@ def check_regular(path: str) -> None:
                          "only regular files are read (- reads standard input)")
 
 
+def check_store(path: str) -> None:
+    """Refuse a ``.zarr`` store holding anything but folders and regular files.
+
+    A FIFO among its files would block the read (in zarr's own threads, where
+    no signal reaches it); a link is followed to what it names.
+    """
+    folders = [path]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            return  # (reading the store says what is wrong)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+                continue
+            try:
+                kind = file_kind(os.stat(entry.path).st_mode) if not entry.is_file() else None
+            except OSError:
+                continue  # a dangling link: zarr says the chunk is missing
+            if kind is not None:
+                raise ImageError(f"{path}: holds {entry.path}, a {kind}, not a regular file; "
+                                 "only regular files are read")
+
+
 def open_image(source: str | bytes, max_pixels: int) -> Any:
     """Open ``source`` (a path or the file's bytes), reading its header only.
 

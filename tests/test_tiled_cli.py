@@ -11,6 +11,7 @@ a classic TIFF (Pillow or tifffile) and ``numpy.save``'s version-1 header.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -781,3 +782,39 @@ def test_an_array_of_one_channel_is_written_as_a_tiled_tiff(tmp_path):
         result = invoke("apply", path, "-k", "sobel", flag, "-o", out)
         assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(tifffile.imread(tiled).squeeze(), tifffile.imread(whole))
+
+
+def _store(path: Path) -> Path:
+    pixels = np.random.default_rng(4).integers(0, 256, (64, 64), dtype=np.uint8)
+    z = zarr.open_array(path, mode="w", shape=pixels.shape, chunks=(32, 32), dtype=pixels.dtype)
+    z[:] = pixels
+    return path
+
+
+@pytest.mark.parametrize("inside", ["c/0/0", "zarr.json"])
+def test_an_output_inside_a_zarr_input_is_refused_even_with_overwrite(tmp_path, inside):
+    # (regression: -o in.zarr/c/0/0 --overwrite replaced one of the input's chunks)
+    store = _store(tmp_path / "in.zarr")
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    for flag in ("--tiles", "--no-tiles"):
+        result = invoke("apply", store, "-k", "sobel", "-o", store / inside, "--format", "npy",
+                        "--overwrite", flag)
+        assert result.exit_code == 1, result.output
+        assert "is inside the input" in result.output
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("fifo", ["c/0/0", "zarr.json"])
+def test_a_fifo_inside_a_zarr_store_is_refused_not_waited_on(tmp_path, imgconv_script, fifo):
+    # (regression: the read blocked in zarr's threads, where SIGTERM did not reach it)
+    store = _store(tmp_path / "in.zarr")
+    (store / fifo).unlink()
+    os.mkfifo(store / fifo)
+    for flag in ("--tiles", "--no-tiles"):
+        done = subprocess.run([imgconv_script, "apply", str(store), "-k", "sobel", "-o",
+                               str(tmp_path / "out.npy"), flag], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert "a FIFO, not a regular file" in done.stderr
+        assert not (tmp_path / "out.npy").exists()

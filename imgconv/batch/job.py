@@ -54,6 +54,7 @@ def _sha256(path: str, data: bytes | None = None) -> str:
             for file in sorted(files):
                 name = os.path.join(top, file)
                 digest.update(os.path.relpath(name, path).encode("utf-8", "surrogateescape"))
+                check_regular(name)  # (as the store's reader has, by now)
                 _hash_file(digest, name)
         return digest.hexdigest()
     check_regular(path)  # a FIFO would block the open below
@@ -83,6 +84,10 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
     """
     if file_id(target) in options.protected:  # the input under this or another name
         return Conflict(f"{name}: output {target} is an input; refusing to write it")
+    store = _inside_input(target, options.protected)
+    if store is not None:  # a file of a .zarr input's store
+        return Conflict(f"{name}: output {target} is inside the input {store}; "
+                        "refusing to write it")
     if os.path.lexists(target):
         if options.skip_existing:
             return Conflict("output exists", skip=True)
@@ -100,6 +105,14 @@ def output_conflict(target: Path, name: str, options: Options) -> Conflict | Non
             check_replaceable(target)  # a FIFO or a device is never replaced
         except ImageError as exc:
             return Conflict(str(exc))
+    return None
+
+
+def _inside_input(target: Path, protected: frozenset[tuple[int, int]]) -> Path | None:
+    """The input folder (a ``.zarr`` store) that ``target`` lies in, links resolved, or None."""
+    for folder in Path(os.path.realpath(target)).parents:
+        if file_id(folder) in protected:
+            return folder
     return None
 
 

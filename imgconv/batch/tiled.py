@@ -100,6 +100,9 @@ def stream_header(path: str) -> tuple[tuple[int, ...], str] | None:
         if kind == "zarr":
             import zarr
 
+            from imgconv.opening import check_store
+
+            check_store(path)  # a FIFO among its files would block zarr's threads
             array = zarr.open_array(path, mode="r")
             return tuple(int(n) for n in array.shape), str(array.dtype)
     except Exception:  # the run says what is wrong with it

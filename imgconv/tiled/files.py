@@ -144,6 +144,9 @@ def _open_array(path: str, kind: str) -> tuple[Any, Any]:
         if kind == "zarr":
             import zarr
 
+            from imgconv.opening import check_store
+
+            check_store(path)
             return zarr.open_array(path, mode="r"), None
         import tifffile
 
